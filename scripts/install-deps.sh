@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the system packages xks-bridge needs on Debian/Ubuntu when they are missing:
+# SoftHSM2 (the embedded default token), OpenSC's pkcs11-tool (used by tests to create keys the
+# proxy itself refuses to create), curl, and a C toolchain for crates that build C code.
+set -euo pipefail
+need=()
+command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install Rust from https://rustup.rs (stable toolchain) and re-run" >&2
+  exit 1
+fi

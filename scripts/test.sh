@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The full test suite, as CI runs it: installs missing system packages, checks formatting and
+# lints, builds, and runs every unit and integration test against a real SoftHSM2 token.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo build --locked --all-targets
+cargo test --locked -- --test-threads "${XKS_TEST_THREADS:-4}"

@@ -1,0 +1,266 @@
+//! Typed configuration (TOML), parsed and validated before any port is bound or any secret is
+//! read. Every validation message starts with the path of the offending field
+//! (`keystores[0].uri_prefix: ...`), and the process exits 64 (EX_USAGE) on a bad config.
+
+use crate::secret::SecretSource;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Exit status for an invalid configuration (sysexits EX_USAGE).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+/// The spec's floor for plaintext and ciphertext sizes.
+pub const SPEC_MIN_PLAINTEXT: usize = 4300;
+/// The spec's floor for AAD size.
+pub const SPEC_MIN_AAD: usize = 8192;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and protocol switches.
+    pub server: ServerConfig,
+    /// Server certificate; required unless `server.allow_plain_http` is set.
+    pub tls: Option<TlsConfig>,
+    /// Log format and level.
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    /// Size limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// PKCS#11 tokens, referenced by name from keystores.
+    pub tokens: Vec<TokenConfig>,
+    /// Logical keystores, one per URI prefix.
+    pub keystores: Vec<KeystoreConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Addresses to listen on; port 0 picks an ephemeral port (printed at start).
+    pub listen: Vec<SocketAddr>,
+    /// Serve plain HTTP instead of TLS. Only for use behind a TLS-terminating load balancer.
+    #[serde(default)]
+    pub allow_plain_http: bool,
+    /// Reported as `xksProxyFleetSize`: how many proxy instances serve this endpoint.
+    #[serde(default = "one")]
+    pub fleet_size: u32,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub certificate: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: PathBuf,
+}
+
+/// `[logging]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// `text` or `json`.
+    #[serde(default = "default_log_format")]
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `xks_bridge=debug`; `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest plaintext (Encrypt) or ciphertext (Decrypt) accepted; above it: 501.
+    #[serde(default = "default_max_plaintext")]
+    pub max_plaintext_bytes: usize,
+    /// Largest AAD accepted; above it: 501.
+    #[serde(default = "default_max_aad")]
+    pub max_aad_bytes: usize,
+    /// Hard cap on a request body, enforced before it is hashed or parsed.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+/// `[[tokens]]`: one PKCS#11 token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Name referenced by keystores and reported as the EKM id in health responses.
+    pub name: String,
+    /// Path of the PKCS#11 module (`.so`).
+    pub module: PathBuf,
+    /// Environment variables the module reads at load time (e.g. `SOFTHSM2_CONF`,
+    /// `ChrystokiConfigurationPath`), set before the module is loaded.
+    #[serde(default)]
+    pub module_env: std::collections::BTreeMap<String, String>,
+    /// `CKA_LABEL` of the token (never "the first slot": slot order is not stable).
+    pub token_label: String,
+    /// Where the user PIN comes from.
+    pub pin: SecretSource,
+    /// Worker threads, each owning one logged-in session.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Jobs that may wait for a worker; beyond that requests get ThrottlingException.
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+    /// Deadline for one HSM job (queue wait included); beyond it: DependencyTimeoutException.
+    #[serde(default = "default_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Who makes the GCM IV.
+    #[serde(default)]
+    pub iv_source: IvSource,
+}
+
+/// Where the 12-byte GCM IV comes from.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum IvSource {
+    /// The proxy asks the token for 12 random bytes (`C_GenerateRandom`) and passes them in.
+    /// Works with SoftHSM2 and most HSMs.
+    #[default]
+    TokenRandom,
+    /// The HSM generates the IV inside `C_Encrypt` and writes it back (FIPS-mode HSMs that
+    /// refuse caller-supplied IVs).
+    Mechanism,
+}
+
+/// `[[keystores]]`: one logical keystore (URI prefix) with its credentials and keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeystoreConfig {
+    /// Path prefix before `/kms/xks/v1`, e.g. `/tenant-a`; empty for none.
+    pub uri_prefix: String,
+    /// Name of the token holding this keystore's keys.
+    pub token: String,
+    /// SigV4 credentials accepted (two or more during a rotation).
+    pub credentials: Vec<CredentialConfig>,
+    /// Exact external key ids (token labels) served by this keystore.
+    #[serde(default)]
+    pub allowed_keys: Vec<String>,
+    /// Glob over labels served by this keystore, e.g. `xks-*`.
+    pub key_pattern: Option<String>,
+    /// If set, the only SigV4 regions accepted in the credential scope.
+    #[serde(default)]
+    pub allowed_regions: Vec<String>,
+}
+
+/// One SigV4 credential.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// 20-30 characters of `A-Z2-7`.
+    pub access_key_id: String,
+    /// The secret access key's source.
+    pub secret: SecretSource,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_log_format() -> LogFormat {
+    LogFormat::Text
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_max_plaintext() -> usize {
+    SPEC_MIN_PLAINTEXT
+}
+fn default_max_aad() -> usize {
+    SPEC_MIN_AAD
+}
+fn default_max_body() -> usize {
+    64 * 1024
+}
+fn default_workers() -> usize {
+    2
+}
+fn default_queue_depth() -> usize {
+    1024
+}
+fn default_timeout_ms() -> u64 {
+    150
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_plaintext_bytes: default_max_plaintext(),
+            max_aad_bytes: default_max_aad(),
+            max_body_bytes: default_max_body(),
+        }
+    }
+}
+
+impl KeystoreConfig {
+    /// The URI path KMS is configured with: `<prefix>/kms/xks/v1`.
+    pub fn api_base(&self) -> String {
+        format!("{}/kms/xks/v1", self.uri_prefix)
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file; relative paths are made relative to it.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        let mut cfg: Config = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(tls) = &mut self.tls {
+            fix(&mut tls.certificate);
+            fix(&mut tls.private_key);
+        }
+        for t in &mut self.tokens {
+            t.pin.resolve(base);
+        }
+        for k in &mut self.keystores {
+            for c in &mut k.credentials {
+                c.secret.resolve(base);
+            }
+        }
+    }
+
+    /// Checks every rule that does not need the token; the message names the bad field.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::config_rules::validate(self)
+    }
+
+    /// The token a keystore refers to (validated to exist).
+    pub fn token(&self, name: &str) -> Option<&TokenConfig> {
+        self.tokens.iter().find(|t| t.name == name)
+    }
+}

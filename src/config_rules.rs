@@ -1,0 +1,200 @@
+//! Validation rules for [`Config`]; each failure names the field it is about.
+
+use crate::config::{Config, KeystoreConfig, TokenConfig, SPEC_MIN_AAD, SPEC_MIN_PLAINTEXT};
+use std::collections::HashSet;
+
+/// Is `id` a syntactically valid external key id (1-128 of `A-Za-z0-9-._`)?
+pub fn valid_key_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}
+
+/// Is `id` a valid SigV4 access key id for XKS (20-30 characters of `A-Z2-7`)?
+pub fn valid_access_key_id(id: &str) -> bool {
+    (20..=30).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+}
+
+pub(crate) fn validate(cfg: &Config) -> Result<(), String> {
+    if cfg.server.listen.is_empty() {
+        return Err("server.listen: at least one address is required".into());
+    }
+    if cfg.server.fleet_size == 0 {
+        return Err("server.fleet_size: must be at least 1".into());
+    }
+    match (&cfg.tls, cfg.server.allow_plain_http) {
+        (None, false) => return Err("tls: required unless server.allow_plain_http = true".into()),
+        (Some(_), true) => {
+            return Err("server.allow_plain_http: cannot be combined with a [tls] section".into())
+        }
+        (Some(tls), false) => {
+            for (field, p) in [
+                ("certificate", &tls.certificate),
+                ("private_key", &tls.private_key),
+            ] {
+                if !p.is_file() {
+                    return Err(format!("tls.{field}: {} is not a readable file", p.display()));
+                }
+            }
+        }
+        (None, true) => {}
+    }
+    validate_limits(cfg)?;
+    if cfg.tokens.is_empty() {
+        return Err("tokens: at least one [[tokens]] entry is required".into());
+    }
+    let mut names = HashSet::new();
+    for (i, t) in cfg.tokens.iter().enumerate() {
+        validate_token(t).map_err(|e| format!("tokens[{i}].{e}"))?;
+        if !names.insert(t.name.as_str()) {
+            return Err(format!("tokens[{i}].name: duplicate token name {:?}", t.name));
+        }
+    }
+    if cfg.keystores.is_empty() {
+        return Err("keystores: at least one [[keystores]] entry is required".into());
+    }
+    let mut prefixes = HashSet::new();
+    for (i, k) in cfg.keystores.iter().enumerate() {
+        validate_keystore(cfg, k).map_err(|e| format!("keystores[{i}].{e}"))?;
+        if !prefixes.insert(k.uri_prefix.as_str()) {
+            return Err(format!(
+                "keystores[{i}].uri_prefix: duplicate prefix {:?}",
+                k.uri_prefix
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_limits(cfg: &Config) -> Result<(), String> {
+    let l = &cfg.limits;
+    if l.max_plaintext_bytes < SPEC_MIN_PLAINTEXT {
+        return Err(format!(
+            "limits.max_plaintext_bytes: must be at least {SPEC_MIN_PLAINTEXT} (spec minimum)"
+        ));
+    }
+    if !(SPEC_MIN_AAD..=65535).contains(&l.max_aad_bytes) {
+        return Err(format!(
+            "limits.max_aad_bytes: must be between {SPEC_MIN_AAD} (spec minimum) and 65535 (AAD framing limit)"
+        ));
+    }
+    // Base64 of the largest plaintext and AAD, plus room for metadata with two 2048-char ARNs.
+    let b64 = |n: usize| n.div_ceil(3) * 4;
+    let needed = b64(l.max_plaintext_bytes) + b64(l.max_aad_bytes) + 8192;
+    if l.max_body_bytes < needed {
+        return Err(format!(
+            "limits.max_body_bytes: must be at least {needed} to carry the largest allowed request"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_token(t: &TokenConfig) -> Result<(), String> {
+    if t.name.is_empty() {
+        return Err("name: must not be empty".into());
+    }
+    if !t.module.is_file() {
+        return Err(format!("module: {} is not a file", t.module.display()));
+    }
+    if t.token_label.is_empty() || t.token_label.len() > 32 {
+        return Err("token_label: must be 1-32 bytes (PKCS#11 label size)".into());
+    }
+    t.pin.validate().map_err(|e| format!("pin: {e}"))?;
+    if !(1..=256).contains(&t.workers) {
+        return Err("workers: must be between 1 and 256".into());
+    }
+    if t.queue_depth == 0 {
+        return Err("queue_depth: must be at least 1".into());
+    }
+    if !(1..=240).contains(&t.request_timeout_ms) {
+        return Err("request_timeout_ms: must be 1-240 (KMS gives a call 250 ms in all)".into());
+    }
+    Ok(())
+}
+
+fn validate_keystore(cfg: &Config, k: &KeystoreConfig) -> Result<(), String> {
+    let p = &k.uri_prefix;
+    let chars_ok = p
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_'));
+    if !p.is_empty() && (!p.starts_with('/') || p.ends_with('/') || p.contains("//") || !chars_ok) {
+        return Err(format!(
+            "uri_prefix: {p:?} must be empty or start with '/', use only A-Z a-z 0-9 / - _, \
+             and have no empty segment or trailing '/'"
+        ));
+    }
+    if k.api_base().len() > 128 {
+        return Err("uri_prefix: the URI path (prefix + /kms/xks/v1) exceeds 128 characters".into());
+    }
+    if cfg.token(&k.token).is_none() {
+        return Err(format!("token: no [[tokens]] entry is named {:?}", k.token));
+    }
+    if k.credentials.is_empty() {
+        return Err("credentials: at least one credential is required".into());
+    }
+    let mut ids = HashSet::new();
+    for (j, c) in k.credentials.iter().enumerate() {
+        if !valid_access_key_id(&c.access_key_id) {
+            return Err(format!(
+                "credentials[{j}].access_key_id: must be 20-30 characters of A-Z and 2-7"
+            ));
+        }
+        if !ids.insert(c.access_key_id.as_str()) {
+            return Err(format!("credentials[{j}].access_key_id: listed twice"));
+        }
+        c.secret
+            .validate()
+            .map_err(|e| format!("credentials[{j}].secret: {e}"))?;
+    }
+    if k.allowed_keys.is_empty() && k.key_pattern.is_none() {
+        return Err(
+            "allowed_keys: set allowed_keys, key_pattern or both (which token keys AWS may use)".into(),
+        );
+    }
+    for (j, id) in k.allowed_keys.iter().enumerate() {
+        if !valid_key_id(id) {
+            return Err(format!(
+                "allowed_keys[{j}]: {id:?} is not a valid external key id"
+            ));
+        }
+    }
+    if let Some(pat) = &k.key_pattern {
+        glob::Pattern::new(pat).map_err(|e| format!("key_pattern: {e}"))?;
+    }
+    for r in &k.allowed_regions {
+        if r.is_empty()
+            || !r
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(format!("allowed_regions: {r:?} is not a region name"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_ids_follow_the_spec_alphabet() {
+        assert!(valid_key_id("foo.bar-1_2"));
+        assert!(!valid_key_id(""));
+        assert!(!valid_key_id("a/b"));
+        assert!(!valid_key_id(&"a".repeat(129)));
+        assert!(valid_key_id(&"a".repeat(128)));
+    }
+
+    #[test]
+    fn access_key_ids_are_base32_of_20_to_30_chars() {
+        assert!(valid_access_key_id("ABCDEFGHIJKLMNOPQRST"));
+        assert!(!valid_access_key_id("ABCDEFGHIJKLMNOPQRS"));
+        assert!(!valid_access_key_id("ABCDEFGHIJKLMNOPQRS1"));
+        assert!(!valid_access_key_id(&"A".repeat(31)));
+    }
+}

@@ -1,0 +1,108 @@
+//! The one place that turns a PKCS#11 failure into an [`HsmError`]. Vendor quirks live here:
+//! SoftHSM2 reports a GCM tag mismatch as `CKR_GENERAL_ERROR` from `C_Decrypt`, nShield as
+//! `CKR_FUNCTION_FAILED`, others as `CKR_ENCRYPTED_DATA_INVALID`/`_LEN_RANGE`; all of them are
+//! an invalid ciphertext when `C_Decrypt` itself returns them.
+
+use super::HsmError;
+use cryptoki::context::Function;
+use cryptoki::error::{Error, RvError};
+
+/// Classifies a cryptoki error.
+pub fn classify(err: Error) -> HsmError {
+    match err {
+        Error::Pkcs11(rv, function) => classify_rv(rv, function),
+        other => HsmError::Internal(other.to_string()),
+    }
+}
+
+fn classify_rv(rv: RvError, function: Function) -> HsmError {
+    use RvError::*;
+    match (rv, function) {
+        (GeneralError | EncryptedDataInvalid | EncryptedDataLenRange | FunctionFailed, Function::Decrypt) => {
+            HsmError::InvalidCiphertext
+        }
+        (KeyFunctionNotPermitted, _) => HsmError::KeyUsage("key attributes forbid this operation".into()),
+        (KeyTypeInconsistent, _) => HsmError::KeyUsage("key type is not AES".into()),
+        (KeySizeRange, _) => HsmError::KeyUsage("key size not supported for AES-GCM".into()),
+        (rv, function) => HsmError::Device { rv, function },
+    }
+}
+
+impl HsmError {
+    /// The session this error came from is gone and a fresh session may succeed.
+    pub fn session_lost(&self) -> bool {
+        matches!(
+            self,
+            HsmError::Device {
+                rv: RvError::SessionHandleInvalid | RvError::SessionClosed | RvError::UserNotLoggedIn,
+                ..
+            }
+        )
+    }
+
+    /// The cached key handle is stale (key deleted, re-imported, or token re-initialised).
+    pub fn stale_handle(&self) -> bool {
+        matches!(
+            self,
+            HsmError::Device {
+                rv: RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid,
+                ..
+            }
+        )
+    }
+
+    /// The device or the module itself failed: the token must be reconnected.
+    pub fn device_lost(&self) -> bool {
+        matches!(
+            self,
+            HsmError::Device {
+                rv: RvError::DeviceError
+                    | RvError::DeviceRemoved
+                    | RvError::TokenNotPresent
+                    | RvError::DeviceMemory
+                    | RvError::CryptokiNotInitialized,
+                ..
+            }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softhsm_tag_failure_is_invalid_ciphertext_only_from_decrypt() {
+        assert!(matches!(
+            classify_rv(RvError::GeneralError, Function::Decrypt),
+            HsmError::InvalidCiphertext
+        ));
+        assert!(matches!(
+            classify_rv(RvError::GeneralError, Function::Encrypt),
+            HsmError::Device { .. }
+        ));
+        assert!(matches!(
+            classify_rv(RvError::EncryptedDataInvalid, Function::Decrypt),
+            HsmError::InvalidCiphertext
+        ));
+    }
+
+    #[test]
+    fn key_usage_refusals_are_key_usage_errors() {
+        assert!(matches!(
+            classify_rv(RvError::KeyFunctionNotPermitted, Function::EncryptInit),
+            HsmError::KeyUsage(_)
+        ));
+        assert!(matches!(
+            classify_rv(RvError::KeyTypeInconsistent, Function::DecryptInit),
+            HsmError::KeyUsage(_)
+        ));
+    }
+
+    #[test]
+    fn recovery_classes_are_recognised() {
+        assert!(classify_rv(RvError::SessionHandleInvalid, Function::Encrypt).session_lost());
+        assert!(classify_rv(RvError::DeviceRemoved, Function::Encrypt).device_lost());
+        assert!(classify_rv(RvError::ObjectHandleInvalid, Function::EncryptInit).stale_handle());
+    }
+}

@@ -1,0 +1,33 @@
+//! xks-bridge: an AWS KMS External Key Store (XKS) proxy in front of a PKCS#11 token.
+//!
+//! A request's path, one module per step (no module calls back up the chain):
+//!
+//! 1. [`server`] accepts TCP, completes TLS ([`server::tls`]), reads the body through a cap.
+//! 2. [`server::routes`] turns method + path into a [`server::routes::Route`] (keystore,
+//!    operation, key id); credentials are per URI prefix, so routing precedes authentication.
+//! 3. [`auth`] verifies SigV4 against that keystore's credentials.
+//! 4. [`xks`] deserializes the wire types; [`ops`] validates sizes and Base64, builds the AAD
+//!    with [`aead`] and calls the token through the async [`hsm::Hsm`] handle.
+//! 5. [`hsm`] queues the job to an OS worker thread that owns one logged-in PKCS#11 session.
+//! 6. Every failure becomes an [`error::Error`]; its single mapping to an XKS error name and
+//!    HTTP status lives in [`error`].
+//!
+//! `ops` knows nothing of HTTP; `hsm` knows nothing of XKS.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod aead;
+pub mod app;
+pub mod auth;
+pub mod config;
+mod config_rules;
+pub mod daemon;
+pub mod error;
+pub mod hsm;
+pub mod logging;
+pub mod ops;
+pub mod quickstart;
+pub mod secret;
+pub mod server;
+pub mod tokensetup;
+pub mod xks;

@@ -1,0 +1,183 @@
+//! `xks-bridge` command line: the daemon, the quickstart, and operator tools.
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use xks_bridge::config::{Config, EXIT_BAD_CONFIG};
+use xks_bridge::daemon::{self, Daemon};
+use xks_bridge::{logging, quickstart};
+
+#[derive(Parser)]
+#[command(
+    name = "xks-bridge",
+    version,
+    about = "AWS KMS External Key Store proxy in front of a PKCS#11 HSM"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Set up (first run) and serve a self-contained instance on a local SoftHSM2 token.
+    Quickstart {
+        /// Directory holding the token, certificates, credentials and config.
+        #[arg(long, default_value = "quickstart")]
+        dir: PathBuf,
+        /// Address to listen on (first run: written to the config; later runs: overrides it).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Create the directory's contents and exit without serving.
+        #[arg(long)]
+        setup_only: bool,
+    },
+    /// Validate a configuration file and explain it; exit 0 if valid, 64 if not.
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Serve { config } => load(&config).and_then(|cfg| serve(cfg, None)),
+        Command::Quickstart {
+            dir,
+            listen,
+            setup_only,
+        } => run_quickstart(&dir, listen, setup_only),
+        Command::CheckConfig { config } => check_config(&config),
+    };
+    match code {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            eprintln!("xks-bridge: {msg}");
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+type CliResult = Result<(), (i32, String)>;
+
+fn load(path: &Path) -> Result<Config, (i32, String)> {
+    Config::load(path).map_err(|e| (EXIT_BAD_CONFIG, e))
+}
+
+/// Module environment must be in place before any thread exists and any module is loaded.
+fn apply_module_env(cfg: &Config) {
+    for t in &cfg.tokens {
+        for (k, v) in &t.module_env {
+            std::env::set_var(k, v);
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, (i32, String)> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| (71, format!("cannot start the async runtime: {e}")))
+}
+
+fn serve(cfg: Config, quickstart: Option<quickstart::Layout>) -> CliResult {
+    apply_module_env(&cfg);
+    logging::init(&cfg.logging);
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let d = Daemon::start(&cfg).await.map_err(|e| (e.exit_code, e.message))?;
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+        for a in d.local_addrs() {
+            println!("xks-bridge listening on {scheme}://{a}");
+        }
+        if let Some(layout) = quickstart {
+            let banner = quickstart::publish(&layout, &cfg, d.local_addrs()[0]).map_err(|e| (73, e))?;
+            println!("{banner}");
+        }
+        d.run(daemon::shutdown_on_signals()).await;
+        Ok(())
+    })
+}
+
+fn run_quickstart(dir: &Path, listen: Option<SocketAddr>, setup_only: bool) -> CliResult {
+    let layout = quickstart::Layout::new(dir).map_err(|e| (73, e))?;
+    let default_listen: SocketAddr = ([127, 0, 0, 1], 8443).into();
+    let config = quickstart::ensure_setup(&layout, listen.unwrap_or(default_listen)).map_err(|e| (73, e))?;
+    let mut cfg = load(&config)?;
+    if setup_only {
+        println!(
+            "quickstart ready in {} (config {})",
+            layout.dir.display(),
+            config.display()
+        );
+        return Ok(());
+    }
+    if let Some(l) = listen {
+        cfg.server.listen = vec![l];
+    }
+    serve(cfg, Some(layout))
+}
+
+fn check_config(path: &Path) -> CliResult {
+    let cfg = load(path)?;
+    for (i, t) in cfg.tokens.iter().enumerate() {
+        t.pin
+            .load()
+            .map_err(|e| (EXIT_BAD_CONFIG, format!("tokens[{i}].pin: {e}")))?;
+    }
+    for (i, k) in cfg.keystores.iter().enumerate() {
+        for (j, c) in k.credentials.iter().enumerate() {
+            c.secret.load().map_err(|e| {
+                (
+                    EXIT_BAD_CONFIG,
+                    format!("keystores[{i}].credentials[{j}].secret: {e}"),
+                )
+            })?;
+        }
+    }
+    println!("{}: valid", path.display());
+    let scheme = if cfg.tls.is_some() {
+        "https"
+    } else {
+        "http (plain, behind a TLS load balancer only)"
+    };
+    println!("  listeners: {:?} over {scheme}", cfg.server.listen);
+    for t in &cfg.tokens {
+        println!(
+            "  token {:?}: label {:?} via {}, {} workers, queue {}, deadline {} ms, PIN from {}",
+            t.name,
+            t.token_label,
+            t.module.display(),
+            t.workers,
+            t.queue_depth,
+            t.request_timeout_ms,
+            t.pin.describe()
+        );
+    }
+    for k in &cfg.keystores {
+        let keys = match (&k.key_pattern, k.allowed_keys.len()) {
+            (Some(p), n) => format!("pattern {p:?} + {n} listed keys"),
+            (None, n) => format!("{n} listed keys"),
+        };
+        println!(
+            "  keystore {:?} on token {:?}: {} credential(s), {keys}",
+            k.api_base(),
+            k.token,
+            k.credentials.len()
+        );
+    }
+    println!(
+        "  limits: plaintext {} B, AAD {} B, body {} B",
+        cfg.limits.max_plaintext_bytes, cfg.limits.max_aad_bytes, cfg.limits.max_body_bytes
+    );
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! Decrypt: validates IV/tag/metadata sizes, rebuilds the framed AAD with the metadata it was
+//! given, and lets GCM inside the token decide whether anything was altered.
+
+use super::{b64, b64_capped, encode, require_aes_gcm, require_key_op_fields, RequestContext};
+use crate::aead;
+use crate::app::Keystore;
+use crate::config::Limits;
+use crate::error::Error;
+use crate::hsm::HsmError;
+use crate::xks::{self, DecryptRequest, DecryptResponse};
+use zeroize::Zeroizing;
+
+/// Handles one Decrypt request.
+pub async fn handle(
+    ks: &Keystore,
+    key_id: &str,
+    body: &[u8],
+    limits: &Limits,
+    ctx: &mut RequestContext,
+) -> Result<Vec<u8>, Error> {
+    let req: DecryptRequest = xks::parse(body).map_err(Error::Validation)?;
+    ctx.record(&req.request_metadata);
+    require_key_op_fields(&req.request_metadata, true)?;
+    require_aes_gcm(&req.encryption_algorithm)?;
+    let mut ciphertext = b64_capped("ciphertext", &req.ciphertext, limits.max_plaintext_bytes)?;
+    let iv = b64("initializationVector", &req.initialization_vector)?;
+    if iv.len() != 12 && iv.len() != 16 {
+        return Err(Error::Validation(
+            "initializationVector must decode to 12 or 16 bytes".into(),
+        ));
+    }
+    let tag = b64("authenticationTag", &req.authentication_tag)?;
+    if tag.len() != 16 {
+        return Err(Error::Validation(
+            "authenticationTag must decode to 16 bytes".into(),
+        ));
+    }
+    let aad = match &req.additional_authenticated_data {
+        Some(a) => b64_capped("additionalAuthenticatedData", a, limits.max_aad_bytes)?,
+        None => Vec::new(),
+    };
+    let metadata = match &req.ciphertext_metadata {
+        Some(m) => b64("ciphertextMetadata", m)?,
+        None => Vec::new(),
+    };
+    if metadata.len() > 20 {
+        return Err(Error::Validation(
+            "ciphertextMetadata must decode to at most 20 bytes".into(),
+        ));
+    }
+    ks.check_key(key_id)?;
+    // Metadata of a format this proxy never wrote cannot authenticate; the framed AAD makes GCM
+    // reject it too, but a version we do not know must never be passed on as if it were ours.
+    if !metadata.is_empty() && aead::decode_metadata(&metadata) != Some(aead::CURRENT_KEY_VERSION) {
+        return Err(HsmError::InvalidCiphertext.into());
+    }
+    let gcm_aad =
+        aead::gcm_aad(&aad, &metadata).ok_or_else(|| Error::Internal("AAD too long to frame".into()))?;
+    ciphertext.extend_from_slice(&tag);
+    let plaintext = ks.hsm.decrypt(key_id, iv, gcm_aad, ciphertext).await?;
+    let resp = DecryptResponse {
+        plaintext: Zeroizing::new(encode(&plaintext)),
+    };
+    serde_json::to_vec(&resp).map_err(|e| Error::Internal(e.to_string()))
+}

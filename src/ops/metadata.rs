@@ -1,0 +1,28 @@
+//! GetKeyMetadata: the key's spec, usages and status, read from the token's attributes.
+
+use super::{require_key_op_fields, RequestContext};
+use crate::app::Keystore;
+use crate::error::Error;
+use crate::xks::{self, KeyMetadataResponse, MetadataOnly};
+
+/// Handles one GetKeyMetadata request.
+pub async fn handle(
+    ks: &Keystore,
+    key_id: &str,
+    body: &[u8],
+    ctx: &mut RequestContext,
+) -> Result<Vec<u8>, Error> {
+    let req: MetadataOnly = xks::parse(body).map_err(Error::Validation)?;
+    ctx.record(&req.request_metadata);
+    require_key_op_fields(&req.request_metadata, false)?;
+    ks.check_key(key_id)?;
+    let info = ks.hsm.key_info(key_id).await?;
+    let mut key_usage = info.usages;
+    key_usage.truncate(10); // spec maximum
+    let resp = KeyMetadataResponse {
+        key_spec: info.key_spec,
+        key_usage,
+        key_status: "ENABLED",
+    };
+    serde_json::to_vec(&resp).map_err(|e| Error::Internal(e.to_string()))
+}

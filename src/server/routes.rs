@@ -1,0 +1,154 @@
+//! Routing: method + path -> (keystore, operation, key id), or the precise XKS error.
+//! Prefixes are matched exactly; `/kms/xks/v1` is never searched for inside arbitrary paths.
+
+use crate::config_rules::valid_key_id;
+use crate::error::Error;
+
+/// The four XKS operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// GetKeyMetadata
+    Metadata,
+    /// Encrypt
+    Encrypt,
+    /// Decrypt
+    Decrypt,
+    /// GetHealthStatus
+    Health,
+}
+
+impl Operation {
+    /// Spec name of the operation, for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Metadata => "GetKeyMetadata",
+            Operation::Encrypt => "Encrypt",
+            Operation::Decrypt => "Decrypt",
+            Operation::Health => "GetHealthStatus",
+        }
+    }
+}
+
+/// A routed request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Route<'p> {
+    /// Index of the keystore in config order.
+    pub keystore: usize,
+    /// Operation.
+    pub op: Operation,
+    /// External key id; empty for health.
+    pub key_id: &'p str,
+}
+
+/// Routes `path` against the keystores' API bases (`<prefix>/kms/xks/v1`). A known API path
+/// with a method other than POST is 405; anything else unknown is InvalidUriPathException.
+pub fn route<'p>(
+    api_bases: &[&str],
+    method: &http::Method,
+    path: &'p str,
+    query: Option<&str>,
+) -> Result<Route<'p>, Error> {
+    let (keystore, rest) = api_bases
+        .iter()
+        .enumerate()
+        .find_map(|(i, base)| path.strip_prefix(base).map(|rest| (i, rest)))
+        .ok_or(Error::InvalidUriPath)?;
+    let (op, key_id) = match rest {
+        "/health" => (Operation::Health, ""),
+        _ => {
+            let tail = rest.strip_prefix("/keys/").ok_or(Error::InvalidUriPath)?;
+            let (key_id, op) = tail.rsplit_once('/').ok_or(Error::InvalidUriPath)?;
+            let op = match op {
+                "metadata" => Operation::Metadata,
+                "encrypt" => Operation::Encrypt,
+                "decrypt" => Operation::Decrypt,
+                _ => return Err(Error::InvalidUriPath),
+            };
+            if !valid_key_id(key_id) {
+                return Err(Error::InvalidUriPath);
+            }
+            (op, key_id)
+        }
+    };
+    if method != http::Method::POST {
+        return Err(Error::MethodNotAllowed);
+    }
+    // The XKS API never uses a query string, and SigV4 here signs an empty one.
+    if query.is_some() {
+        return Err(Error::InvalidUriPath);
+    }
+    Ok(Route { keystore, op, key_id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+
+    const BASES: &[&str] = &["/a/kms/xks/v1", "/kms/xks/v1", "/a/b/kms/xks/v1"];
+
+    fn ok(path: &str) -> Route<'_> {
+        route(BASES, &Method::POST, path, None).unwrap()
+    }
+
+    #[test]
+    fn routes_each_operation_to_its_keystore() {
+        assert_eq!(
+            ok("/a/kms/xks/v1/health"),
+            Route {
+                keystore: 0,
+                op: Operation::Health,
+                key_id: ""
+            }
+        );
+        assert_eq!(
+            ok("/kms/xks/v1/keys/k.1/encrypt"),
+            Route {
+                keystore: 1,
+                op: Operation::Encrypt,
+                key_id: "k.1"
+            }
+        );
+        assert_eq!(ok("/a/b/kms/xks/v1/keys/k/decrypt").keystore, 2);
+        assert_eq!(ok("/a/kms/xks/v1/keys/k_2/metadata").op, Operation::Metadata);
+    }
+
+    #[test]
+    fn unknown_paths_are_invalid_uri_path() {
+        for p in [
+            "/a/invalid/kms/xks/v1/health",
+            "/a/kms/xks/v2/health",
+            "/a/kms/xks/v1/keys/foo/sign",
+            "/a/kms/xks/v1/keys//encrypt",
+            "/a/kms/xks/v1/keys/a/b/encrypt",
+            "/a/kms/xks/v1/health/",
+            "/x/kms/xks/v1/health",
+            "/",
+            "/a/kms/xks/v1/keys/%41/encrypt",
+        ] {
+            assert!(
+                matches!(route(BASES, &Method::POST, p, None), Err(Error::InvalidUriPath)),
+                "{p}"
+            );
+        }
+        assert!(matches!(
+            route(BASES, &Method::POST, "/a/kms/xks/v1/health", Some("x=1")),
+            Err(Error::InvalidUriPath)
+        ));
+    }
+
+    #[test]
+    fn get_on_api_paths_is_method_not_allowed() {
+        for p in [
+            "/a/kms/xks/v1/health",
+            "/a/kms/xks/v1/keys/k/encrypt",
+            "/a/kms/xks/v1/keys/k/decrypt",
+            "/a/kms/xks/v1/keys/k/metadata",
+        ] {
+            assert!(
+                matches!(route(BASES, &Method::GET, p, None), Err(Error::MethodNotAllowed)),
+                "{p}"
+            );
+        }
+    }
+}
