@@ -6,9 +6,11 @@ use crate::auth::CredentialSet;
 use crate::config::Limits;
 use crate::error::Error;
 use crate::hsm::Hsm;
+use crate::kill_switch::KillSwitch;
 use crate::ops::{self, RequestContext};
 use crate::server::routes::Operation;
 use std::collections::HashSet;
+use std::sync::Arc;
 
 /// One logical keystore: a URI prefix with its own credentials and key set.
 pub struct Keystore {
@@ -54,6 +56,15 @@ impl Keystore {
             Err(Error::KeyNotFound)
         }
     }
+
+    /// Key-scope kill switch: a disabled key refuses Encrypt and Decrypt.
+    pub fn check_enabled(&self, key_id: &str) -> Result<(), Error> {
+        if self.hsm.token().is_disabled(key_id) {
+            Err(Error::InvalidState("the external key is disabled".into()))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Everything a request needs, shared by all connections.
@@ -64,6 +75,8 @@ pub struct App {
     pub limits: Limits,
     /// Reported fleet size.
     pub fleet_size: u32,
+    /// Whole-proxy and keystore kill switch.
+    pub kill: Arc<KillSwitch>,
 }
 
 impl App {
@@ -77,6 +90,14 @@ impl App {
         ctx: &mut RequestContext,
     ) -> Result<Vec<u8>, Error> {
         let ks = self.keystores.get(keystore).ok_or(Error::InvalidUriPath)?;
+        if self.kill.proxy_engaged() {
+            return Err(Error::InvalidState("the proxy kill switch is engaged".into()));
+        }
+        if self.kill.keystore_engaged(&ks.prefix) {
+            return Err(Error::InvalidState(
+                "this keystore is disabled by its kill switch".into(),
+            ));
+        }
         match op {
             Operation::Health => ops::health::handle(ks, self.fleet_size, body, ctx).await,
             Operation::Metadata => ops::metadata::handle(ks, key_id, body, ctx).await,

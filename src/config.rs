@@ -32,6 +32,36 @@ pub struct Config {
     pub tokens: Vec<TokenConfig>,
     /// Logical keystores, one per URI prefix.
     pub keystores: Vec<KeystoreConfig>,
+    /// Durable state (kill switch).
+    pub state: StateConfig,
+    /// Local admin socket for the `kill-switch` and `keys` commands.
+    pub admin: Option<AdminConfig>,
+}
+
+/// `[state]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory for durable state (created 0700 if missing); holds `kill-switch.json`.
+    pub directory: PathBuf,
+}
+
+impl StateConfig {
+    /// The kill switch state file.
+    pub fn kill_switch_file(&self) -> PathBuf {
+        self.directory.join("kill-switch.json")
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Unix socket path. Its directory must not be writable by untrusted users.
+    pub socket: PathBuf,
+    /// Group whose members may use the socket (mode 0660); without it, mode 0600 and only the
+    /// daemon's own user (and root) may.
+    pub group: Option<String>,
 }
 
 /// `[server]`
@@ -240,6 +270,10 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
+        fix(&mut self.state.directory);
+        if let Some(a) = &mut self.admin {
+            fix(&mut a.socket);
+        }
         if let Some(tls) = &mut self.tls {
             fix(&mut tls.certificate);
             fix(&mut tls.private_key);

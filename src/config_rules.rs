@@ -44,6 +44,23 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), String> {
         (None, true) => {}
     }
     validate_limits(cfg)?;
+    if cfg.state.directory.as_os_str().is_empty() {
+        return Err("state.directory: must not be empty".into());
+    }
+    if let Some(a) = &cfg.admin {
+        match a.socket.parent() {
+            Some(d) if d.is_dir() => {}
+            _ => {
+                return Err(format!(
+                    "admin.socket: the directory of {} does not exist",
+                    a.socket.display()
+                ))
+            }
+        }
+        if let Some(g) = &a.group {
+            crate::admin::group_id(g).map_err(|e| format!("admin.group: {e}"))?;
+        }
+    }
     if cfg.tokens.is_empty() {
         return Err("tokens: at least one [[tokens]] entry is required".into());
     }

@@ -16,14 +16,18 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod aead;
 pub mod app;
 pub mod auth;
 pub mod config;
 mod config_rules;
+pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod hsm;
+pub mod keyadmin;
+pub mod kill_switch;
 pub mod logging;
 pub mod ops;
 pub mod quickstart;

@@ -5,7 +5,8 @@
 //! are (re)written so scripts can drive the instance.
 
 use crate::config::Config;
-use crate::tokensetup::{self, Usage};
+use crate::keyadmin::{self, Usage};
+use crate::tokensetup;
 use serde_json::json;
 use std::fs;
 use std::io::Write;
@@ -125,7 +126,7 @@ pub fn ensure_setup(layout: &Layout, listen: SocketAddr) -> Result<PathBuf, Stri
     {
         let s = tokensetup::open_user_session(&p, TOKEN_LABEL, &user_pin)?;
         for (_, label, usage) in KEYS {
-            tokensetup::create_aes_key(&s, label, usage)?;
+            keyadmin::create(&s, label, usage)?;
         }
     }
     let _ = p.finalize();
@@ -146,6 +147,12 @@ private_key = "tls/server.key"
 [logging]
 format = "text"
 level = "info"
+
+[state]
+directory = "state"
+
+[admin]
+socket = "admin.sock"
 
 [[tokens]]
 name = "quickstart-softhsm"

@@ -4,8 +4,6 @@
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use std::path::{Path, PathBuf};
@@ -89,47 +87,4 @@ pub fn open_user_session(p: &Pkcs11, label: &str, pin: &str) -> Result<Session, 
         }
         Err(e) => Err(format!("C_Login: {e}")),
     }
-}
-
-/// Usages of a key created by [`create_aes_key`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
-    /// CKA_ENCRYPT
-    pub encrypt: bool,
-    /// CKA_DECRYPT
-    pub decrypt: bool,
-}
-
-/// Generates an AES-256 key inside the token: persistent, private, sensitive, never
-/// extractable, labelled `label`. Refuses a label that a secret key already carries.
-pub fn create_aes_key(s: &Session, label: &str, usage: Usage) -> Result<ObjectHandle, String> {
-    let existing = s
-        .find_objects(&[
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::Label(label.as_bytes().to_vec()),
-        ])
-        .map_err(|e| format!("C_FindObjects: {e}"))?;
-    if !existing.is_empty() {
-        return Err(format!("a key labelled {label:?} already exists"));
-    }
-    let template = [
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::ValueLen(32.into()),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Modifiable(false),
-        Attribute::Encrypt(usage.encrypt),
-        Attribute::Decrypt(usage.decrypt),
-        Attribute::Wrap(false),
-        Attribute::Unwrap(false),
-        Attribute::Sign(false),
-        Attribute::Verify(false),
-        Attribute::Derive(false),
-        Attribute::Label(label.as_bytes().to_vec()),
-    ];
-    s.generate_key(&Mechanism::AesKeyGen, &template)
-        .map_err(|e| format!("C_GenerateKey: {e}"))
 }

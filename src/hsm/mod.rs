@@ -4,11 +4,14 @@
 //! missed deadline [`HsmError::Timeout`]. Nothing here knows about XKS.
 
 mod classify;
+mod crypto;
+pub mod supervisor;
 pub mod token;
 mod worker;
 
 pub use classify::classify;
-pub use token::{KeyInfo, Token, TokenHealth, TokenStatus};
+pub use token::{CountedSession, KeyInfo, Token, TokenHealth, TokenStatus};
+pub use worker::IDLE_CHECK;
 
 use crate::config::TokenConfig;
 use crossbeam_channel::{Sender, TrySendError};
@@ -130,6 +133,9 @@ impl Hsm {
     }
 
     async fn submit(&self, op: Op) -> Result<Reply, HsmError> {
+        if self.token.killed() {
+            return Err(HsmError::Disconnected);
+        }
         let deadline = Instant::now() + self.timeout;
         let (reply, rx) = oneshot::channel();
         self.jobs

@@ -1,27 +1,25 @@
 //! One PKCS#11 token: loading the module, finding the slot by token label, logging in once,
-//! caching key handles by label, and the crypto calls a worker makes on its own session.
+//! counting the sessions handed to workers, and disconnecting completely for the kill switch
+//! (every session closed, logout, `C_Finalize`). Crypto calls are in `crypto.rs`, background
+//! reconnection and key-state polling in `supervisor.rs`.
 //!
 //! Login is a property of the application on the token, not of one session: the token keeps a
 //! dedicated "login session" open so the login survives workers dropping their sessions.
 
-use super::{classify, HsmError, Sealed};
+use super::{classify, HsmError};
 use crate::config::{IvSource, TokenConfig};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::aead::GcmParams;
-use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::ObjectHandle;
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use secrecy::{ExposeSecret, SecretString};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
-use zeroize::Zeroizing;
-
-const TAG_LEN: usize = 16;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// Health of a token as reported to KMS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,15 +67,33 @@ pub struct KeyInfo {
     pub usages: Vec<&'static str>,
 }
 
-struct Connection {
-    pkcs11: Pkcs11,
-    slot: Slot,
-    _login: Mutex<Session>,
+pub(super) struct Connection {
+    pub(super) pkcs11: Pkcs11,
+    pub(super) slot: Slot,
+    login: Mutex<Session>,
 }
 
-enum State {
+pub(super) enum State {
     Connected(Connection),
     Unavailable(String),
+    /// Disconnected on purpose by the kill switch.
+    Disconnected,
+}
+
+/// A session handed out by the token; dropping it closes the session and updates the count
+/// the kill switch waits on.
+pub struct CountedSession<'t> {
+    /// Connection generation it belongs to.
+    pub generation: u64,
+    /// The PKCS#11 session.
+    pub session: Session,
+    count: &'t AtomicUsize,
+}
+
+impl Drop for CountedSession<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A configured token and its connection state.
@@ -86,17 +102,27 @@ pub struct Token {
     pub name: String,
     module: PathBuf,
     label: String,
-    iv_source: IvSource,
+    pub(super) iv_source: IvSource,
     pin: SecretString,
-    state: RwLock<State>,
+    pub(super) state: RwLock<State>,
     ident: RwLock<(String, String)>,
-    keys: RwLock<HashMap<String, ObjectHandle>>,
+    pub(super) keys: RwLock<HashMap<String, ObjectHandle>>,
+    pub(super) disabled: RwLock<HashSet<String>>,
+    /// Held by a local disable/enable across "flip in memory, then write the token", and by
+    /// the poller across "read the token, then replace the set", so a poll never undoes a
+    /// flip whose token write is still in progress.
+    pub(super) disabled_sync: Mutex<()>,
     generation: AtomicU64,
+    open_sessions: AtomicUsize,
+    killed: Arc<AtomicBool>,
+    /// The connection taken out of service by `begin_disconnect`, finalized by
+    /// `finish_disconnect` once its sessions are closed.
+    parked: Mutex<Option<Connection>>,
 }
 
 impl Token {
-    /// A token in the "not yet connected" state.
-    pub fn new(cfg: &TokenConfig, pin: SecretString) -> Token {
+    /// A token in the "not yet connected" state; `killed` is the whole-proxy kill switch flag.
+    pub fn new(cfg: &TokenConfig, pin: SecretString, killed: Arc<AtomicBool>) -> Token {
         Token {
             name: cfg.name.clone(),
             module: cfg.module.clone(),
@@ -106,12 +132,22 @@ impl Token {
             state: RwLock::new(State::Unavailable("not connected yet".into())),
             ident: RwLock::new(("unknown".into(), "unknown".into())),
             keys: RwLock::new(HashMap::new()),
+            disabled: RwLock::new(HashSet::new()),
+            disabled_sync: Mutex::new(()),
             generation: AtomicU64::new(0),
+            open_sessions: AtomicUsize::new(0),
+            killed,
+            parked: Mutex::new(None),
         }
     }
 
+    /// Is the whole-proxy kill switch engaged?
+    pub fn killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
+
     /// Loads and initialises the module, finds the token by label and logs in. A wrong or locked
-    /// PIN is reported as such; callers must not retry it in a loop (HSMs lock PINs).
+    /// PIN is [`HsmError::LoginRefused`]; callers must not retry it in a loop (HSMs lock PINs).
     pub fn connect(&self) -> Result<(), HsmError> {
         let conn = self.open_connection();
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
@@ -126,37 +162,6 @@ impl Token {
                 *state = State::Unavailable(e.to_string());
                 Err(e)
             }
-        }
-    }
-
-    /// Reconnects in the background whenever the token is unavailable, with exponential
-    /// backoff (0.5 s to 30 s). A refused PIN stops the retries: every attempt would count
-    /// against the HSM's PIN retry counter. Restart or reload after fixing the PIN.
-    pub fn supervise(self: std::sync::Arc<Self>) {
-        let name = format!("hsm-{}-supervisor", self.name);
-        let spawned = std::thread::Builder::new().name(name).spawn(move || {
-            let mut backoff = std::time::Duration::from_millis(500);
-            loop {
-                std::thread::sleep(if self.is_connected() { std::time::Duration::from_millis(500) } else { backoff });
-                if self.is_connected() {
-                    backoff = std::time::Duration::from_millis(500);
-                    continue;
-                }
-                match self.connect() {
-                    Ok(()) => tracing::info!(token = %self.name, "token reconnected"),
-                    Err(HsmError::LoginRefused(msg)) => {
-                        tracing::error!(token = %self.name, "{msg}; not retrying to avoid locking the PIN");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(token = %self.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "token still unavailable");
-                        backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
-                    }
-                }
-            }
-        });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start token supervisor thread");
         }
     }
 
@@ -197,7 +202,7 @@ impl Token {
         Ok(Connection {
             pkcs11,
             slot,
-            _login: Mutex::new(session),
+            login: Mutex::new(session),
         })
     }
 
@@ -228,21 +233,85 @@ impl Token {
         }
     }
 
-    /// Current connection generation; a worker's session from an older one is discarded.
+    /// Current connection generation; a session from an older one is discarded.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// Opens a new session for a worker on the current connection.
-    pub(super) fn open_session(&self) -> Result<(u64, Session), HsmError> {
+    /// Opens a new read-only session on the current connection (workers, pollers).
+    pub fn open_session(&self) -> Result<CountedSession<'_>, HsmError> {
+        self.open(false)
+    }
+
+    /// Opens a read-write session for key administration.
+    pub fn admin_session(&self) -> Result<CountedSession<'_>, HsmError> {
+        self.open(true)
+    }
+
+    fn open(&self, rw: bool) -> Result<CountedSession<'_>, HsmError> {
+        if self.killed() {
+            return Err(HsmError::Disconnected);
+        }
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         match &*state {
             State::Connected(c) => {
-                let s = c.pkcs11.open_ro_session(c.slot).map_err(classify)?;
-                Ok((self.generation(), s))
+                let s = if rw {
+                    c.pkcs11.open_rw_session(c.slot)
+                } else {
+                    c.pkcs11.open_ro_session(c.slot)
+                };
+                let session = s.map_err(classify)?;
+                self.open_sessions.fetch_add(1, Ordering::SeqCst);
+                Ok(CountedSession {
+                    generation: self.generation(),
+                    session,
+                    count: &self.open_sessions,
+                })
             }
             State::Unavailable(reason) => Err(HsmError::Unavailable(reason.clone())),
+            State::Disconnected => Err(HsmError::Disconnected),
         }
+    }
+
+    /// Sessions currently held by workers, pollers and admin commands.
+    pub fn open_sessions(&self) -> usize {
+        self.open_sessions.load(Ordering::SeqCst)
+    }
+
+    /// Kill switch, step 1: no new session can be opened and every holder of one drops it at
+    /// its next look (workers look at least every [`super::IDLE_CHECK`]).
+    pub fn begin_disconnect(&self) {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::replace(&mut *state, State::Disconnected);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        drop(state);
+        if let State::Connected(c) = old {
+            *self.parked.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
+        }
+    }
+
+    /// Kill switch, step 2: waits (bounded) for every session to close, then logs out, closes
+    /// the login session and finalizes the module. Returns how many sessions were still open
+    /// when the wait ended (0 when all closed in time).
+    pub fn finish_disconnect(&self, wait: Duration) -> usize {
+        let deadline = Instant::now() + wait;
+        while self.open_sessions() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let left = self.open_sessions();
+        self.keys.write().unwrap_or_else(|p| p.into_inner()).clear();
+        if let Some(c) = self.parked.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let Connection { pkcs11, login, .. } = c;
+            let login = login.into_inner().unwrap_or_else(|p| p.into_inner());
+            let _ = login.logout();
+            drop(login);
+            // Another token on the same module may have finalized it already.
+            match pkcs11.finalize() {
+                Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiNotInitialized, _)) => {}
+                Err(e) => tracing::warn!(token = %self.name, error = %e, "C_Finalize failed"),
+            }
+        }
+        left
     }
 
     /// Records a device-class failure: the token is unavailable until reconnected.
@@ -261,6 +330,47 @@ impl Token {
             *self.state.read().unwrap_or_else(|p| p.into_inner()),
             State::Connected(_)
         )
+    }
+
+    /// Is this key disabled (key-scope kill switch)? Reads the in-memory copy of the token's
+    /// marks, refreshed by the supervisor every half second and updated at once by local
+    /// admin commands.
+    pub fn is_disabled(&self, key_id: &str) -> bool {
+        self.disabled
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key_id)
+    }
+
+    /// Runs a local disable/enable: `f` flips the in-memory set (with [`Token::set_disabled`])
+    /// and writes the token while the poller is held off.
+    pub fn with_disabled_sync<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _guard = self.disabled_sync.lock().unwrap_or_else(|p| p.into_inner());
+        f()
+    }
+
+    /// Updates the in-memory disabled set for one key (local admin commands, before the token
+    /// write, so the switch takes effect first).
+    pub fn set_disabled(&self, key_id: &str, disabled: bool) {
+        let mut set = self.disabled.write().unwrap_or_else(|p| p.into_inner());
+        if disabled {
+            set.insert(key_id.to_owned());
+        } else {
+            set.remove(key_id);
+        }
+    }
+
+    /// Keys currently known as disabled.
+    pub fn disabled_keys(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .disabled
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        v.sort();
+        v
     }
 
     /// A health report built without a probe (for failures of the probe itself).
@@ -297,136 +407,5 @@ impl Token {
             (TokenStatus::Active, "")
         };
         Ok(self.health_without_probe(status, detail))
-    }
-
-    fn handle(&self, session: &Session, label: &str) -> Result<ObjectHandle, HsmError> {
-        if let Some(h) = self.keys.read().unwrap_or_else(|p| p.into_inner()).get(label) {
-            return Ok(*h);
-        }
-        let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::Label(label.as_bytes().to_vec()),
-        ];
-        let found = session.find_objects(&template).map_err(classify)?;
-        match found.as_slice() {
-            [h] => {
-                self.keys
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(label.to_owned(), *h);
-                Ok(*h)
-            }
-            [] => Err(HsmError::KeyNotFound),
-            many => {
-                tracing::error!(token = %self.name, key_id = label, count = many.len(), "duplicate key labels on token");
-                Err(HsmError::AmbiguousKey(many.len()))
-            }
-        }
-    }
-
-    /// Runs `f` with the key's handle, re-finding it once if the cached handle went stale.
-    fn with_key<T>(
-        &self,
-        session: &Session,
-        label: &str,
-        f: impl Fn(ObjectHandle) -> Result<T, HsmError>,
-    ) -> Result<T, HsmError> {
-        let h = self.handle(session, label)?;
-        match f(h) {
-            Err(e) if e.stale_handle() => {
-                self.keys.write().unwrap_or_else(|p| p.into_inner()).remove(label);
-                f(self.handle(session, label)?)
-            }
-            other => other,
-        }
-    }
-
-    pub(super) fn encrypt(
-        &self,
-        s: &Session,
-        label: &str,
-        aad: &[u8],
-        pt: &[u8],
-    ) -> Result<Sealed, HsmError> {
-        self.with_key(s, label, |key| {
-            let mut iv = [0u8; 12];
-            if self.iv_source == IvSource::TokenRandom {
-                s.generate_random_slice(&mut iv).map_err(classify)?;
-            }
-            let params = GcmParams::new(&mut iv, aad, (TAG_LEN as u64 * 8).into())
-                .map_err(|e| HsmError::Internal(e.to_string()))?;
-            let out = s.encrypt(&Mechanism::AesGcm(params), key, pt).map_err(classify)?;
-            if out.len() != pt.len() + TAG_LEN {
-                return Err(HsmError::Internal(
-                    "token returned an unexpected ciphertext length".into(),
-                ));
-            }
-            if iv == [0u8; 12] {
-                // Either the HSM did not write back an IV or the RNG returned zeros: never use it.
-                return Err(HsmError::Internal(
-                    "token produced an all-zero IV; check iv_source".into(),
-                ));
-            }
-            Ok(Sealed {
-                iv,
-                ciphertext_and_tag: out,
-            })
-        })
-    }
-
-    pub(super) fn decrypt(
-        &self,
-        s: &Session,
-        label: &str,
-        iv: &[u8],
-        aad: &[u8],
-        ct: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        self.with_key(s, label, |key| {
-            let mut iv = iv.to_vec();
-            let params = GcmParams::new(&mut iv, aad, (TAG_LEN as u64 * 8).into())
-                .map_err(|e| HsmError::Internal(e.to_string()))?;
-            s.decrypt(&Mechanism::AesGcm(params), key, ct)
-                .map(Zeroizing::new)
-                .map_err(classify)
-        })
-    }
-
-    pub(super) fn key_info(&self, s: &Session, label: &str) -> Result<KeyInfo, HsmError> {
-        use AttributeType as A;
-        let wanted = [
-            A::KeyType,
-            A::ValueLen,
-            A::Encrypt,
-            A::Decrypt,
-            A::Wrap,
-            A::Unwrap,
-            A::Sign,
-            A::Verify,
-            A::Derive,
-        ];
-        let attrs = self.with_key(s, label, |key| s.get_attributes(key, &wanted).map_err(classify))?;
-        let (mut key_type, mut len, mut usages) = (None, 0u64, Vec::new());
-        for a in attrs {
-            match a {
-                Attribute::KeyType(t) => key_type = Some(t),
-                Attribute::ValueLen(l) => len = l.into(),
-                Attribute::Encrypt(true) => usages.push("ENCRYPT"),
-                Attribute::Decrypt(true) => usages.push("DECRYPT"),
-                Attribute::Wrap(true) => usages.push("WRAP"),
-                Attribute::Unwrap(true) => usages.push("UNWRAP"),
-                Attribute::Sign(true) => usages.push("SIGN"),
-                Attribute::Verify(true) => usages.push("VERIFY"),
-                Attribute::Derive(true) => usages.push("DERIVE"),
-                _ => {}
-            }
-        }
-        let key_spec = match key_type {
-            Some(t) if t == KeyType::AES => format!("AES_{}", len * 8),
-            Some(t) if t == KeyType::GENERIC_SECRET => format!("HMAC_{}", len * 8),
-            Some(t) => format!("UNSUPPORTED_{}", t.to_string().trim_start_matches("CKK_")),
-            None => "UNKNOWN".to_owned(),
-        };
-        Ok(KeyInfo { key_spec, usages })
     }
 }

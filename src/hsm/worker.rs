@@ -1,12 +1,16 @@
 //! A worker thread: owns one session of its token, serves jobs from the shared bounded queue,
-//! re-opens its session when the token reconnects, and retries once on a lost session.
+//! re-opens its session when the token reconnects, retries once on a lost session, and drops
+//! its session within [`IDLE_CHECK`] when the kill switch engages, even when idle.
 
-use super::token::Token;
+use super::token::{CountedSession, Token};
 use super::{HsmError, Job, Op, Reply};
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use cryptoki::session::Session;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How often an idle worker checks whether its session must be dropped.
+pub const IDLE_CHECK: Duration = Duration::from_millis(20);
 
 pub(super) fn spawn(name: String, token: Arc<Token>, jobs: Receiver<Job>) {
     let spawned = std::thread::Builder::new()
@@ -18,9 +22,23 @@ pub(super) fn spawn(name: String, token: Arc<Token>, jobs: Receiver<Job>) {
 }
 
 fn run(token: &Token, jobs: &Receiver<Job>) {
-    let mut session: Option<(u64, Session)> = None;
-    while let Ok(job) = jobs.recv() {
-        // A job whose caller gave up (deadline passed) never reaches the token.
+    let mut session: Option<CountedSession<'_>> = None;
+    loop {
+        let job = match jobs.recv_timeout(IDLE_CHECK) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                drop_if_stale(token, &mut session);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        // The kill switch is checked before every job: nothing admitted after it engaged
+        // reaches the token. A job whose caller gave up (deadline passed) is skipped too.
+        if token.killed() {
+            session = None;
+            let _ = job.reply.send(Err(HsmError::Disconnected));
+            continue;
+        }
         if job.reply.is_closed() || Instant::now() >= job.deadline {
             let _ = job.reply.send(Err(HsmError::Timeout));
             continue;
@@ -30,18 +48,24 @@ fn run(token: &Token, jobs: &Receiver<Job>) {
     }
 }
 
-fn serve(token: &Token, slot: &mut Option<(u64, Session)>, op: &Op) -> Result<Reply, HsmError> {
+fn drop_if_stale(token: &Token, session: &mut Option<CountedSession<'_>>) {
+    if token.killed()
+        || session
+            .as_ref()
+            .is_some_and(|s| s.generation != token.generation())
+    {
+        *session = None;
+    }
+}
+
+fn serve<'t>(token: &'t Token, slot: &mut Option<CountedSession<'t>>, op: &Op) -> Result<Reply, HsmError> {
     for attempt in 0..2 {
-        if slot.as_ref().is_some_and(|(gen, _)| *gen != token.generation()) {
-            *slot = None;
-        }
+        drop_if_stale(token, slot);
         if slot.is_none() {
             *slot = Some(token.open_session()?);
         }
-        let Some((_, session)) = slot.as_ref() else {
-            continue;
-        };
-        match execute(token, session, op) {
+        let Some(s) = slot.as_ref() else { continue };
+        match execute(token, &s.session, op) {
             // Re-running is safe for every op: Encrypt simply draws a fresh IV.
             Err(e) if e.session_lost() && attempt == 0 => *slot = None,
             Err(e) if e.device_lost() => {

@@ -49,6 +49,7 @@ pub async fn handle(
         ));
     }
     ks.check_key(key_id)?;
+    ks.check_enabled(key_id)?;
     // Metadata of a format this proxy never wrote cannot authenticate; the framed AAD makes GCM
     // reject it too, but a version we do not know must never be passed on as if it were ours.
     if !metadata.is_empty() && aead::decode_metadata(&metadata) != Some(aead::CURRENT_KEY_VERSION) {

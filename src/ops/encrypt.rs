@@ -44,6 +44,7 @@ pub async fn handle(
         None => Vec::new(),
     };
     ks.check_key(key_id)?;
+    ks.check_enabled(key_id)?;
 
     let metadata = aead::encode_metadata(aead::CURRENT_KEY_VERSION);
     let gcm_aad =

@@ -150,6 +150,10 @@ impl Server {
         let start = Instant::now();
         let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if req.uri().path() == "/ping" && req.method() == http::Method::GET {
+            // A load balancer takes an instance whose kill switch is engaged out of rotation.
+            if self.app.kill.proxy_engaged() {
+                return text_response(StatusCode::SERVICE_UNAVAILABLE, "kill switch engaged");
+            }
             return text_response(StatusCode::OK, "pong");
         }
         let mut ctx = RequestContext::default();

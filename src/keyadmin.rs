@@ -1,0 +1,330 @@
+//! Key lifecycle on the token, shared by the daemon (through the admin socket) and the CLI
+//! (directly, when no daemon runs): create inside the token, import under a KEK with AES key wrap
+//! with padding (RFC 5649), list/show, disable/enable (the key-scope kill switch) and destroy.
+//!
+//! A disabled key is marked by a private token object of class `CKO_DATA` with
+//! `CKA_APPLICATION = "xks-bridge/disabled-key"` and `CKA_LABEL = <key id>`. Keeping the mark on
+//! the token (rather than in a proxy file) means every proxy instance sharing the token, as
+//! with an HSM cluster, agrees on it, and it survives any instance's restart. PKCS#11 has no
+//! "disabled" attribute, and flipping `CKA_ENCRYPT`/`CKA_DECRYPT` instead would destroy the
+//! usage information GetKeyMetadata must keep reporting.
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use cryptoki::types::Date;
+use serde::Serialize;
+use std::collections::HashSet;
+
+/// `CKA_APPLICATION` of disabled-key marks.
+pub const DISABLED_APP: &[u8] = b"xks-bridge/disabled-key";
+
+/// Key usages to give a new key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Usage {
+    /// CKA_ENCRYPT
+    pub encrypt: bool,
+    /// CKA_DECRYPT
+    pub decrypt: bool,
+}
+
+impl Usage {
+    /// Parses `encrypt,decrypt`, `encrypt`, `decrypt` or `none`.
+    pub fn parse(s: &str) -> Result<Usage, String> {
+        let mut u = Usage {
+            encrypt: false,
+            decrypt: false,
+        };
+        for part in s.split(',').map(str::trim) {
+            match part {
+                "encrypt" => u.encrypt = true,
+                "decrypt" => u.decrypt = true,
+                "none" | "" => {}
+                other => return Err(format!("unknown usage {other:?} (use encrypt, decrypt or none)")),
+            }
+        }
+        Ok(u)
+    }
+}
+
+/// What `keys list` / `keys show` report.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct KeyEntry {
+    /// External key id (`CKA_LABEL`).
+    pub id: String,
+    /// `AES_256`, ...
+    pub key_spec: String,
+    /// `ENCRYPT`, `DECRYPT`, `UNWRAP` ...
+    pub usages: Vec<&'static str>,
+    /// `ENABLED` or `DISABLED`.
+    pub state: &'static str,
+    /// `CKA_START_DATE` (set to the creation day by this tool), if any.
+    pub created: Option<String>,
+    /// `CKA_EXTRACTABLE`.
+    pub extractable: bool,
+    /// `CKA_SENSITIVE`.
+    pub sensitive: bool,
+}
+
+fn ck(what: &'static str) -> impl Fn(cryptoki::error::Error) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+fn label_template(class: ObjectClass, label: &str) -> [Attribute; 2] {
+    [
+        Attribute::Class(class),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ]
+}
+
+/// The one secret key labelled `id`; absent and duplicated labels are errors.
+pub fn find_key(s: &Session, id: &str) -> Result<ObjectHandle, String> {
+    let found = s
+        .find_objects(&label_template(ObjectClass::SECRET_KEY, id))
+        .map_err(ck("C_FindObjects"))?;
+    match found.as_slice() {
+        [h] => Ok(*h),
+        [] => Err(format!("no key with id {id:?} on the token")),
+        many => Err(format!(
+            "{} keys carry the id {id:?}; resolve the duplicate on the token",
+            many.len()
+        )),
+    }
+}
+
+fn refuse_existing(s: &Session, id: &str) -> Result<(), String> {
+    let found = s
+        .find_objects(&label_template(ObjectClass::SECRET_KEY, id))
+        .map_err(ck("C_FindObjects"))?;
+    if found.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("a key with id {id:?} already exists"))
+    }
+}
+
+fn today() -> Date {
+    let d = time::OffsetDateTime::now_utc().date();
+    let y = format!("{:04}", d.year());
+    let m = format!("{:02}", u8::from(d.month()));
+    let day = format!("{:02}", d.day());
+    Date::new_from_str_slice(&y, &m, &day).unwrap_or_else(|_| Date::new_empty())
+}
+
+/// Attributes every external key gets: persistent, private, sensitive, never extractable.
+fn key_template(id: &str, usage: Usage, unwrap: bool) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(usage.encrypt),
+        Attribute::Decrypt(usage.decrypt),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(unwrap),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Derive(false),
+        Attribute::StartDate(today()),
+        Attribute::Label(id.as_bytes().to_vec()),
+    ]
+}
+
+/// Generates an AES-256 key inside the token. Refuses an id already in use.
+pub fn create(s: &Session, id: &str, usage: Usage) -> Result<ObjectHandle, String> {
+    refuse_existing(s, id)?;
+    let mut t = key_template(id, usage, false);
+    t.push(Attribute::ValueLen(32.into()));
+    s.generate_key(&Mechanism::AesKeyGen, &t)
+        .map_err(ck("C_GenerateKey"))
+}
+
+/// Stores a key-encryption key (unwrap only) from material the custodian also holds.
+pub fn create_kek(s: &Session, id: &str, material: &[u8; 32]) -> Result<ObjectHandle, String> {
+    refuse_existing(s, id)?;
+    let mut t = key_template(
+        id,
+        Usage {
+            encrypt: false,
+            decrypt: false,
+        },
+        true,
+    );
+    t.push(Attribute::Value(material.to_vec()));
+    s.create_object(&t).map_err(ck("C_CreateObject"))
+}
+
+/// Unwraps RFC 5649-wrapped AES-256 material under the KEK labelled `kek` into a new key.
+/// On any failure nothing is left on the token.
+pub fn import(
+    s: &Session,
+    id: &str,
+    kek: &str,
+    wrapped: &[u8],
+    usage: Usage,
+) -> Result<ObjectHandle, String> {
+    refuse_existing(s, id)?;
+    let kek = find_key(s, kek)?;
+    let t = key_template(id, usage, false);
+    let h = s
+        .unwrap_key(&Mechanism::AesKeyWrapPad, kek, wrapped, &t)
+        .map_err(|e| format!("unwrap failed (wrong KEK or corrupt wrapped blob): {e}"))?;
+    match s.get_attributes(h, &[AttributeType::ValueLen]) {
+        Ok(a) if a.contains(&Attribute::ValueLen(32.into())) => Ok(h),
+        _ => {
+            let _ = s.destroy_object(h);
+            Err("the wrapped material is not a 256-bit AES key".into())
+        }
+    }
+}
+
+/// Labels of all disabled keys (the marks on the token).
+pub fn disabled_set(s: &Session) -> Result<HashSet<String>, String> {
+    let marks = s
+        .find_objects(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Application(DISABLED_APP.to_vec()),
+        ])
+        .map_err(ck("C_FindObjects"))?;
+    let mut out = HashSet::new();
+    for m in marks {
+        for a in s
+            .get_attributes(m, &[AttributeType::Label])
+            .map_err(ck("C_GetAttributeValue"))?
+        {
+            if let Attribute::Label(l) = a {
+                out.insert(String::from_utf8_lossy(&l).into_owned());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn marks_for(s: &Session, id: &str) -> Result<Vec<ObjectHandle>, String> {
+    s.find_objects(&[
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Application(DISABLED_APP.to_vec()),
+        Attribute::Label(id.as_bytes().to_vec()),
+    ])
+    .map_err(ck("C_FindObjects"))
+}
+
+/// Disables a key (idempotent). `record` (who/when/why, JSON) is stored in the mark's value.
+pub fn disable(s: &Session, id: &str, record: &str) -> Result<(), String> {
+    find_key(s, id)?;
+    if !marks_for(s, id)?.is_empty() {
+        return Ok(());
+    }
+    s.create_object(&[
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Application(DISABLED_APP.to_vec()),
+        Attribute::Label(id.as_bytes().to_vec()),
+        Attribute::Value(record.as_bytes().to_vec()),
+    ])
+    .map(|_| ())
+    .map_err(ck("C_CreateObject"))
+}
+
+/// Enables a key (idempotent): removes every mark for it.
+pub fn enable(s: &Session, id: &str) -> Result<(), String> {
+    find_key(s, id)?;
+    for m in marks_for(s, id)? {
+        s.destroy_object(m).map_err(ck("C_DestroyObject"))?;
+    }
+    Ok(())
+}
+
+/// Destroys a key, which must be disabled first. Irreversible.
+pub fn destroy(s: &Session, id: &str) -> Result<(), String> {
+    let h = find_key(s, id)?;
+    if marks_for(s, id)?.is_empty() {
+        return Err(format!(
+            "key {id:?} is enabled; disable it first (keys disable {id})"
+        ));
+    }
+    s.destroy_object(h).map_err(ck("C_DestroyObject"))?;
+    for m in marks_for(s, id)? {
+        let _ = s.destroy_object(m);
+    }
+    Ok(())
+}
+
+/// Describes one key.
+pub fn show(s: &Session, id: &str) -> Result<KeyEntry, String> {
+    let disabled = disabled_set(s)?;
+    entry(s, find_key(s, id)?, &disabled)
+}
+
+/// Describes every AES secret key on the token, sorted by id.
+pub fn list(s: &Session) -> Result<Vec<KeyEntry>, String> {
+    let disabled = disabled_set(s)?;
+    let keys = s
+        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+        .map_err(ck("C_FindObjects"))?;
+    let mut out = Vec::new();
+    for h in keys {
+        out.push(entry(s, h, &disabled)?);
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+fn entry(s: &Session, h: ObjectHandle, disabled: &HashSet<String>) -> Result<KeyEntry, String> {
+    use AttributeType as A;
+    let wanted = [
+        A::Label,
+        A::KeyType,
+        A::ValueLen,
+        A::Encrypt,
+        A::Decrypt,
+        A::Wrap,
+        A::Unwrap,
+        A::Sign,
+        A::Verify,
+        A::Derive,
+        A::Extractable,
+        A::Sensitive,
+        A::StartDate,
+    ];
+    let mut e = KeyEntry {
+        id: String::new(),
+        key_spec: "UNKNOWN".into(),
+        usages: vec![],
+        state: "ENABLED",
+        created: None,
+        extractable: true,
+        sensitive: false,
+    };
+    let (mut kt, mut len) = (None, 0u64);
+    for a in s.get_attributes(h, &wanted).map_err(ck("C_GetAttributeValue"))? {
+        match a {
+            Attribute::Label(l) => e.id = String::from_utf8_lossy(&l).into_owned(),
+            Attribute::KeyType(t) => kt = Some(t),
+            Attribute::ValueLen(l) => len = l.into(),
+            Attribute::Encrypt(true) => e.usages.push("ENCRYPT"),
+            Attribute::Decrypt(true) => e.usages.push("DECRYPT"),
+            Attribute::Wrap(true) => e.usages.push("WRAP"),
+            Attribute::Unwrap(true) => e.usages.push("UNWRAP"),
+            Attribute::Sign(true) => e.usages.push("SIGN"),
+            Attribute::Verify(true) => e.usages.push("VERIFY"),
+            Attribute::Derive(true) => e.usages.push("DERIVE"),
+            Attribute::Extractable(x) => e.extractable = x,
+            Attribute::Sensitive(x) => e.sensitive = x,
+            Attribute::StartDate(d) if !d.is_empty() => e.created = Some(d.to_string()),
+            _ => {}
+        }
+    }
+    e.key_spec = match kt {
+        Some(t) if t == KeyType::AES => format!("AES_{}", len * 8),
+        Some(t) => t.to_string().trim_start_matches("CKK_").to_owned(),
+        None => "UNKNOWN".into(),
+    };
+    if disabled.contains(&e.id) {
+        e.state = "DISABLED";
+    }
+    Ok(e)
+}
