@@ -224,11 +224,15 @@ impl Control {
             KeyOp::Enable { id, .. } => return self.release(&Scope::Key(id.clone()), token, by).await,
             _ => {}
         }
-        let t = self.token_for(token)?;
+        let t2 = self.token_for(token)?;
         let op2 = op.clone();
         let out = tokio::task::spawn_blocking(move || {
-            let s = t.admin_session().map_err(|e| e.to_string())?;
-            crate::admin::run_key_op(&s.session, &op2)
+            let s = t2.admin_session().map_err(|e| e.to_string())?;
+            let out = crate::admin::run_key_op(&s.session, &op2);
+            if let (Ok(_), KeyOp::Destroy { id }) = (&out, &op2) {
+                t2.set_disabled(id, false);
+            }
+            out
         })
         .await
         .map_err(|e| e.to_string())??;

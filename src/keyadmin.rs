@@ -2,6 +2,11 @@
 //! (directly, when no daemon runs): create inside the token, import under a KEK with AES key wrap
 //! with padding (RFC 5649), list/show, disable/enable (the key-scope kill switch) and destroy.
 //!
+//! Two kinds of private `CKO_DATA` objects accompany keys, both labelled with the key id:
+//! `xks-bridge/disabled-key` marks (below) and `xks-bridge/key-created` records holding the
+//! creation time (RFC 3339) of keys created or imported by this tool (PKCS#11 has no creation
+//! timestamp, and SoftHSM2 cannot read back `CKA_START_DATE` reliably).
+//!
 //! A disabled key is marked by a private token object of class `CKO_DATA` with
 //! `CKA_APPLICATION = "xks-bridge/disabled-key"` and `CKA_LABEL = <key id>`. Keeping the mark on
 //! the token (rather than in a proxy file) means every proxy instance sharing the token, as
@@ -12,12 +17,13 @@
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
-use cryptoki::types::Date;
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// `CKA_APPLICATION` of disabled-key marks.
 pub const DISABLED_APP: &[u8] = b"xks-bridge/disabled-key";
+/// `CKA_APPLICATION` of creation records.
+pub const CREATED_APP: &[u8] = b"xks-bridge/key-created";
 
 /// Key usages to give a new key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -58,7 +64,7 @@ pub struct KeyEntry {
     pub usages: Vec<&'static str>,
     /// `ENABLED` or `DISABLED`.
     pub state: &'static str,
-    /// `CKA_START_DATE` (set to the creation day by this tool), if any.
+    /// Creation time, for keys created or imported by this tool.
     pub created: Option<String>,
     /// `CKA_EXTRACTABLE`.
     pub extractable: bool,
@@ -103,14 +109,6 @@ fn refuse_existing(s: &Session, id: &str) -> Result<(), String> {
     }
 }
 
-fn today() -> Date {
-    let d = time::OffsetDateTime::now_utc().date();
-    let y = format!("{:04}", d.year());
-    let m = format!("{:02}", u8::from(d.month()));
-    let day = format!("{:02}", d.day());
-    Date::new_from_str_slice(&y, &m, &day).unwrap_or_else(|_| Date::new_empty())
-}
-
 /// Attributes every external key gets: persistent, private, sensitive, never extractable.
 fn key_template(id: &str, usage: Usage, unwrap: bool) -> Vec<Attribute> {
     vec![
@@ -127,7 +125,6 @@ fn key_template(id: &str, usage: Usage, unwrap: bool) -> Vec<Attribute> {
         Attribute::Sign(false),
         Attribute::Verify(false),
         Attribute::Derive(false),
-        Attribute::StartDate(today()),
         Attribute::Label(id.as_bytes().to_vec()),
     ]
 }
@@ -137,8 +134,63 @@ pub fn create(s: &Session, id: &str, usage: Usage) -> Result<ObjectHandle, Strin
     refuse_existing(s, id)?;
     let mut t = key_template(id, usage, false);
     t.push(Attribute::ValueLen(32.into()));
-    s.generate_key(&Mechanism::AesKeyGen, &t)
-        .map_err(ck("C_GenerateKey"))
+    let h = s
+        .generate_key(&Mechanism::AesKeyGen, &t)
+        .map_err(ck("C_GenerateKey"))?;
+    record_creation(s, id, h)
+}
+
+/// Stores the creation record; if that fails, removes the key so nothing half-made remains.
+fn record_creation(s: &Session, id: &str, key: ObjectHandle) -> Result<ObjectHandle, String> {
+    let now = crate::kill_switch::now_rfc3339();
+    match put_data(s, CREATED_APP, id, now.as_bytes()) {
+        Ok(()) => Ok(key),
+        Err(e) => {
+            let _ = s.destroy_object(key);
+            Err(e)
+        }
+    }
+}
+
+fn put_data(s: &Session, app: &[u8], label: &str, value: &[u8]) -> Result<(), String> {
+    s.create_object(&[
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Application(app.to_vec()),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Value(value.to_vec()),
+    ])
+    .map(|_| ())
+    .map_err(ck("C_CreateObject"))
+}
+
+/// Data objects of one application, by label: (their handles, the first one's value).
+type DataObjects = HashMap<String, (Vec<ObjectHandle>, Vec<u8>)>;
+
+fn data_objects(s: &Session, app: &[u8]) -> Result<DataObjects, String> {
+    let found = s
+        .find_objects(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Application(app.to_vec()),
+        ])
+        .map_err(ck("C_FindObjects"))?;
+    let mut out = DataObjects::new();
+    for h in found {
+        let (mut label, mut value) = (String::new(), Vec::new());
+        let attrs = s
+            .get_attributes(h, &[AttributeType::Label, AttributeType::Value])
+            .map_err(ck("C_GetAttributeValue"))?;
+        for a in attrs {
+            match a {
+                Attribute::Label(l) => label = String::from_utf8_lossy(&l).into_owned(),
+                Attribute::Value(v) => value = v,
+                _ => {}
+            }
+        }
+        out.entry(label).or_insert_with(|| (Vec::new(), value)).0.push(h);
+    }
+    Ok(out)
 }
 
 /// Stores a key-encryption key (unwrap only) from material the custodian also holds.
@@ -153,7 +205,8 @@ pub fn create_kek(s: &Session, id: &str, material: &[u8; 32]) -> Result<ObjectHa
         true,
     );
     t.push(Attribute::Value(material.to_vec()));
-    s.create_object(&t).map_err(ck("C_CreateObject"))
+    let h = s.create_object(&t).map_err(ck("C_CreateObject"))?;
+    record_creation(s, id, h)
 }
 
 /// Unwraps RFC 5649-wrapped AES-256 material under the KEK labelled `kek` into a new key.
@@ -172,7 +225,7 @@ pub fn import(
         .unwrap_key(&Mechanism::AesKeyWrapPad, kek, wrapped, &t)
         .map_err(|e| format!("unwrap failed (wrong KEK or corrupt wrapped blob): {e}"))?;
     match s.get_attributes(h, &[AttributeType::ValueLen]) {
-        Ok(a) if a.contains(&Attribute::ValueLen(32.into())) => Ok(h),
+        Ok(a) if a.contains(&Attribute::ValueLen(32.into())) => record_creation(s, id, h),
         _ => {
             let _ = s.destroy_object(h);
             Err("the wrapped material is not a 256-bit AES key".into())
@@ -182,24 +235,7 @@ pub fn import(
 
 /// Labels of all disabled keys (the marks on the token).
 pub fn disabled_set(s: &Session) -> Result<HashSet<String>, String> {
-    let marks = s
-        .find_objects(&[
-            Attribute::Class(ObjectClass::DATA),
-            Attribute::Application(DISABLED_APP.to_vec()),
-        ])
-        .map_err(ck("C_FindObjects"))?;
-    let mut out = HashSet::new();
-    for m in marks {
-        for a in s
-            .get_attributes(m, &[AttributeType::Label])
-            .map_err(ck("C_GetAttributeValue"))?
-        {
-            if let Attribute::Label(l) = a {
-                out.insert(String::from_utf8_lossy(&l).into_owned());
-            }
-        }
-    }
-    Ok(out)
+    Ok(data_objects(s, DISABLED_APP)?.into_keys().collect())
 }
 
 fn marks_for(s: &Session, id: &str) -> Result<Vec<ObjectHandle>, String> {
@@ -217,16 +253,7 @@ pub fn disable(s: &Session, id: &str, record: &str) -> Result<(), String> {
     if !marks_for(s, id)?.is_empty() {
         return Ok(());
     }
-    s.create_object(&[
-        Attribute::Class(ObjectClass::DATA),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Application(DISABLED_APP.to_vec()),
-        Attribute::Label(id.as_bytes().to_vec()),
-        Attribute::Value(record.as_bytes().to_vec()),
-    ])
-    .map(|_| ())
-    .map_err(ck("C_CreateObject"))
+    put_data(s, DISABLED_APP, id, record.as_bytes())
 }
 
 /// Enables a key (idempotent): removes every mark for it.
@@ -247,7 +274,11 @@ pub fn destroy(s: &Session, id: &str) -> Result<(), String> {
         ));
     }
     s.destroy_object(h).map_err(ck("C_DestroyObject"))?;
-    for m in marks_for(s, id)? {
+    let created = data_objects(s, CREATED_APP)?
+        .remove(id)
+        .map(|(h, _)| h)
+        .unwrap_or_default();
+    for m in marks_for(s, id)?.into_iter().chain(created) {
         let _ = s.destroy_object(m);
     }
     Ok(())
@@ -255,25 +286,43 @@ pub fn destroy(s: &Session, id: &str) -> Result<(), String> {
 
 /// Describes one key.
 pub fn show(s: &Session, id: &str) -> Result<KeyEntry, String> {
-    let disabled = disabled_set(s)?;
-    entry(s, find_key(s, id)?, &disabled)
+    let ctx = ListContext::read(s)?;
+    entry(s, find_key(s, id)?, &ctx)
+}
+
+struct ListContext {
+    disabled: HashSet<String>,
+    created: HashMap<String, String>,
+}
+
+impl ListContext {
+    fn read(s: &Session) -> Result<ListContext, String> {
+        let created = data_objects(s, CREATED_APP)?
+            .into_iter()
+            .map(|(k, (_, v))| (k, String::from_utf8_lossy(&v).into_owned()))
+            .collect();
+        Ok(ListContext {
+            disabled: disabled_set(s)?,
+            created,
+        })
+    }
 }
 
 /// Describes every AES secret key on the token, sorted by id.
 pub fn list(s: &Session) -> Result<Vec<KeyEntry>, String> {
-    let disabled = disabled_set(s)?;
+    let ctx = ListContext::read(s)?;
     let keys = s
         .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
         .map_err(ck("C_FindObjects"))?;
     let mut out = Vec::new();
     for h in keys {
-        out.push(entry(s, h, &disabled)?);
+        out.push(entry(s, h, &ctx)?);
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
 }
 
-fn entry(s: &Session, h: ObjectHandle, disabled: &HashSet<String>) -> Result<KeyEntry, String> {
+fn entry(s: &Session, h: ObjectHandle, ctx: &ListContext) -> Result<KeyEntry, String> {
     use AttributeType as A;
     let wanted = [
         A::Label,
@@ -314,7 +363,6 @@ fn entry(s: &Session, h: ObjectHandle, disabled: &HashSet<String>) -> Result<Key
             Attribute::Derive(true) => e.usages.push("DERIVE"),
             Attribute::Extractable(x) => e.extractable = x,
             Attribute::Sensitive(x) => e.sensitive = x,
-            Attribute::StartDate(d) if !d.is_empty() => e.created = Some(d.to_string()),
             _ => {}
         }
     }
@@ -323,8 +371,9 @@ fn entry(s: &Session, h: ObjectHandle, disabled: &HashSet<String>) -> Result<Key
         Some(t) => t.to_string().trim_start_matches("CKK_").to_owned(),
         None => "UNKNOWN".into(),
     };
-    if disabled.contains(&e.id) {
+    if ctx.disabled.contains(&e.id) {
         e.state = "DISABLED";
     }
+    e.created = ctx.created.get(&e.id).cloned();
     Ok(e)
 }

@@ -20,6 +20,7 @@ pub mod admin;
 pub mod aead;
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod config;
 mod config_rules;
 pub mod control;

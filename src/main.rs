@@ -1,5 +1,7 @@
 //! `xks-bridge` command line: the daemon, the quickstart, and operator tools.
 
+mod cli;
+
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,18 +47,29 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Cut AWS off (whole proxy, one keystore, one key), release, or show the state.
+    #[command(subcommand)]
+    KillSwitch(cli::KillSwitchCmd),
+    /// Manage keys on the token: create, import, list, show, disable, enable, destroy.
+    #[command(subcommand)]
+    Keys(cli::KeysCmd),
+    /// Load-test an XKS proxy (or, with --raw-token, the PKCS#11 token itself).
+    Bench(xks_bridge::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Serve { config } => load(&config).and_then(|cfg| serve(cfg, None)),
+        Command::KillSwitch(cmd) => cli::kill_switch(cmd),
+        Command::Keys(cmd) => cli::keys(cmd),
         Command::Quickstart {
             dir,
             listen,
             setup_only,
         } => run_quickstart(&dir, listen, setup_only),
         Command::CheckConfig { config } => check_config(&config),
+        Command::Bench(args) => xks_bridge::bench::run(args),
     };
     match code {
         Ok(()) => ExitCode::SUCCESS,

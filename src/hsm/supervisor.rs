@@ -7,9 +7,11 @@
 use super::token::{CountedSession, Token};
 use super::HsmError;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const POLL: Duration = Duration::from_millis(500);
+/// How often the thread looks at the kill switch, so it never delays a disconnect.
+const TICK: Duration = super::IDLE_CHECK;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Starts the supervisor thread of `token`.
@@ -24,23 +26,35 @@ fn run(token: &Token) {
     let mut backoff = POLL;
     let mut poller: Option<CountedSession<'_>> = None;
     let mut login_refused = false;
+    let mut next = Instant::now() + POLL;
     loop {
-        std::thread::sleep(if token.is_connected() || token.killed() {
-            POLL
-        } else {
-            backoff
-        });
-        if token.killed() {
+        std::thread::sleep(TICK);
+        if token.killed()
+            || poller
+                .as_ref()
+                .is_some_and(|p| p.generation != token.generation())
+        {
             poller = None;
+        }
+        if Instant::now() < next {
+            continue;
+        }
+        let connected = token.is_connected();
+        next = Instant::now()
+            + if connected || token.killed() {
+                POLL
+            } else {
+                backoff
+            };
+        if token.killed() {
             login_refused = false;
             continue;
         }
-        if token.is_connected() {
+        if connected {
             backoff = POLL;
             refresh_disabled(token, &mut poller);
             continue;
         }
-        poller = None;
         if login_refused {
             continue;
         }

@@ -19,10 +19,15 @@ pub async fn handle(
     let info = ks.hsm.key_info(key_id).await?;
     let mut key_usage = info.usages;
     key_usage.truncate(10); // spec maximum
+    let key_status = if ks.hsm.token().is_disabled(key_id) {
+        "DISABLED"
+    } else {
+        "ENABLED"
+    };
     let resp = KeyMetadataResponse {
         key_spec: info.key_spec,
         key_usage,
-        key_status: "ENABLED",
+        key_status,
     };
     serde_json::to_vec(&resp).map_err(|e| Error::Internal(e.to_string()))
 }
