@@ -47,6 +47,11 @@ fn is_console_secret(s: &str) -> bool {
 
 /// Runs a real `curl --aws-sigv4` POST; returns (status, body).
 fn curl_post(qs: &Value, suffix: &str, body: &Value, scratch: &Path) -> (u16, Value) {
+    curl_post_with(qs, suffix, body, scratch, &[])
+}
+
+/// [`curl_post`] with extra curl arguments.
+fn curl_post_with(qs: &Value, suffix: &str, body: &Value, scratch: &Path, extra: &[&str]) -> (u16, Value) {
     let body_file = scratch.join("curl-body.json");
     std::fs::write(&body_file, body.to_string()).unwrap();
     let url = format!(
@@ -71,6 +76,7 @@ fn curl_post(qs: &Value, suffix: &str, body: &Value, scratch: &Path) -> (u16, Va
     .args(["-H", "Content-Type: application/json"])
     .arg("--data-binary")
     .arg(format!("@{}", body_file.display()))
+    .args(extra)
     .args(["-w", "\n%{http_code}", &url]);
     let (code, out, err) = run_bounded(cmd, Duration::from_secs(30));
     assert_eq!(code, Some(0), "curl failed: {out}\n{err}");
@@ -149,6 +155,10 @@ fn quickstart_serves_publishes_its_files_answers_curl_and_reuses_its_directory()
         );
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["ekmFleetDetails"][0]["healthStatus"], "ACTIVE", "{v}");
+        // Checklist 39: a client offering h2 falls back to HTTP/1.1 and works.
+        let body = health_body("curl-h2", "KmsHealthCheck");
+        let (status, v) = curl_post_with(&qs, "/health", &body, tmp.path(), &["--http2"]);
+        assert_eq!(status, 200, "{v}");
         // A maximal Encrypt and its Decrypt through curl's signer too.
         let plaintext = vec![0x33u8; 4300];
         let aad = vec![0x44u8; 8192];
@@ -212,96 +222,78 @@ fn quickstart_serves_publishes_its_files_answers_curl_and_reuses_its_directory()
 /// and private on the token, with exactly the usages their names say.
 #[test]
 fn fixture_keys_are_sensitive_non_extractable_private_token_objects() {
-    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
-    use cryptoki::session::UserType;
-    use cryptoki::types::AuthPin;
 
     let fx = Fixture::new();
-    std::env::set_var("SOFTHSM2_CONF", fx.path("softhsm2.conf"));
-    let pkcs11 = Pkcs11::new(SOFTHSM_MODULE).expect("load SoftHSM2");
-    pkcs11
-        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .expect("C_Initialize");
-    let slot = pkcs11
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| pkcs11.get_token_info(*s).unwrap().label().trim() == TOKEN_LABEL)
-        .expect("fixture token present");
-    let session = pkcs11.open_ro_session(slot).unwrap();
-    let pin = std::fs::read_to_string(fx.path("secrets/token.pin")).unwrap();
-    session
-        .login(UserType::User, Some(&AuthPin::from(pin.trim_end())))
-        .expect("user login");
-    let keys = session
-        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
-        .unwrap();
-    assert_eq!(keys.len(), 4, "the fixture has four secret keys");
-    let mut seen = Vec::new();
-    for key in keys {
-        use AttributeType as A;
-        let wanted = [
-            A::Label,
-            A::KeyType,
-            A::ValueLen,
-            A::Token,
-            A::Private,
-            A::Sensitive,
-            A::Extractable,
-            A::AlwaysSensitive,
-            A::NeverExtractable,
-            A::Encrypt,
-            A::Decrypt,
-            A::Value,
-        ];
-        let attrs = session.get_attributes(key, &wanted).unwrap();
-        let mut label = String::new();
-        let (mut token, mut private, mut sensitive, mut extractable) = (None, None, None, None);
-        let (mut always_sensitive, mut never_extractable) = (None, None);
-        let (mut encrypt, mut decrypt, mut key_type, mut len) = (None, None, None, None);
-        for a in attrs {
-            match a {
-                Attribute::Label(l) => label = String::from_utf8(l).unwrap(),
-                Attribute::KeyType(t) => key_type = Some(t),
-                Attribute::ValueLen(l) => len = Some(u64::from(l)),
-                Attribute::Token(b) => token = Some(b),
-                Attribute::Private(b) => private = Some(b),
-                Attribute::Sensitive(b) => sensitive = Some(b),
-                Attribute::Extractable(b) => extractable = Some(b),
-                Attribute::AlwaysSensitive(b) => always_sensitive = Some(b),
-                Attribute::NeverExtractable(b) => never_extractable = Some(b),
-                Attribute::Encrypt(b) => encrypt = Some(b),
-                Attribute::Decrypt(b) => decrypt = Some(b),
-                Attribute::Value(_) => panic!("the value of key {label:?} is readable"),
-                _ => {}
+    with_token_session(&fx, |session| {
+        let keys = session
+            .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+            .unwrap();
+        assert_eq!(keys.len(), 4, "the fixture has four secret keys");
+        let mut seen = Vec::new();
+        for key in keys {
+            use AttributeType as A;
+            let wanted = [
+                A::Label,
+                A::KeyType,
+                A::ValueLen,
+                A::Token,
+                A::Private,
+                A::Sensitive,
+                A::Extractable,
+                A::AlwaysSensitive,
+                A::NeverExtractable,
+                A::Encrypt,
+                A::Decrypt,
+                A::Value,
+            ];
+            let attrs = session.get_attributes(key, &wanted).unwrap();
+            let mut label = String::new();
+            let (mut token, mut private, mut sensitive, mut extractable) = (None, None, None, None);
+            let (mut always_sensitive, mut never_extractable) = (None, None);
+            let (mut encrypt, mut decrypt, mut key_type, mut len) = (None, None, None, None);
+            for a in attrs {
+                match a {
+                    Attribute::Label(l) => label = String::from_utf8(l).unwrap(),
+                    Attribute::KeyType(t) => key_type = Some(t),
+                    Attribute::ValueLen(l) => len = Some(u64::from(l)),
+                    Attribute::Token(b) => token = Some(b),
+                    Attribute::Private(b) => private = Some(b),
+                    Attribute::Sensitive(b) => sensitive = Some(b),
+                    Attribute::Extractable(b) => extractable = Some(b),
+                    Attribute::AlwaysSensitive(b) => always_sensitive = Some(b),
+                    Attribute::NeverExtractable(b) => never_extractable = Some(b),
+                    Attribute::Encrypt(b) => encrypt = Some(b),
+                    Attribute::Decrypt(b) => decrypt = Some(b),
+                    Attribute::Value(_) => panic!("the value of key {label:?} is readable"),
+                    _ => {}
+                }
             }
+            assert_eq!(key_type, Some(KeyType::AES), "{label}");
+            assert_eq!(len, Some(32), "{label}");
+            assert_eq!(token, Some(true), "{label}: CKA_TOKEN");
+            assert_eq!(private, Some(true), "{label}: CKA_PRIVATE");
+            assert_eq!(sensitive, Some(true), "{label}: CKA_SENSITIVE");
+            assert_eq!(extractable, Some(false), "{label}: CKA_EXTRACTABLE");
+            assert_eq!(always_sensitive, Some(true), "{label}: CKA_ALWAYS_SENSITIVE");
+            assert_eq!(never_extractable, Some(true), "{label}: CKA_NEVER_EXTRACTABLE");
+            let expected = match label.as_str() {
+                KEY_AES => (true, true),
+                KEY_ENCRYPT_ONLY => (true, false),
+                KEY_DECRYPT_ONLY => (false, true),
+                KEY_NO_USAGE => (false, false),
+                other => panic!("unexpected key {other:?}"),
+            };
+            assert_eq!(
+                (encrypt, decrypt),
+                (Some(expected.0), Some(expected.1)),
+                "{label}"
+            );
+            seen.push(label);
         }
-        assert_eq!(key_type, Some(KeyType::AES), "{label}");
-        assert_eq!(len, Some(32), "{label}");
-        assert_eq!(token, Some(true), "{label}: CKA_TOKEN");
-        assert_eq!(private, Some(true), "{label}: CKA_PRIVATE");
-        assert_eq!(sensitive, Some(true), "{label}: CKA_SENSITIVE");
-        assert_eq!(extractable, Some(false), "{label}: CKA_EXTRACTABLE");
-        assert_eq!(always_sensitive, Some(true), "{label}: CKA_ALWAYS_SENSITIVE");
-        assert_eq!(never_extractable, Some(true), "{label}: CKA_NEVER_EXTRACTABLE");
-        let expected = match label.as_str() {
-            KEY_AES => (true, true),
-            KEY_ENCRYPT_ONLY => (true, false),
-            KEY_DECRYPT_ONLY => (false, true),
-            KEY_NO_USAGE => (false, false),
-            other => panic!("unexpected key {other:?}"),
-        };
-        assert_eq!(
-            (encrypt, decrypt),
-            (Some(expected.0), Some(expected.1)),
-            "{label}"
-        );
-        seen.push(label);
-    }
-    seen.sort();
-    assert_eq!(seen, [KEY_AES, KEY_DECRYPT_ONLY, KEY_ENCRYPT_ONLY, KEY_NO_USAGE]);
-    let _ = session.logout();
+        seen.sort();
+        assert_eq!(seen, [KEY_AES, KEY_DECRYPT_ONLY, KEY_ENCRYPT_ONLY, KEY_NO_USAGE]);
+    });
 }
 
 fn check_config(path: &Path) -> (Option<i32>, String, String) {

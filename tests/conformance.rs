@@ -13,6 +13,8 @@ mod decrypt;
 mod encrypt;
 #[path = "conformance/health.rs"]
 mod health;
+#[path = "conformance/keys.rs"]
+mod keys;
 #[path = "conformance/logging.rs"]
 mod logging;
 #[path = "conformance/metadata.rs"]

@@ -448,6 +448,11 @@ impl TestProxy {
         self.proc.stderr_text()
     }
 
+    /// The daemon's process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
     /// Polls (bounded) until the logs contain `needle`.
     pub fn wait_for_log(&self, needle: &str) -> bool {
         self.proc.wait_for_stderr(needle, WAIT)
@@ -932,4 +937,90 @@ impl Harness {
     pub fn session(&self) -> Xks {
         self.proxy.xks(&self.fx)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Direct token access (PKCS#11 in this process)
+// ---------------------------------------------------------------------------------------------
+
+static PKCS11_LOCK: Mutex<()> = Mutex::new(());
+
+/// Runs `f` with a logged-in read-write user session on the fixture's token, loading SoftHSM2
+/// in this process (SOFTHSM2_CONF pointing at the fixture). Serialized process-wide: SoftHSM2
+/// reads its configuration when it is initialised.
+pub fn with_token_session<T>(fx: &Fixture, f: impl FnOnce(&cryptoki::session::Session) -> T) -> T {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::error::{Error, RvError};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+
+    let _guard = PKCS11_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    std::env::set_var("SOFTHSM2_CONF", fx.path("softhsm2.conf"));
+    let pkcs11 = Pkcs11::new(SOFTHSM_MODULE).expect("load SoftHSM2");
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => panic!("C_Initialize: {e}"),
+    }
+    let out = {
+        let slot = pkcs11
+            .get_slots_with_token()
+            .expect("C_GetSlotList")
+            .into_iter()
+            .find(|s| {
+                pkcs11
+                    .get_token_info(*s)
+                    .is_ok_and(|i| i.label().trim() == TOKEN_LABEL)
+            })
+            .expect("fixture token present");
+        let session = pkcs11.open_rw_session(slot).expect("C_OpenSession");
+        let pin = std::fs::read_to_string(fx.path("secrets/token.pin")).expect("token.pin");
+        session
+            .login(UserType::User, Some(&AuthPin::from(pin.trim_end())))
+            .expect("user login");
+        let out = f(&session);
+        let _ = session.logout();
+        out
+    };
+    pkcs11.finalize().expect("C_Finalize");
+    out
+}
+
+/// Generates a secret key on the token: `key_type` AES or GENERIC_SECRET, `len` bytes,
+/// persistent, private, sensitive, not extractable, usable for encrypt and decrypt.
+pub fn generate_secret_key(
+    s: &cryptoki::session::Session,
+    label: &str,
+    key_type: cryptoki::object::KeyType,
+    len: u64,
+) -> cryptoki::object::ObjectHandle {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    let mechanism = if key_type == KeyType::AES {
+        Mechanism::AesKeyGen
+    } else {
+        Mechanism::GenericSecretKeyGen
+    };
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(key_type),
+        Attribute::ValueLen(len.into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ];
+    s.generate_key(&mechanism, &template).expect("C_GenerateKey")
+}
+
+/// Handles of the secret keys labelled `label`.
+pub fn find_keys(s: &cryptoki::session::Session, label: &str) -> Vec<cryptoki::object::ObjectHandle> {
+    use cryptoki::object::{Attribute, ObjectClass};
+    s.find_objects(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ])
+    .expect("C_FindObjects")
 }

@@ -195,6 +195,16 @@ fn unauthenticated_request_with_bad_body_or_unknown_key_is_authentication_failed
     assert_error(&r, 401, "AuthenticationFailedException");
 }
 
+/// Without an allow-list the region in the credential scope is accepted as signed (digest 10.1).
+#[test]
+fn any_region_is_accepted_without_a_region_allow_list() {
+    let mut h = Harness::start();
+    for region in ["us-east-1", "eu-west-1", "ap-southeast-2"] {
+        h.xks.signer.region = region.into();
+        assert_ok(&h.xks.health());
+    }
+}
+
 /// `allowed_regions` pins the SigV4 region of a keystore.
 #[test]
 fn region_outside_the_keystore_allow_list_is_authentication_failed() {

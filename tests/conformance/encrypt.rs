@@ -282,3 +282,25 @@ fn malformed_encrypt_on_unknown_key_is_validation_exception() {
         .encrypt("non_existing_key", &encrypt_body(b"x", None, false));
     assert_error(&r, 404, "KeyNotFoundException");
 }
+
+/// JSON string escapes are decoded before Base64 (`\/` is a legal escape of `/`, `\u0041` of
+/// `A`): the same bytes come back.
+#[test]
+fn json_escaped_base64_is_decoded_like_plain_json() {
+    let mut h = Harness::start();
+    let plaintext = [0xffu8, 0xff, 0xff, 0x03, 0xe0, 0x00];
+    let encoded = b64(&plaintext);
+    assert!(encoded.contains('/') && encoded.contains('A'), "{encoded}");
+    let escaped = encoded.replace('/', "\\/").replacen('A', "\\u0041", 1);
+    let body = encrypt_body(&plaintext, None, false)
+        .to_string()
+        .replace(&format!("\"{encoded}\""), &format!("\"{escaped}\""));
+    assert!(body.contains("\\/") && body.contains("\\u0041"), "{body}");
+    let r = h
+        .xks
+        .post_bytes(&format!("/keys/{KEY_AES}/encrypt"), body.as_bytes());
+    assert_ok(&r);
+    let s = Sealed::from_response(&r);
+    let r = h.xks.decrypt(KEY_AES, &s.decrypt_body(None));
+    assert_eq!(r.b64_field("plaintext"), plaintext);
+}

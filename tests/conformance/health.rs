@@ -50,6 +50,12 @@ fn health_accepts_every_kms_operation_including_unknown_ones() {
         let r = h.xks.post("/health", &health_body("r-op", op));
         assert_ok(&r);
     }
+    // Unknown fields, in requestMetadata and at the top level, are ignored.
+    let body = json!({
+        "requestMetadata": {"kmsRequestId": "r-x", "kmsOperation": "KmsHealthCheck", "futureField": [1]},
+        "futureTopLevel": {"a": "b"}
+    });
+    assert_ok(&h.xks.post("/health", &body));
 }
 
 /// Checklist 3 (test-client expectation), plus malformed JSON and mistyped fields.

@@ -175,26 +175,38 @@ fn tls12_with_ecdhe_ecdsa_aes256_gcm_sha384_works() {
     assert_ok(&r);
 }
 
-/// Checklist 39: TLS 1.3 with TLS_AES_256_GCM_SHA384, and HTTP/1.1 negotiated by ALPN.
+/// Checklist 39: TLS 1.3 with TLS_AES_256_GCM_SHA384 (and the spec's other TLS 1.3 suite,
+/// TLS_CHACHA20_POLY1305_SHA256), with HTTP/1.1 negotiated by ALPN.
 #[test]
 fn tls13_with_aes_256_gcm_sha384_and_http11_alpn_works() {
     let h = Harness::start();
-    let cfg = tls_config(
-        &h.proxy.ca,
-        Some(&[&rustls::version::TLS13]),
-        Some(vec![cs::TLS13_AES_256_GCM_SHA384]),
-        &[b"http/1.1"],
-    );
-    let mut c = h.proxy.client_with(cfg).expect("TLS 1.3 handshake");
-    assert_eq!(c.protocol, Some(rustls::ProtocolVersion::TLSv1_3));
-    assert_eq!(c.suite, Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384));
-    assert_eq!(c.alpn.as_deref(), Some(&b"http/1.1"[..]));
-    let r = c.post_signed(
-        &h.xks.signer,
-        &format!("{BASE}/health"),
-        health_body("tls13", "KmsHealthCheck").to_string().as_bytes(),
-    );
-    assert_ok(&r);
+    for (suite, id) in [
+        (
+            cs::TLS13_AES_256_GCM_SHA384,
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+        ),
+        (
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+    ] {
+        let cfg = tls_config(
+            &h.proxy.ca,
+            Some(&[&rustls::version::TLS13]),
+            Some(vec![suite]),
+            &[b"http/1.1"],
+        );
+        let mut c = h.proxy.client_with(cfg).expect("TLS 1.3 handshake");
+        assert_eq!(c.protocol, Some(rustls::ProtocolVersion::TLSv1_3));
+        assert_eq!(c.suite, Some(id));
+        assert_eq!(c.alpn.as_deref(), Some(&b"http/1.1"[..]));
+        let r = c.post_signed(
+            &h.xks.signer,
+            &format!("{BASE}/health"),
+            health_body("tls13", "KmsHealthCheck").to_string().as_bytes(),
+        );
+        assert_ok(&r);
+    }
 }
 
 /// Checklist 39: a client without ALPN speaks HTTP/1.1 (the harness default).
