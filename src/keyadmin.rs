@@ -140,10 +140,22 @@ pub fn create(s: &Session, id: &str, usage: Usage) -> Result<ObjectHandle, Strin
     record_creation(s, id, h)
 }
 
+/// The creation record's content. `value_len` is kept because some tokens (SoftHSM2) leave
+/// `CKA_VALUE_LEN` at 0 on unwrapped keys, and GetKeyMetadata must still report `AES_256`.
+#[derive(Serialize, serde::Deserialize)]
+struct CreationRecord {
+    created: String,
+    value_len: u64,
+}
+
 /// Stores the creation record; if that fails, removes the key so nothing half-made remains.
 fn record_creation(s: &Session, id: &str, key: ObjectHandle) -> Result<ObjectHandle, String> {
-    let now = crate::kill_switch::now_rfc3339();
-    match put_data(s, CREATED_APP, id, now.as_bytes()) {
+    let rec = CreationRecord {
+        created: crate::kill_switch::now_rfc3339(),
+        value_len: 32,
+    };
+    let bytes = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
+    match put_data(s, CREATED_APP, id, &bytes) {
         Ok(()) => Ok(key),
         Err(e) => {
             let _ = s.destroy_object(key);
@@ -220,17 +232,55 @@ pub fn import(
 ) -> Result<ObjectHandle, String> {
     refuse_existing(s, id)?;
     let kek = find_key(s, kek)?;
+    // RFC 5649 output for 32 bytes of material is exactly 40 bytes. The blob's integrity check
+    // authenticates the length inside it, and 25-31 bytes (the only other sizes giving 40) are
+    // not AES key sizes, so the token refuses to use such a key. CKA_VALUE_LEN cannot be put in
+    // the unwrap template (SoftHSM2 treats it as read-only there).
+    if wrapped.len() != 40 {
+        return Err(format!(
+            "wrapped blob is {} bytes; an RFC 5649-wrapped AES-256 key is 40",
+            wrapped.len()
+        ));
+    }
     let t = key_template(id, usage, false);
     let h = s
         .unwrap_key(&Mechanism::AesKeyWrapPad, kek, wrapped, &t)
         .map_err(|e| format!("unwrap failed (wrong KEK or corrupt wrapped blob): {e}"))?;
-    match s.get_attributes(h, &[AttributeType::ValueLen]) {
-        Ok(a) if a.contains(&Attribute::ValueLen(32.into())) => record_creation(s, id, h),
-        _ => {
+    let len = s.get_attributes(h, &[AttributeType::ValueLen]).map(|a| {
+        a.iter().find_map(|x| match x {
+            Attribute::ValueLen(l) => Some(u64::from(*l)),
+            _ => None,
+        })
+    });
+    match len {
+        // SoftHSM2 leaves CKA_VALUE_LEN at 0 on unwrapped keys; a token that reports it must say 32.
+        Ok(Some(32 | 0) | None) => record_creation(s, id, h),
+        other => {
             let _ = s.destroy_object(h);
-            Err("the wrapped material is not a 256-bit AES key".into())
+            Err(format!(
+                "the wrapped material is not a 256-bit AES key (length {other:?})"
+            ))
         }
     }
+}
+
+/// Key length recorded when this tool created or imported the key, for tokens that do not
+/// report `CKA_VALUE_LEN` on unwrapped keys.
+pub fn recorded_value_len(s: &Session, id: &str) -> Option<u64> {
+    let found = s
+        .find_objects(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Application(CREATED_APP.to_vec()),
+            Attribute::Label(id.as_bytes().to_vec()),
+        ])
+        .ok()?;
+    let attrs = s.get_attributes(*found.first()?, &[AttributeType::Value]).ok()?;
+    attrs.into_iter().find_map(|a| match a {
+        Attribute::Value(v) => serde_json::from_slice::<CreationRecord>(&v)
+            .ok()
+            .map(|r| r.value_len),
+        _ => None,
+    })
 }
 
 /// Labels of all disabled keys (the marks on the token).
@@ -292,14 +342,14 @@ pub fn show(s: &Session, id: &str) -> Result<KeyEntry, String> {
 
 struct ListContext {
     disabled: HashSet<String>,
-    created: HashMap<String, String>,
+    created: HashMap<String, CreationRecord>,
 }
 
 impl ListContext {
     fn read(s: &Session) -> Result<ListContext, String> {
         let created = data_objects(s, CREATED_APP)?
             .into_iter()
-            .map(|(k, (_, v))| (k, String::from_utf8_lossy(&v).into_owned()))
+            .filter_map(|(k, (_, v))| Some((k, serde_json::from_slice::<CreationRecord>(&v).ok()?)))
             .collect();
         Ok(ListContext {
             disabled: disabled_set(s)?,
@@ -366,6 +416,9 @@ fn entry(s: &Session, h: ObjectHandle, ctx: &ListContext) -> Result<KeyEntry, St
             _ => {}
         }
     }
+    if len == 0 && kt == Some(KeyType::AES) {
+        len = ctx.created.get(&e.id).map_or(0, |r| r.value_len);
+    }
     e.key_spec = match kt {
         Some(t) if t == KeyType::AES => format!("AES_{}", len * 8),
         Some(t) => t.to_string().trim_start_matches("CKK_").to_owned(),
@@ -374,6 +427,6 @@ fn entry(s: &Session, h: ObjectHandle, ctx: &ListContext) -> Result<KeyEntry, St
     if ctx.disabled.contains(&e.id) {
         e.state = "DISABLED";
     }
-    e.created = ctx.created.get(&e.id).cloned();
+    e.created = ctx.created.get(&e.id).map(|r| r.created.clone());
     Ok(e)
 }

@@ -136,6 +136,9 @@ impl Token {
                 _ => {}
             }
         }
+        if len == 0 && key_type == Some(KeyType::AES) {
+            len = crate::keyadmin::recorded_value_len(s, label).unwrap_or(0);
+        }
         let key_spec = match key_type {
             Some(t) if t == KeyType::AES => format!("AES_{}", len * 8),
             Some(t) if t == KeyType::GENERIC_SECRET => format!("HMAC_{}", len * 8),

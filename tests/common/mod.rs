@@ -505,6 +505,7 @@ pub struct Resp {
 
 impl Resp {
     /// The body as JSON (panics with the body text if it is not JSON).
+    #[track_caller]
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
@@ -519,6 +520,7 @@ impl Resp {
     }
 
     /// A string field of the JSON body, Base64-decoded.
+    #[track_caller]
     pub fn b64_field(&self, name: &str) -> Vec<u8> {
         let v = self.json();
         let s = v[name]
@@ -632,6 +634,7 @@ impl Client {
     }
 
     /// Sends a request with a Host header added; panics on a transport failure.
+    #[track_caller]
     pub fn send(&mut self, method: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> Resp {
         let mut all = vec![("host".to_owned(), self.authority.clone())];
         all.extend_from_slice(headers);
@@ -640,6 +643,7 @@ impl Client {
     }
 
     /// A POST signed by `signer`, with `Content-Type: application/json`.
+    #[track_caller]
     pub fn post_signed(&mut self, signer: &Signer, path: &str, body: &[u8]) -> Resp {
         let headers = signer.headers("POST", &self.authority, path, body);
         self.send("POST", path, &headers, body)
@@ -722,11 +726,13 @@ pub struct Xks {
 
 impl Xks {
     /// POSTs `body` (JSON value) to `base + suffix`, signed.
+    #[track_caller]
     pub fn post(&mut self, suffix: &str, body: &Value) -> Resp {
         self.post_bytes(suffix, body.to_string().as_bytes())
     }
 
     /// POSTs raw bytes to `base + suffix`, signed.
+    #[track_caller]
     pub fn post_bytes(&mut self, suffix: &str, body: &[u8]) -> Resp {
         let path = format!("{}{suffix}", self.base);
         self.client.post_signed(&self.signer, &path, body)
@@ -749,6 +755,7 @@ impl Xks {
     }
 
     /// Encrypts and asserts 200; returns the decoded output.
+    #[track_caller]
     pub fn encrypt_ok(&mut self, key: &str, plaintext: &[u8], aad: Option<&[u8]>) -> Sealed {
         let r = self.encrypt(key, &encrypt_body(plaintext, aad, false));
         assert_eq!(r.status, 200, "encrypt: {}", r.text());
@@ -856,6 +863,7 @@ pub fn unb64(s: &str) -> Vec<u8> {
 
 /// Asserts an XKS error: exact status, `application/json`, the exact `errorName`, and an
 /// `errorMessage` (if any) of fewer than 512 printable ASCII characters.
+#[track_caller]
 pub fn assert_error(r: &Resp, status: u16, error_name: &str) {
     assert_eq!(
         r.status,
@@ -870,6 +878,7 @@ pub fn assert_error(r: &Resp, status: u16, error_name: &str) {
 }
 
 /// Checks the shape every error response must have (checklist 33).
+#[track_caller]
 pub fn assert_json_error_shape(r: &Resp) {
     assert!(
         r.content_type().starts_with("application/json"),
@@ -895,6 +904,7 @@ pub fn assert_json_error_shape(r: &Resp) {
 }
 
 /// Asserts a 200 with `Content-Type: application/json` and returns the JSON body.
+#[track_caller]
 pub fn assert_ok(r: &Resp) -> Value {
     assert_eq!(r.status, 200, "expected 200, got {}: {}", r.status, r.text());
     assert!(
