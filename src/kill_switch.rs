@@ -254,7 +254,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("ks.json");
         std::fs::write(&f, b"{\"proxy\": {\"reas").unwrap();
-        let err = KillSwitch::load(&f).err().expect("a corrupt state file must be refused");
+        let err = KillSwitch::load(&f)
+            .err()
+            .expect("a corrupt state file must be refused");
         assert!(err.contains("refusing to guess"));
     }
 
