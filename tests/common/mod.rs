@@ -75,20 +75,14 @@ impl Fixture {
         let dir = tmp.path().join("fx");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hsm-fixtures/setup.sh");
         let start = Instant::now();
-        let out = Command::new("bash")
-            .arg(&script)
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script)
             .arg(&dir)
             .env("XKS_BRIDGE_BIN", BIN)
-            .env_remove("SOFTHSM2_CONF")
-            .output()
-            .expect("run hsm-fixtures/setup.sh");
+            .env_remove("SOFTHSM2_CONF");
+        let (code, out, err) = run_bounded(cmd, Duration::from_secs(60));
         let setup_time = start.elapsed();
-        assert!(
-            out.status.success(),
-            "setup.sh failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_eq!(code, Some(0), "setup.sh failed: {out}\n{err}");
         let secret = std::fs::read_to_string(dir.join("secrets/sigv4-secret")).expect("sigv4 secret");
         let mut fx = Fixture {
             _tmp: tmp,
@@ -131,10 +125,17 @@ impl Fixture {
 
     /// Writes a private file (a secret) inside the fixture and returns its path.
     pub fn write_secret(&self, name: &str, value: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.path(&format!("secrets/{name}"));
-        std::fs::write(&path, value).expect("write secret");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod secret");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(value.as_bytes()))
+            .expect("write secret");
         path
     }
 
