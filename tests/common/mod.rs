@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::http_request::{sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -667,6 +667,8 @@ pub struct Signer {
     pub time: Option<SystemTime>,
     /// Sign `content-type` too (what curl does) or only `host;x-amz-date` (what KMS does).
     pub sign_content_type: bool,
+    /// Also send and sign `x-amz-content-sha256` (as S3-style signers do).
+    pub content_sha256: bool,
 }
 
 impl Signer {
@@ -679,6 +681,7 @@ impl Signer {
             service: "kms-xks-proxy".to_owned(),
             time: None,
             sign_content_type: true,
+            content_sha256: false,
         }
     }
 
@@ -692,12 +695,16 @@ impl Signer {
             vec![host]
         };
         let identity = Credentials::new(&self.access_key_id, &self.secret, None, None, "xks-tests").into();
+        let mut settings = SigningSettings::default();
+        if self.content_sha256 {
+            settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+        }
         let params = v4::SigningParams::builder()
             .identity(&identity)
             .region(&self.region)
             .name(&self.service)
             .time(self.time.unwrap_or_else(SystemTime::now))
-            .settings(SigningSettings::default())
+            .settings(settings)
             .build()
             .expect("signing params")
             .into();

@@ -176,6 +176,32 @@ fn kms_style_and_curl_style_signed_headers_both_verify() {
     }
 }
 
+/// Digest 10.1: the verifier checks whatever `SignedHeaders` names, not a fixed list. An extra
+/// signed header (`x-amz-content-sha256`) verifies, and changing its value breaks the signature.
+#[test]
+fn extra_signed_headers_are_verified_too() {
+    let mut h = Harness::start();
+    h.xks.signer.content_sha256 = true;
+    let path = format!("{BASE}/health");
+    let body = health_json();
+    let headers = h
+        .xks
+        .signer
+        .headers("POST", &h.xks.client.authority, &path, &body);
+    let auth = &headers.iter().find(|(k, _)| k == "authorization").unwrap().1;
+    assert!(auth.contains("x-amz-content-sha256"), "{auth}");
+    assert_ok(&h.xks.client.send("POST", &path, &headers, &body));
+    let altered: Vec<_> = headers
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "x-amz-content-sha256" => (k.clone(), "0".repeat(64)),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    let r = h.xks.client.send("POST", &path, &altered, &body);
+    assert_error(&r, 401, "AuthenticationFailedException");
+}
+
 /// Authentication comes before body validation and key lookup (digest section 9).
 #[test]
 fn unauthenticated_request_with_bad_body_or_unknown_key_is_authentication_failed() {

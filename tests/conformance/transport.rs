@@ -88,6 +88,23 @@ fn unknown_paths_are_invalid_uri_path() {
     }
 }
 
+/// A keystore with an empty prefix serves at `/kms/xks/v1` (digest section 3).
+#[test]
+fn empty_uri_prefix_serves_at_kms_xks_v1() {
+    let mut h = Harness::start_with(
+        |cfg, _| {
+            entry(cfg, "keystores", 0).insert("uri_prefix".into(), "".into());
+        },
+        &[],
+    );
+    h.xks.base = "/kms/xks/v1".into();
+    assert_ok(&h.xks.health());
+    let s = h.xks.encrypt_ok(KEY_AES, b"no prefix", None);
+    assert_ok(&h.xks.decrypt(KEY_AES, &s.decrypt_body(None)));
+    h.xks.base = BASE.into();
+    assert_error(&h.xks.health(), 404, "InvalidUriPathException");
+}
+
 #[test]
 fn query_string_is_invalid_uri_path() {
     let mut h = Harness::start();
