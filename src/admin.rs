@@ -137,6 +137,8 @@ pub enum AdminRequest {
     },
     /// Report the kill switch state.
     Status,
+    /// Re-read the config file (credentials, policy, TLS) without dropping connections.
+    Reload,
     /// Key lifecycle.
     Keys {
         /// Which token (optional with a single token).

@@ -8,6 +8,7 @@ use crate::error::Error;
 use crate::hsm::Hsm;
 use crate::kill_switch::KillSwitch;
 use crate::ops::{self, RequestContext};
+use crate::ratelimit::TokenBucket;
 use crate::server::routes::Operation;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub struct Keystore {
     pub hsm: Hsm,
     allowed: HashSet<String>,
     pattern: Option<glob::Pattern>,
+    /// Request quota, if configured.
+    pub quota: Option<TokenBucket>,
 }
 
 impl Keystore {
@@ -43,6 +46,7 @@ impl Keystore {
             hsm,
             allowed: allowed.into_iter().collect(),
             pattern,
+            quota: None,
         }
     }
 
@@ -77,9 +81,23 @@ pub struct App {
     pub fleet_size: u32,
     /// Whole-proxy and keystore kill switch.
     pub kill: Arc<KillSwitch>,
+    /// `<prefix>/kms/xks/v1` of each keystore, for routing.
+    pub api_bases: Vec<String>,
 }
 
 impl App {
+    /// Assembles the app.
+    pub fn new(keystores: Vec<Keystore>, limits: Limits, fleet_size: u32, kill: Arc<KillSwitch>) -> App {
+        let api_bases = keystores.iter().map(|k| k.api_base.clone()).collect();
+        App {
+            keystores,
+            limits,
+            fleet_size,
+            kill,
+            api_bases,
+        }
+    }
+
     /// Runs an authenticated request's operation.
     pub async fn dispatch(
         &self,
@@ -97,6 +115,9 @@ impl App {
             return Err(Error::InvalidState(
                 "this keystore is disabled by its kill switch".into(),
             ));
+        }
+        if ks.quota.as_ref().is_some_and(|q| !q.try_take()) {
+            return Err(Error::Throttled);
         }
         match op {
             Operation::Health => ops::health::handle(ks, self.fleet_size, body, ctx).await,

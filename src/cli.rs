@@ -178,6 +178,17 @@ fn scope_of(a: &ScopeArgs) -> Scope {
     }
 }
 
+/// Asks the running daemon to reload its configuration.
+pub fn reload(config: &Path) -> CliResult {
+    let cfg = load(config)?;
+    let data = send_or_offline(&cfg, AdminRequest::Reload)?;
+    emit(&format!(
+        "reloaded: {}\n",
+        data["reloaded"].as_str().unwrap_or("?")
+    ));
+    Ok(())
+}
+
 /// Runs a `kill-switch` command.
 pub fn kill_switch(cmd: KillSwitchCmd) -> CliResult {
     match cmd {
@@ -314,6 +325,7 @@ fn offline(cfg: &Config, req: AdminRequest) -> Result<Value, (i32, String)> {
     std::fs::create_dir_all(&cfg.state.directory).map_err(|e| fail(format!("state.directory: {e}")))?;
     let ks = KillSwitch::load(&cfg.state.kill_switch_file()).map_err(fail)?;
     match req {
+        AdminRequest::Reload => Err(fail("no running daemon to reload".into())),
         AdminRequest::Status => {
             let st = ks.snapshot();
             let keystores: Vec<Value> = cfg

@@ -76,6 +76,22 @@ pub struct ServerConfig {
     /// Reported as `xksProxyFleetSize`: how many proxy instances serve this endpoint.
     #[serde(default = "one")]
     pub fleet_size: u32,
+    /// Connections served at once; further connections are closed at accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time allowed for a TLS handshake.
+    #[serde(default = "default_handshake_ms")]
+    pub tls_handshake_timeout_ms: u64,
+    /// Time allowed to receive a request's headers; it also closes idle keep-alive
+    /// connections (hyper starts the timer when it waits for the next request).
+    #[serde(default = "default_header_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Largest request head (request line + headers) accepted.
+    #[serde(default = "default_max_header")]
+    pub max_header_bytes: usize,
+    /// Allow running as root (uid 0). Refused by default: the daemon needs no privilege.
+    #[serde(default)]
+    pub allow_root: bool,
 }
 
 /// `[tls]`
@@ -86,6 +102,14 @@ pub struct TlsConfig {
     pub certificate: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub private_key: PathBuf,
+    /// PEM bundle of CAs for client certificates; setting it turns on mutual TLS: a client
+    /// without a certificate chaining to one of these is refused during the handshake.
+    pub client_ca: Option<PathBuf>,
+    /// With mTLS: accepted client names, each matched exactly against the certificate's
+    /// subject CN and its DNS SANs (KMS presents `cks.kms.<region>.amazonaws.com`). Required
+    /// when `client_ca` is set.
+    #[serde(default)]
+    pub client_names: Vec<String>,
 }
 
 /// `[logging]`
@@ -186,6 +210,18 @@ pub struct KeystoreConfig {
     /// If set, the only SigV4 regions accepted in the credential scope.
     #[serde(default)]
     pub allowed_regions: Vec<String>,
+    /// Request quota for this keystore; above it: 429 ThrottlingException.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket: `requests_per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained rate.
+    pub requests_per_second: f64,
+    /// Bucket size (defaults to one second's worth).
+    pub burst: Option<f64>,
 }
 
 /// One SigV4 credential.
@@ -215,6 +251,18 @@ fn default_max_aad() -> usize {
 }
 fn default_max_body() -> usize {
     64 * 1024
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_handshake_ms() -> u64 {
+    10_000
+}
+fn default_header_ms() -> u64 {
+    60_000
+}
+fn default_max_header() -> usize {
+    16 * 1024
 }
 fn default_workers() -> usize {
     2
@@ -277,6 +325,9 @@ impl Config {
         if let Some(tls) = &mut self.tls {
             fix(&mut tls.certificate);
             fix(&mut tls.private_key);
+            if let Some(ca) = &mut tls.client_ca {
+                fix(ca);
+            }
         }
         for t in &mut self.tokens {
             t.pin.resolve(base);

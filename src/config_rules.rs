@@ -32,6 +32,19 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), String> {
             return Err("server.allow_plain_http: cannot be combined with a [tls] section".into())
         }
         (Some(tls), false) => {
+            if let Some(ca) = &tls.client_ca {
+                if !ca.is_file() {
+                    return Err(format!("tls.client_ca: {} is not a readable file", ca.display()));
+                }
+                if tls.client_names.is_empty() {
+                    return Err(
+                        "tls.client_names: required with client_ca (e.g. cks.kms.us-east-1.amazonaws.com)"
+                            .into(),
+                    );
+                }
+            } else if !tls.client_names.is_empty() {
+                return Err("tls.client_names: only meaningful with tls.client_ca".into());
+            }
             for (field, p) in [
                 ("certificate", &tls.certificate),
                 ("private_key", &tls.private_key),
@@ -44,6 +57,16 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), String> {
         (None, true) => {}
     }
     validate_limits(cfg)?;
+    let srv = &cfg.server;
+    if srv.max_connections == 0 {
+        return Err("server.max_connections: must be at least 1".into());
+    }
+    if srv.tls_handshake_timeout_ms == 0 || srv.header_read_timeout_ms == 0 {
+        return Err("server.tls_handshake_timeout_ms / header_read_timeout_ms: must be positive".into());
+    }
+    if srv.max_header_bytes < 8192 {
+        return Err("server.max_header_bytes: must be at least 8192".into());
+    }
     if cfg.state.directory.as_os_str().is_empty() {
         return Err("state.directory: must not be empty".into());
     }
@@ -181,6 +204,12 @@ fn validate_keystore(cfg: &Config, k: &KeystoreConfig) -> Result<(), String> {
     }
     if let Some(pat) = &k.key_pattern {
         glob::Pattern::new(pat).map_err(|e| format!("key_pattern: {e}"))?;
+    }
+    if let Some(rl) = &k.rate_limit {
+        let burst_ok = rl.burst.is_none_or(|b| b.is_finite() && b >= 1.0);
+        if !(rl.requests_per_second.is_finite() && rl.requests_per_second > 0.0 && burst_ok) {
+            return Err("rate_limit: requests_per_second must be > 0 and burst >= 1".into());
+        }
     }
     for r in &k.allowed_regions {
         if r.is_empty()

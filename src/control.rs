@@ -20,6 +20,7 @@ pub struct Control {
     prefixes: Vec<String>,
     /// Serializes whole-proxy engage/release so a release cannot interleave with a disconnect.
     proxy_lock: tokio::sync::Mutex<()>,
+    reloader: std::sync::OnceLock<Arc<crate::daemon::Reloader>>,
 }
 
 impl Control {
@@ -30,7 +31,13 @@ impl Control {
             tokens,
             prefixes,
             proxy_lock: tokio::sync::Mutex::new(()),
+            reloader: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Connects the admin `reload` command to the daemon's reloader.
+    pub fn set_reloader(&self, r: Arc<crate::daemon::Reloader>) {
+        let _ = self.reloader.set(r);
     }
 
     /// Executes one request on behalf of `by` (who, via what, why is filled per request).
@@ -49,6 +56,10 @@ impl Control {
                 self.release(scope, token.as_deref(), by(reason)).await
             }
             AdminRequest::Status => Ok(self.status()),
+            AdminRequest::Reload => match self.reloader.get() {
+                Some(r) => r.reload().await.map(|m| json!({ "reloaded": m })),
+                None => Err("reload is not available".into()),
+            },
             AdminRequest::Keys { token, op } => self.keys(token.as_deref(), op, by(&op.reason())).await,
         };
         match result {

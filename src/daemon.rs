@@ -1,7 +1,8 @@
 //! Assembly of the daemon from a validated config: kill switch state, secrets, tokens and their
-//! worker pools, keystores, TLS, admin socket, listeners. Start-up fails fast, before anything
-//! is served, on a secret that cannot be read (exit 64), an unreadable kill switch state file or
-//! a token refusing the PIN (exit 69); a token that is merely absent is retried in the
+//! worker pools, keystores, TLS, admin socket, listeners; systemd readiness and watchdog; and
+//! hot reload. Start-up fails fast, before anything is served, on a secret that cannot be read
+//! or running as root without `server.allow_root` (exit 64), an unreadable kill switch state file
+//! or a token refusing the PIN (exit 69); a token that is merely absent is retried in the
 //! background and reported UNAVAILABLE meanwhile. A daemon whose proxy kill switch is engaged
 //! starts without loading any module or logging in.
 
@@ -12,13 +13,16 @@ use crate::config::{Config, EXIT_BAD_CONFIG};
 use crate::control::Control;
 use crate::hsm::{supervisor, Hsm, HsmError, Token};
 use crate::kill_switch::{now_rfc3339, Engagement, KillSwitch};
-use crate::server::{tls, Server};
+use crate::ratelimit::TokenBucket;
+use crate::server::{tls, ConnLimits, Server};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 /// Exit status when the daemon cannot start for a reason outside the config file (token
 /// refusing the PIN, port in use, unreadable state) (sysexits EX_UNAVAILABLE).
@@ -55,11 +59,18 @@ pub struct Daemon {
     listeners: Vec<TcpListener>,
     addrs: Vec<SocketAddr>,
     control: Arc<Control>,
+    pools: Vec<Hsm>,
 }
 
 impl Daemon {
-    /// Builds everything from the config. Must run inside a tokio runtime.
-    pub async fn start(cfg: &Config) -> Result<Daemon, StartError> {
+    /// Builds everything from the config. `config_path` is re-read on reload (SIGHUP or the
+    /// admin `reload` command). Must run inside a tokio runtime.
+    pub async fn start(cfg: &Config, config_path: Option<PathBuf>) -> Result<Daemon, StartError> {
+        if own_uid() == 0 && !cfg.server.allow_root {
+            return Err(config_error(
+                "server.allow_root: refusing to run as root; run as a dedicated user (see systemd/) or set allow_root = true".into(),
+            ));
+        }
         let kill = Arc::new(open_state(cfg)?);
         if kill.proxy_engaged() {
             tracing::warn!("proxy kill switch is ENGAGED (from the state file): starting disconnected; release it with `xks-bridge kill-switch release`");
@@ -91,27 +102,46 @@ impl Daemon {
             pools.insert(t.name.clone(), Hsm::start(token.clone(), t));
             tokens.push(token);
         }
-        let keystores = build_keystores(cfg, &pools)?;
-        let tls = match &cfg.tls {
-            Some(t) => Some(tokio_rustls::TlsAcceptor::from(
-                tls::server_config(&t.certificate, &t.private_key).map_err(config_error)?,
-            )),
-            None => {
-                tracing::warn!("PLAIN HTTP: TLS is disabled (server.allow_plain_http); only run this behind a TLS-terminating load balancer on a trusted network");
-                None
-            }
-        };
+        let (app, tls) = build_app(cfg, &pools, &kill)?;
+        if tls.is_none() {
+            tracing::warn!("PLAIN HTTP: TLS is disabled (server.allow_plain_http); only run this behind a TLS-terminating load balancer on a trusted network");
+        }
+        let server = Server::new(Arc::new(app), tls, ConnLimits::from(&cfg.server));
         let prefixes = cfg.keystores.iter().map(|k| k.uri_prefix.clone()).collect();
         let control = Control::new(kill.clone(), tokens, prefixes);
+        let reloader = Arc::new(Reloader {
+            path: config_path,
+            pools: pools.clone(),
+            kill,
+            server: server.clone(),
+            base: cfg.clone(),
+        });
+        control.set_reloader(reloader.clone());
         if let Some(a) = &cfg.admin {
             crate::admin::serve(&a.socket, a.group.as_deref(), control.clone()).map_err(unavailable)?;
         }
-        engage_on_sigusr1(control.clone());
-        let app = Arc::new(App {
-            keystores,
-            limits: cfg.limits.clone(),
-            fleet_size: cfg.server.fleet_size,
-            kill,
+        on_signal(tokio::signal::unix::SignalKind::user_defined1(), "SIGUSR1", {
+            let control = control.clone();
+            move || {
+                let control = control.clone();
+                async move {
+                    let by = Engagement {
+                        reason: "SIGUSR1 received".into(),
+                        by_uid: None,
+                        via: "signal SIGUSR1".into(),
+                        at: now_rfc3339(),
+                    };
+                    if let Err(e) = control.engage(&Scope::Proxy, None, by).await {
+                        tracing::error!(error = %e, "SIGUSR1 engage failed");
+                    }
+                }
+            }
+        });
+        on_signal(tokio::signal::unix::SignalKind::hangup(), "SIGHUP", move || {
+            let reloader = reloader.clone();
+            async move {
+                let _ = reloader.reload().await;
+            }
         });
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
@@ -122,11 +152,13 @@ impl Daemon {
             addrs.push(l.local_addr().unwrap_or(*addr));
             listeners.push(l);
         }
+        let pools = pools.into_values().collect();
         Ok(Daemon {
-            server: Server::new(app, tls),
+            server,
             listeners,
             addrs,
             control,
+            pools,
         })
     }
 
@@ -135,15 +167,95 @@ impl Daemon {
         &self.addrs
     }
 
-    /// The control plane (kill switch, keys).
+    /// The control plane (kill switch, keys, reload).
     pub fn control(&self) -> &Arc<Control> {
         &self.control
     }
 
-    /// Serves until `shutdown` flips to true, then drains in-flight requests.
+    /// The HTTP front end (to install an observer).
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+
+    /// Serves until `shutdown` flips to true, then drains in-flight requests. Tells systemd
+    /// READY=1 when serving starts, STOPPING=1 on the way out, and pings its watchdog while the
+    /// worker pools answer.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        spawn_watchdog(self.pools.clone());
+        let mut stopping = shutdown.clone();
+        tokio::spawn(async move {
+            if stopping.wait_for(|s| *s).await.is_ok() {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+            }
+        });
         self.server.serve(self.listeners, shutdown, SHUTDOWN_GRACE).await;
     }
+}
+
+/// Re-reads the config file and swaps credentials, key selection, quotas, limits and TLS
+/// (certificates and mTLS trust) without dropping connections or in-flight requests. Tokens,
+/// listeners, state and admin settings need a restart; a reload that changes them, or any
+/// invalid config, is refused and the running config keeps serving.
+pub struct Reloader {
+    path: Option<PathBuf>,
+    pools: HashMap<String, Hsm>,
+    kill: Arc<KillSwitch>,
+    server: Arc<Server>,
+    base: Config,
+}
+
+impl Reloader {
+    /// Performs one reload; the result is also logged.
+    pub async fn reload(&self) -> Result<String, String> {
+        let result = self.try_reload();
+        match &result {
+            Ok(msg) => tracing::warn!("configuration reloaded: {msg}"),
+            Err(e) => tracing::error!("reload refused, previous configuration still serving: {e}"),
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<String, String> {
+        let path = self
+            .path
+            .as_ref()
+            .ok_or("this daemon was started without a config file to reload")?;
+        let cfg = Config::load(path)?;
+        let fingerprint = |c: &Config| {
+            let t: Vec<_> = c
+                .tokens
+                .iter()
+                .map(|t| (t.name.clone(), t.module.clone(), t.token_label.clone()))
+                .collect();
+            (
+                t,
+                c.state.directory.clone(),
+                c.admin.as_ref().map(|a| a.socket.clone()),
+            )
+        };
+        if fingerprint(&cfg) != fingerprint(&self.base) {
+            return Err("tokens, state or admin settings changed: these need a restart".into());
+        }
+        if cfg.server.listen != self.base.server.listen {
+            tracing::warn!("server.listen changed in the file: listeners are kept until a restart");
+        }
+        let (app, tls) = build_app(&cfg, &self.pools, &self.kill).map_err(|e| e.message)?;
+        let summary = format!(
+            "{} keystore(s), {} credential(s)",
+            app.keystores.len(),
+            cfg.keystores.iter().map(|k| k.credentials.len()).sum::<usize>()
+        );
+        self.server.swap(Arc::new(app), tls);
+        Ok(summary)
+    }
+}
+
+fn own_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
 }
 
 fn open_state(cfg: &Config) -> Result<KillSwitch, StartError> {
@@ -161,7 +273,12 @@ fn open_state(cfg: &Config) -> Result<KillSwitch, StartError> {
     KillSwitch::load(&cfg.state.kill_switch_file()).map_err(unavailable)
 }
 
-fn build_keystores(cfg: &Config, pools: &HashMap<String, Hsm>) -> Result<Vec<Keystore>, StartError> {
+/// Everything a reload may change: keystores (secrets re-read), limits, TLS.
+fn build_app(
+    cfg: &Config,
+    pools: &HashMap<String, Hsm>,
+    kill: &Arc<KillSwitch>,
+) -> Result<(App, Option<TlsAcceptor>), StartError> {
     let mut keystores = Vec::new();
     for (i, k) in cfg.keystores.iter().enumerate() {
         let mut creds = Vec::new();
@@ -184,34 +301,57 @@ fn build_keystores(cfg: &Config, pools: &HashMap<String, Hsm>) -> Result<Vec<Key
             .cloned()
             .ok_or_else(|| config_error(format!("keystores[{i}].token: unknown")))?;
         let set = CredentialSet::new(creds, k.allowed_regions.clone());
-        keystores.push(Keystore::new(
-            k.uri_prefix.clone(),
-            set,
-            hsm,
-            k.allowed_keys.clone(),
-            pattern,
-        ));
+        let mut ks = Keystore::new(k.uri_prefix.clone(), set, hsm, k.allowed_keys.clone(), pattern);
+        ks.quota = k.rate_limit.as_ref().map(TokenBucket::new);
+        keystores.push(ks);
     }
-    Ok(keystores)
+    let tls = match &cfg.tls {
+        Some(t) => Some(TlsAcceptor::from(tls::server_config(t).map_err(config_error)?)),
+        None => None,
+    };
+    Ok((
+        App::new(keystores, cfg.limits.clone(), cfg.server.fleet_size, kill.clone()),
+        tls,
+    ))
 }
 
-/// SIGUSR1 engages the whole-proxy kill switch, for tooling that can only send signals.
-fn engage_on_sigusr1(control: Arc<Control>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
-        tracing::error!("cannot install the SIGUSR1 handler");
+/// Runs `action` each time the signal arrives.
+fn on_signal<F, Fut>(kind: tokio::signal::unix::SignalKind, name: &'static str, action: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let Ok(mut sig) = tokio::signal::unix::signal(kind) else {
+        tracing::error!("cannot install the {name} handler");
         return;
     };
     tokio::spawn(async move {
-        while usr1.recv().await.is_some() {
-            let by = Engagement {
-                reason: "SIGUSR1 received".into(),
-                by_uid: None,
-                via: "signal SIGUSR1".into(),
-                at: now_rfc3339(),
-            };
-            if let Err(e) = control.engage(&Scope::Proxy, None, by).await {
-                tracing::error!(error = %e, "SIGUSR1 engage: {e}");
+        while sig.recv().await.is_some() {
+            tracing::info!("{name} received");
+            action().await;
+        }
+    });
+}
+
+/// Pings systemd's watchdog at half its interval, but only while every worker pool answers a
+/// liveness job: a wedged pool stops the pings and systemd restarts the service.
+fn spawn_watchdog(pools: Vec<Hsm>) {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let every = Duration::from_micros(usec / 2);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let mut alive = true;
+            for p in &pools {
+                alive &= p.ping().await;
+            }
+            if alive {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            } else {
+                tracing::error!("an HSM worker pool did not answer; withholding the watchdog ping");
             }
         }
     });

@@ -50,6 +50,12 @@ enum Command {
     /// Cut AWS off (whole proxy, one keystore, one key), release, or show the state.
     #[command(subcommand)]
     KillSwitch(cli::KillSwitchCmd),
+    /// Reload credentials, key selection, quotas and TLS of the running daemon (as SIGHUP does).
+    Reload {
+        /// Configuration file of the daemon.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Manage keys on the token: create, import, list, show, disable, enable, destroy.
     #[command(subcommand)]
     Keys(cli::KeysCmd),
@@ -60,8 +66,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Serve { config } => load(&config).and_then(|cfg| serve(cfg, None)),
+        Command::Serve { config } => load(&config).and_then(|cfg| serve(cfg, &config, None)),
         Command::KillSwitch(cmd) => cli::kill_switch(cmd),
+        Command::Reload { config } => cli::reload(&config),
         Command::Keys(cmd) => cli::keys(cmd),
         Command::Quickstart {
             dir,
@@ -102,12 +109,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, (i32, String)> {
         .map_err(|e| (71, format!("cannot start the async runtime: {e}")))
 }
 
-fn serve(cfg: Config, quickstart: Option<quickstart::Layout>) -> CliResult {
+fn serve(cfg: Config, path: &Path, quickstart: Option<quickstart::Layout>) -> CliResult {
     apply_module_env(&cfg);
     logging::init(&cfg.logging);
     let rt = runtime()?;
     rt.block_on(async move {
-        let d = Daemon::start(&cfg).await.map_err(|e| (e.exit_code, e.message))?;
+        let d = Daemon::start(&cfg, Some(path.to_owned()))
+            .await
+            .map_err(|e| (e.exit_code, e.message))?;
         let scheme = if cfg.tls.is_some() { "https" } else { "http" };
         for a in d.local_addrs() {
             println!("xks-bridge listening on {scheme}://{a}");
@@ -137,7 +146,7 @@ fn run_quickstart(dir: &Path, listen: Option<SocketAddr>, setup_only: bool) -> C
     if let Some(l) = listen {
         cfg.server.listen = vec![l];
     }
-    serve(cfg, Some(layout))
+    serve(cfg, &config, Some(layout))
 }
 
 fn check_config(path: &Path) -> CliResult {

@@ -186,7 +186,7 @@ async fn one_request(
     index: usize,
     seq: usize,
 ) -> (Option<Duration>, Option<String>) {
-    if conn.as_ref().map_or(true, Conn::is_closed) {
+    if conn.as_ref().is_none_or(Conn::is_closed) {
         match run.connector.connect().await {
             Ok(c) => *conn = Some(c),
             Err(f) => {

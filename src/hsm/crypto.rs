@@ -14,7 +14,9 @@ use zeroize::Zeroizing;
 const TAG_LEN: usize = 16;
 
 impl Token {
-    fn handle(&self, session: &Session, label: &str) -> Result<ObjectHandle, HsmError> {
+    /// The key's handle and whether it is an AES-256 key, from the cache or one
+    /// `C_FindObjects` (+ one `C_GetAttributeValue`) on a miss.
+    fn handle(&self, session: &Session, label: &str) -> Result<(ObjectHandle, bool), HsmError> {
         if let Some(h) = self.keys.read().unwrap_or_else(|p| p.into_inner()).get(label) {
             return Ok(*h);
         }
@@ -25,11 +27,12 @@ impl Token {
         let found = session.find_objects(&template).map_err(classify)?;
         match found.as_slice() {
             [h] => {
+                let entry = (*h, self.is_aes256(session, *h, label)?);
                 self.keys
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(label.to_owned(), *h);
-                Ok(*h)
+                    .insert(label.to_owned(), entry);
+                Ok(entry)
             }
             [] => Err(HsmError::KeyNotFound),
             many => {
@@ -39,6 +42,25 @@ impl Token {
         }
     }
 
+    /// XKS v1 serves AES-256 only; a token would happily run AES-128-GCM with a shorter key.
+    fn is_aes256(&self, s: &Session, h: ObjectHandle, label: &str) -> Result<bool, HsmError> {
+        let attrs = s
+            .get_attributes(h, &[AttributeType::KeyType, AttributeType::ValueLen])
+            .map_err(classify)?;
+        let (mut aes, mut len) = (false, 0u64);
+        for a in attrs {
+            match a {
+                Attribute::KeyType(t) => aes = t == KeyType::AES,
+                Attribute::ValueLen(l) => len = l.into(),
+                _ => {}
+            }
+        }
+        if aes && len == 0 {
+            len = crate::keyadmin::recorded_value_len(s, label).unwrap_or(0);
+        }
+        Ok(aes && len == 32)
+    }
+
     /// Runs `f` with the key's handle, re-finding it once if the cached handle went stale.
     fn with_key<T>(
         &self,
@@ -46,14 +68,27 @@ impl Token {
         label: &str,
         f: impl Fn(ObjectHandle) -> Result<T, HsmError>,
     ) -> Result<T, HsmError> {
-        let h = self.handle(session, label)?;
+        let (h, _) = self.handle(session, label)?;
         match f(h) {
             Err(e) if e.stale_handle() => {
                 self.keys.write().unwrap_or_else(|p| p.into_inner()).remove(label);
-                f(self.handle(session, label)?)
+                f(self.handle(session, label)?.0)
             }
             other => other,
         }
+    }
+
+    /// Like [`Token::with_key`], refusing keys that are not AES-256.
+    fn with_aes256_key<T>(
+        &self,
+        session: &Session,
+        label: &str,
+        f: impl Fn(ObjectHandle) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        if !self.handle(session, label)?.1 {
+            return Err(HsmError::KeyUsage("the key is not an AES-256 key".into()));
+        }
+        self.with_key(session, label, f)
     }
 
     pub(super) fn encrypt(
@@ -63,7 +98,7 @@ impl Token {
         aad: &[u8],
         pt: &[u8],
     ) -> Result<Sealed, HsmError> {
-        self.with_key(s, label, |key| {
+        self.with_aes256_key(s, label, |key| {
             let mut iv = [0u8; 12];
             if self.iv_source == IvSource::TokenRandom {
                 s.generate_random_slice(&mut iv).map_err(classify)?;
@@ -97,7 +132,7 @@ impl Token {
         aad: &[u8],
         ct: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        self.with_key(s, label, |key| {
+        self.with_aes256_key(s, label, |key| {
             let mut iv = iv.to_vec();
             let params = GcmParams::new(&mut iv, aad, (TAG_LEN as u64 * 8).into())
                 .map_err(|e| HsmError::Internal(e.to_string()))?;

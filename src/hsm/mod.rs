@@ -89,6 +89,8 @@ pub(crate) enum Op {
         label: String,
     },
     Health,
+    /// Answered by any live worker without touching the token (watchdog liveness).
+    Ping,
 }
 
 pub(crate) enum Reply {
@@ -96,6 +98,7 @@ pub(crate) enum Reply {
     Plain(Zeroizing<Vec<u8>>),
     KeyInfo(KeyInfo),
     Health(TokenHealth),
+    Pong,
 }
 
 pub(crate) struct Job {
@@ -202,6 +205,27 @@ impl Hsm {
             Reply::KeyInfo(k) => Ok(k),
             _ => Err(HsmError::Internal("unexpected worker reply".into())),
         }
+    }
+
+    /// Proves a worker thread of this pool is alive and taking jobs from the queue.
+    pub async fn ping(&self) -> bool {
+        let deadline = Instant::now() + self.timeout.max(Duration::from_secs(1));
+        let (reply, rx) = oneshot::channel();
+        if self
+            .jobs
+            .try_send(Job {
+                op: Op::Ping,
+                deadline,
+                reply,
+            })
+            .is_err()
+        {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout_at(deadline.into(), rx).await,
+            Ok(Ok(Ok(Reply::Pong)))
+        )
     }
 
     /// A health probe that goes through the worker pool, so it proves the workers, their

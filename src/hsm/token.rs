@@ -106,7 +106,8 @@ pub struct Token {
     pin: SecretString,
     pub(super) state: RwLock<State>,
     ident: RwLock<(String, String)>,
-    pub(super) keys: RwLock<HashMap<String, ObjectHandle>>,
+    /// Key handle cache: label -> (handle, is an AES-256 key).
+    pub(super) keys: RwLock<HashMap<String, (ObjectHandle, bool)>>,
     pub(super) disabled: RwLock<HashSet<String>>,
     /// Held by a local disable/enable across "flip in memory, then write the token", and by
     /// the poller across "read the token, then replace the set", so a poll never undoes a

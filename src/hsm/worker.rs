@@ -32,6 +32,10 @@ fn run(token: &Token, jobs: &Receiver<Job>) {
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        if matches!(job.op, Op::Ping) {
+            let _ = job.reply.send(Ok(Reply::Pong));
+            continue;
+        }
         // The kill switch is checked before every job: nothing admitted after it engaged
         // reaches the token. A job whose caller gave up (deadline passed) is skipped too.
         if token.killed() {
@@ -96,5 +100,6 @@ fn execute(token: &Token, s: &Session, op: &Op) -> Result<Reply, HsmError> {
             .map(Reply::Plain),
         Op::KeyInfo { label } => token.key_info(s, label).map(Reply::KeyInfo),
         Op::Health => token.probe(s).map(Reply::Health),
+        Op::Ping => Ok(Reply::Pong),
     }
 }

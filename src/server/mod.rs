@@ -1,10 +1,13 @@
-//! HTTP(S) front end: accept loop with a connection cap, TLS, hyper HTTP/1.1 with keep-alive,
-//! the body cap, and the single exit point where every response is built and logged.
+//! HTTP(S) front end: accept loop with a connection cap, TLS (swappable on reload), hyper
+//! HTTP/1.1 with keep-alive and timeouts, the body cap, and the single exit point where every
+//! response is built, logged and (through [`Finished`]) handed to whoever records it.
 
+pub mod mtls;
 pub mod routes;
 pub mod tls;
 
 use crate::app::App;
+use crate::config::ServerConfig;
 use crate::error::Error;
 use crate::ops::RequestContext;
 use crate::xks::ErrorBody;
@@ -13,40 +16,101 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-/// Connections served at once; more wait in the kernel's accept queue.
-pub const MAX_CONNECTIONS: usize = 4096;
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Connection-level limits, from `[server]`.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// TLS handshake deadline.
+    pub handshake_timeout: Duration,
+    /// Request-head deadline, also the idle keep-alive timeout.
+    pub header_timeout: Duration,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+}
+
+impl From<&ServerConfig> for ConnLimits {
+    fn from(s: &ServerConfig) -> Self {
+        ConnLimits {
+            max_connections: s.max_connections,
+            handshake_timeout: Duration::from_millis(s.tls_handshake_timeout_ms),
+            header_timeout: Duration::from_millis(s.header_read_timeout_ms),
+            max_header_bytes: s.max_header_bytes,
+        }
+    }
+}
+
+/// Everything known about a request once its response is decided (for the log line and the
+/// audit trail). Never holds plaintext, AAD, secrets or signatures.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Proxy-assigned request id.
+    pub request_id: u64,
+    /// Operation name, `-` if routing failed.
+    pub operation: &'static str,
+    /// Keystore prefix, `-` if routing failed.
+    pub keystore: String,
+    /// External key id, `-` if none.
+    pub key_id: String,
+    /// Audit context from the body and the signature.
+    pub ctx: RequestContext,
+    /// HTTP status.
+    pub status: u16,
+    /// `OK` or the XKS error name.
+    pub outcome: &'static str,
+    /// Time from request head to response.
+    pub latency_us: u64,
+}
+
+/// Receives every finished request (the audit trail, metrics).
+pub type Observer = Arc<dyn Fn(&Finished) + Send + Sync>;
 
 /// Shared state of the HTTP front end.
 pub struct Server {
-    app: Arc<App>,
-    tls: Option<TlsAcceptor>,
-    api_bases: Vec<String>,
+    app: RwLock<Arc<App>>,
+    tls: RwLock<Option<TlsAcceptor>>,
+    limits: ConnLimits,
     next_id: AtomicU64,
     connections: Arc<Semaphore>,
+    observer: RwLock<Option<Observer>>,
 }
 
 impl Server {
     /// A server for `app`; `tls` is `None` only when plain HTTP was explicitly allowed.
-    pub fn new(app: Arc<App>, tls: Option<TlsAcceptor>) -> Arc<Server> {
-        let api_bases = app.keystores.iter().map(|k| k.api_base.clone()).collect();
+    pub fn new(app: Arc<App>, tls: Option<TlsAcceptor>, limits: ConnLimits) -> Arc<Server> {
         Arc::new(Server {
-            app,
-            tls,
-            api_bases,
+            app: RwLock::new(app),
+            tls: RwLock::new(tls),
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            limits,
             next_id: AtomicU64::new(1),
-            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            observer: RwLock::new(None),
         })
+    }
+
+    /// The current app (keystores, credentials, limits).
+    pub fn app(&self) -> Arc<App> {
+        self.app.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the app and TLS configuration for new requests and new connections. Requests
+    /// in flight finish with the snapshot they started with; established connections stay up.
+    pub fn swap(&self, app: Arc<App>, tls: Option<TlsAcceptor>) {
+        *self.app.write().unwrap_or_else(|p| p.into_inner()) = app;
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+    }
+
+    /// Installs the observer called for every finished request.
+    pub fn set_observer(&self, o: Observer) {
+        *self.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(o);
     }
 
     /// Accepts connections until `shutdown` flips, then waits up to `grace` for open
@@ -58,14 +122,15 @@ impl Server {
         grace: Duration,
     ) {
         let graceful = GracefulShutdown::new();
-        let (conn_tx, mut conn_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(1024);
+        let mut acceptors = Vec::new();
         for l in listeners {
             let tx = conn_tx.clone();
-            tokio::spawn(async move {
+            acceptors.push(tokio::spawn(async move {
                 loop {
                     match l.accept().await {
                         Ok(c) => {
-                            if tx.send(c).is_err() {
+                            if tx.send(c).await.is_err() {
                                 break;
                             }
                         }
@@ -75,7 +140,7 @@ impl Server {
                         }
                     }
                 }
-            });
+            }));
         }
         drop(conn_tx);
         loop {
@@ -96,17 +161,15 @@ impl Server {
                 _ = shutdown.changed() => break,
             }
         }
+        // Stop accepting at once: close the listening sockets.
+        acceptors.iter().for_each(|a| a.abort());
         tokio::select! {
             _ = graceful.shutdown() => tracing::info!("all connections drained"),
             _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
         }
     }
 
-    async fn connection(
-        self: Arc<Self>,
-        stream: tokio::net::TcpStream,
-        watcher: hyper_util::server::graceful::Watcher,
-    ) {
+    async fn connection(self: Arc<Self>, stream: TcpStream, watcher: Watcher) {
         let this = self.clone();
         let service = hyper::service::service_fn(move |req| {
             let this = this.clone();
@@ -115,11 +178,12 @@ impl Server {
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .keep_alive(true)
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(MAX_HEADER_BYTES.max(8192));
-        let result = match &self.tls {
+            .header_read_timeout(self.limits.header_timeout)
+            .max_buf_size(self.limits.max_header_bytes);
+        let acceptor = self.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let result = match acceptor {
             Some(acceptor) => {
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                match tokio::time::timeout(self.limits.handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         watcher
                             .watch(http.serve_connection(TokioIo::new(tls), service))
@@ -148,17 +212,17 @@ impl Server {
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let start = Instant::now();
-        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let app = self.app();
         if req.uri().path() == "/ping" && req.method() == http::Method::GET {
             // A load balancer takes an instance whose kill switch is engaged out of rotation.
-            if self.app.kill.proxy_engaged() {
+            if app.kill.proxy_engaged() {
                 return text_response(StatusCode::SERVICE_UNAVAILABLE, "kill switch engaged");
             }
             return text_response(StatusCode::OK, "pong");
         }
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut ctx = RequestContext::default();
-        let (op, keystore, key_id, result) = self.process(req, &mut ctx).await;
-        let latency_us = start.elapsed().as_micros() as u64;
+        let (operation, keystore, key_id, result) = process(&app, req, &mut ctx).await;
         let (status, outcome) = match &result {
             Ok(_) => (200, "OK"),
             Err(e) => (e.status(), e.name().as_str()),
@@ -166,65 +230,85 @@ impl Server {
         if let Err(e @ (Error::Auth(_) | Error::Hsm(_) | Error::Internal(_))) = &result {
             tracing::debug!(request_id, error = %e, "request failed");
         }
-        tracing::info!(
+        let done = Finished {
             request_id,
-            kms_request_id = ctx.kms_request_id.as_deref().unwrap_or("-"),
-            kms_operation = ctx.kms_operation.as_deref().unwrap_or("-"),
+            operation,
             keystore,
-            operation = op,
             key_id,
-            access_key_id = ctx.access_key_id.as_deref().unwrap_or("-"),
+            ctx,
             status,
             outcome,
-            latency_us,
-            "request"
-        );
+            latency_us: start.elapsed().as_micros() as u64,
+        };
+        log_request(&done);
+        if let Some(o) = self.observer.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            o(&done);
+        }
         match result {
             Ok(body) => json_response(StatusCode::OK, body),
             Err(e) => error_response(&e),
         }
     }
+}
 
-    /// Route -> read body under the cap -> authenticate -> dispatch. Returns what the log line
-    /// needs alongside the result.
-    async fn process(
-        &self,
-        req: Request<Incoming>,
-        ctx: &mut RequestContext,
-    ) -> (&'static str, String, String, Result<Vec<u8>, Error>) {
-        let (parts, body) = req.into_parts();
-        let bases: Vec<&str> = self.api_bases.iter().map(String::as_str).collect();
-        let route = match routes::route(&bases, &parts.method, parts.uri.path(), parts.uri.query()) {
-            Ok(r) => r,
-            Err(e) => return ("-", "-".into(), "-".into(), Err(e)),
-        };
-        let ks = &self.app.keystores[route.keystore];
-        let (op, ks_name, key_id) = (route.op.name(), ks.prefix.clone(), route.key_id.to_owned());
-        let limit = self.app.limits.max_body_bytes;
-        let body = match Limited::new(body, limit).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                let e = Error::TooLarge(format!("request body exceeds {limit} bytes"));
-                return (op, ks_name, key_id, Err(e));
-            }
-        };
-        let verified = ks.credentials.verify(
-            parts.method.as_str(),
-            parts.uri.path(),
-            &parts.headers,
-            &body,
-            SystemTime::now(),
-        );
-        match verified {
-            Ok(v) => ctx.access_key_id = Some(v.access_key_id),
-            Err(e) => return (op, ks_name, key_id, Err(e.into())),
+fn log_request(d: &Finished) {
+    tracing::info!(
+        request_id = d.request_id,
+        kms_request_id = d.ctx.kms_request_id.as_deref().unwrap_or("-"),
+        kms_operation = d.ctx.kms_operation.as_deref().unwrap_or("-"),
+        keystore = %d.keystore,
+        operation = d.operation,
+        key_id = %d.key_id,
+        access_key_id = d.ctx.access_key_id.as_deref().unwrap_or("-"),
+        status = d.status,
+        outcome = d.outcome,
+        latency_us = d.latency_us,
+        "request"
+    );
+}
+
+/// Route -> read body under the cap -> authenticate -> dispatch. Returns what the log line
+/// needs alongside the result.
+async fn process(
+    app: &App,
+    req: Request<Incoming>,
+    ctx: &mut RequestContext,
+) -> (&'static str, String, String, Result<Vec<u8>, Error>) {
+    let (parts, body) = req.into_parts();
+    let route = match routes::route(&app.api_bases, &parts.method, parts.uri.path(), parts.uri.query()) {
+        Ok(r) => r,
+        Err(e) => return ("-", "-".into(), "-".into(), Err(e)),
+    };
+    let ks = &app.keystores[route.keystore];
+    let key_id = if route.key_id.is_empty() {
+        "-"
+    } else {
+        route.key_id
+    };
+    let (op, ks_name, key_id) = (route.op.name(), ks.prefix.clone(), key_id.to_owned());
+    let limit = app.limits.max_body_bytes;
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            let e = Error::TooLarge(format!("request body exceeds {limit} bytes"));
+            return (op, ks_name, key_id, Err(e));
         }
-        let result = self
-            .app
-            .dispatch(route.keystore, route.op, route.key_id, &body, ctx)
-            .await;
-        (op, ks_name, key_id, result)
+    };
+    let verified = ks.credentials.verify(
+        parts.method.as_str(),
+        parts.uri.path(),
+        &parts.headers,
+        &body,
+        SystemTime::now(),
+    );
+    match verified {
+        Ok(v) => ctx.access_key_id = Some(v.access_key_id),
+        Err(e) => return (op, ks_name, key_id, Err(e.into())),
     }
+    let result = app
+        .dispatch(route.keystore, route.op, route.key_id, &body, ctx)
+        .await;
+    (op, ks_name, key_id, result)
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {

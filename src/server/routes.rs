@@ -40,36 +40,37 @@ pub struct Route<'p> {
     pub key_id: &'p str,
 }
 
+/// Parses what follows `<prefix>/kms/xks/v1`.
+fn operation(rest: &str) -> Option<(Operation, &str)> {
+    if rest == "/health" {
+        return Some((Operation::Health, ""));
+    }
+    let (key_id, op) = rest.strip_prefix("/keys/")?.rsplit_once('/')?;
+    let op = match op {
+        "metadata" => Operation::Metadata,
+        "encrypt" => Operation::Encrypt,
+        "decrypt" => Operation::Decrypt,
+        _ => return None,
+    };
+    valid_key_id(key_id).then_some((op, key_id))
+}
+
 /// Routes `path` against the keystores' API bases (`<prefix>/kms/xks/v1`). A known API path
 /// with a method other than POST is 405; anything else unknown is InvalidUriPathException.
 pub fn route<'p>(
-    api_bases: &[&str],
+    api_bases: &[String],
     method: &http::Method,
     path: &'p str,
     query: Option<&str>,
 ) -> Result<Route<'p>, Error> {
-    let (keystore, rest) = api_bases
+    // Among the bases the path starts with and whose remainder is an operation path, the
+    // longest wins: a prefix may legitimately contain another keystore's whole API path.
+    let (keystore, (op, key_id)) = api_bases
         .iter()
         .enumerate()
-        .find_map(|(i, base)| path.strip_prefix(base).map(|rest| (i, rest)))
+        .filter_map(|(i, base)| operation(path.strip_prefix(base.as_str())?).map(|o| (i, o)))
+        .max_by_key(|(i, _)| api_bases[*i].len())
         .ok_or(Error::InvalidUriPath)?;
-    let (op, key_id) = match rest {
-        "/health" => (Operation::Health, ""),
-        _ => {
-            let tail = rest.strip_prefix("/keys/").ok_or(Error::InvalidUriPath)?;
-            let (key_id, op) = tail.rsplit_once('/').ok_or(Error::InvalidUriPath)?;
-            let op = match op {
-                "metadata" => Operation::Metadata,
-                "encrypt" => Operation::Encrypt,
-                "decrypt" => Operation::Decrypt,
-                _ => return Err(Error::InvalidUriPath),
-            };
-            if !valid_key_id(key_id) {
-                return Err(Error::InvalidUriPath);
-            }
-            (op, key_id)
-        }
-    };
     if method != http::Method::POST {
         return Err(Error::MethodNotAllowed);
     }
@@ -85,10 +86,14 @@ mod tests {
     use super::*;
     use http::Method;
 
-    const BASES: &[&str] = &["/a/kms/xks/v1", "/kms/xks/v1", "/a/b/kms/xks/v1"];
+    fn bases() -> Vec<String> {
+        ["/a/kms/xks/v1", "/kms/xks/v1", "/a/b/kms/xks/v1"]
+            .map(String::from)
+            .to_vec()
+    }
 
     fn ok(path: &str) -> Route<'_> {
-        route(BASES, &Method::POST, path, None).unwrap()
+        route(&bases(), &Method::POST, path, None).unwrap()
     }
 
     #[test]
@@ -127,14 +132,34 @@ mod tests {
             "/a/kms/xks/v1/keys/%41/encrypt",
         ] {
             assert!(
-                matches!(route(BASES, &Method::POST, p, None), Err(Error::InvalidUriPath)),
+                matches!(
+                    route(&bases(), &Method::POST, p, None),
+                    Err(Error::InvalidUriPath)
+                ),
                 "{p}"
             );
         }
         assert!(matches!(
-            route(BASES, &Method::POST, "/a/kms/xks/v1/health", Some("x=1")),
+            route(&bases(), &Method::POST, "/a/kms/xks/v1/health", Some("x=1")),
             Err(Error::InvalidUriPath)
         ));
+    }
+
+    #[test]
+    fn a_prefix_containing_another_api_base_routes_to_its_own_keystore() {
+        let bases: Vec<String> = ["/q/kms/xks/v1", "/q/kms/xks/v1/nested/kms/xks/v1"]
+            .map(String::from)
+            .to_vec();
+        let r = route(
+            &bases,
+            &Method::POST,
+            "/q/kms/xks/v1/nested/kms/xks/v1/health",
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.keystore, 1);
+        let r = route(&bases, &Method::POST, "/q/kms/xks/v1/health", None).unwrap();
+        assert_eq!(r.keystore, 0);
     }
 
     #[test]
@@ -146,7 +171,10 @@ mod tests {
             "/a/kms/xks/v1/keys/k/metadata",
         ] {
             assert!(
-                matches!(route(BASES, &Method::GET, p, None), Err(Error::MethodNotAllowed)),
+                matches!(
+                    route(&bases(), &Method::GET, p, None),
+                    Err(Error::MethodNotAllowed)
+                ),
                 "{p}"
             );
         }

@@ -1,13 +1,14 @@
 //! rustls server configuration: TLS 1.2 and 1.3 only, the spec's AEAD cipher suites (plus
-//! TLS 1.3's mandatory AES-128-GCM), HTTP/1.1 via ALPN, and session resumption (stateful cache
-//! and TLS 1.3 tickets) so KMS reconnects skip a full handshake.
+//! TLS 1.3's mandatory AES-128-GCM), HTTP/1.1 via ALPN, session resumption (stateful cache and
+//! TLS 1.3 tickets) so KMS reconnects skip a full handshake, and optional mutual TLS.
 
+use super::mtls::NameCheckingVerifier;
+use crate::config::TlsConfig;
 use rustls::crypto::ring::{cipher_suite as cs, default_provider, Ticketer};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::ServerConfig;
-use std::path::Path;
+use rustls::{RootCertStore, ServerConfig};
 use std::sync::Arc;
 
 /// The cipher suites offered, strongest first.
@@ -24,8 +25,9 @@ fn provider() -> CryptoProvider {
     }
 }
 
-/// Builds the server config from PEM files; errors name the file and the problem.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+/// Builds the server config from the `[tls]` section; errors name the field and the problem.
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
+    let (cert, key) = (&tls.certificate, &tls.private_key);
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| format!("tls.certificate: {}: {e}", cert.display()))?;
@@ -37,10 +39,30 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Strin
     }
     let key =
         PrivateKeyDer::from_pem_file(key).map_err(|e| format!("tls.private_key: {}: {e}", key.display()))?;
-    let mut cfg = ServerConfig::builder_with_provider(Arc::new(provider()))
+    let provider = Arc::new(provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("tls: {e}"))?
-        .with_no_client_auth()
+        .map_err(|e| format!("tls: {e}"))?;
+    let builder = match &tls.client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| format!("tls.client_ca: {}: {e}", ca.display()))?
+            {
+                let c = c.map_err(|e| format!("tls.client_ca: {}: {e}", ca.display()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("tls.client_ca: {}: {e}", ca.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("tls.client_ca: {} holds no certificate", ca.display()));
+            }
+            let v = NameCheckingVerifier::new(roots, tls.client_names.clone(), provider)?;
+            builder.with_client_cert_verifier(Arc::new(v))
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
         .with_single_cert(chain, key)
         .map_err(|e| format!("tls: certificate and private key do not match or are unsupported: {e}"))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
