@@ -32,6 +32,7 @@ pub mod kill_switch;
 pub mod logging;
 pub mod ops;
 pub mod quickstart;
+pub mod ratelimit;
 pub mod secret;
 pub mod server;
 pub mod tokensetup;
