@@ -36,6 +36,19 @@ pub struct Config {
     pub state: StateConfig,
     /// Local admin socket for the `kill-switch` and `keys` commands.
     pub admin: Option<AdminConfig>,
+    /// Prometheus metrics listener.
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address serving `GET /metrics` over plain HTTP; loopback unless explicitly allowed.
+    pub listen: SocketAddr,
+    /// Permit a non-loopback metrics address (metrics reveal key ids and traffic patterns).
+    #[serde(default)]
+    pub allow_non_loopback: bool,
 }
 
 /// `[state]`

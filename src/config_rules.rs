@@ -67,6 +67,14 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), String> {
     if srv.max_header_bytes < 8192 {
         return Err("server.max_header_bytes: must be at least 8192".into());
     }
+    if let Some(m) = &cfg.metrics {
+        if !m.listen.ip().is_loopback() && !m.allow_non_loopback {
+            return Err(
+                "metrics.listen: not a loopback address; set metrics.allow_non_loopback = true to expose it"
+                    .into(),
+            );
+        }
+    }
     if cfg.state.directory.as_os_str().is_empty() {
         return Err("state.directory: must not be empty".into());
     }

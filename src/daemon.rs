@@ -13,6 +13,7 @@ use crate::config::{Config, EXIT_BAD_CONFIG};
 use crate::control::Control;
 use crate::hsm::{supervisor, Hsm, HsmError, Token};
 use crate::kill_switch::{now_rfc3339, Engagement, KillSwitch};
+use crate::metrics::{Counters, Metrics};
 use crate::ratelimit::TokenBucket;
 use crate::server::{tls, ConnLimits, Server};
 use std::collections::HashMap;
@@ -60,6 +61,7 @@ pub struct Daemon {
     addrs: Vec<SocketAddr>,
     control: Arc<Control>,
     pools: Vec<Hsm>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Daemon {
@@ -109,12 +111,14 @@ impl Daemon {
         let server = Server::new(Arc::new(app), tls, ConnLimits::from(&cfg.server));
         let prefixes = cfg.keystores.iter().map(|k| k.uri_prefix.clone()).collect();
         let control = Control::new(kill.clone(), tokens, prefixes);
+        let counters = Arc::new(Counters::default());
         let reloader = Arc::new(Reloader {
             path: config_path,
             pools: pools.clone(),
             kill,
             server: server.clone(),
             base: cfg.clone(),
+            counters: counters.clone(),
         });
         control.set_reloader(reloader.clone());
         if let Some(a) = &cfg.admin {
@@ -152,19 +156,37 @@ impl Daemon {
             addrs.push(l.local_addr().unwrap_or(*addr));
             listeners.push(l);
         }
-        let pools = pools.into_values().collect();
+        let pools: Vec<Hsm> = pools.into_values().collect();
+        let mut metrics_addr = None;
+        if let Some(m) = &cfg.metrics {
+            let l = TcpListener::bind(m.listen)
+                .await
+                .map_err(|e| unavailable(format!("metrics.listen: cannot bind {}: {e}", m.listen)))?;
+            metrics_addr = l.local_addr().ok();
+            let cert = cfg.tls.as_ref().map(|t| t.certificate.clone());
+            let metrics = Metrics::new(pools.clone(), control.clone(), cert, counters, None);
+            let observer = metrics.clone();
+            server.set_observer(Arc::new(move |d| observer.observe(d)));
+            metrics.serve(l);
+        }
         Ok(Daemon {
             server,
             listeners,
             addrs,
             control,
             pools,
+            metrics_addr,
         })
     }
 
     /// The bound addresses (ephemeral ports resolved).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The bound metrics address, if metrics are enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The control plane (kill switch, keys, reload).
@@ -203,6 +225,7 @@ pub struct Reloader {
     kill: Arc<KillSwitch>,
     server: Arc<Server>,
     base: Config,
+    counters: Arc<Counters>,
 }
 
 impl Reloader {
@@ -210,8 +233,18 @@ impl Reloader {
     pub async fn reload(&self) -> Result<String, String> {
         let result = self.try_reload();
         match &result {
-            Ok(msg) => tracing::warn!("configuration reloaded: {msg}"),
-            Err(e) => tracing::error!("reload refused, previous configuration still serving: {e}"),
+            Ok(msg) => {
+                self.counters
+                    .reloads_ok
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!("configuration reloaded: {msg}")
+            }
+            Err(e) => {
+                self.counters
+                    .reloads_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!("reload refused, previous configuration still serving: {e}")
+            }
         }
         result
     }

@@ -30,6 +30,7 @@ pub mod hsm;
 pub mod keyadmin;
 pub mod kill_switch;
 pub mod logging;
+pub mod metrics;
 pub mod ops;
 pub mod quickstart;
 pub mod ratelimit;

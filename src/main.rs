@@ -121,8 +121,12 @@ fn serve(cfg: Config, path: &Path, quickstart: Option<quickstart::Layout>) -> Cl
         for a in d.local_addrs() {
             println!("xks-bridge listening on {scheme}://{a}");
         }
+        if let Some(m) = d.metrics_addr() {
+            println!("xks-bridge metrics on http://{m}/metrics");
+        }
         if let Some(layout) = quickstart {
-            let banner = quickstart::publish(&layout, &cfg, d.local_addrs()[0]).map_err(|e| (73, e))?;
+            let banner = quickstart::publish(&layout, &cfg, d.local_addrs()[0], d.metrics_addr())
+                .map_err(|e| (73, e))?;
             println!("{banner}");
         }
         d.run(daemon::shutdown_on_signals()).await;

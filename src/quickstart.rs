@@ -154,6 +154,9 @@ directory = "state"
 [admin]
 socket = "admin.sock"
 
+[metrics]
+listen = "127.0.0.1:0"
+
 [[tokens]]
 name = "quickstart-softhsm"
 module = "{module}"
@@ -263,7 +266,12 @@ pub fn random_secret() -> Result<String, String> {
 
 /// Writes `quickstart.json` and the KMS console file for a running instance, and returns the
 /// banner to print.
-pub fn publish(layout: &Layout, cfg: &Config, addr: SocketAddr) -> Result<String, String> {
+pub fn publish(
+    layout: &Layout,
+    cfg: &Config,
+    addr: SocketAddr,
+    metrics: Option<SocketAddr>,
+) -> Result<String, String> {
     let ks = cfg.keystores.first().ok_or("config has no keystore")?;
     let cred = ks.credentials.first().ok_or("keystore has no credential")?;
     let secret_path = cred
@@ -303,7 +311,8 @@ pub fn publish(layout: &Layout, cfg: &Config, addr: SocketAddr) -> Result<String
          \x20 keys            {k0} (encrypt+decrypt), {k1}, {k2}, {k3}\n\
          \x20 config          {config}\n\
          \x20 for scripts     {dir}/quickstart.json\n\
-         \x20 for KMS console {dir}/kms-xks-proxy-config.json\n\n\
+         \x20 for KMS console {dir}/kms-xks-proxy-config.json\n\
+         \x20 metrics         {metrics}\n\n\
          Try a signed request (GetHealthStatus):\n\n\
          curl --aws-sigv4 \"aws:amz:{REGION}:kms-xks-proxy\" --user \"{akid}:$(cat {secret_file})\" \\\n\
          \x20 --cacert {ca} -H 'Content-Type: application/json' \\\n\
@@ -318,5 +327,8 @@ pub fn publish(layout: &Layout, cfg: &Config, addr: SocketAddr) -> Result<String
         k3 = KEYS[3].1,
         config = layout.config().display(),
         dir = layout.dir.display(),
+        metrics = metrics
+            .map(|m| format!("http://{m}/metrics"))
+            .unwrap_or_else(|| "disabled".into()),
     ))
 }

@@ -113,6 +113,8 @@ pub struct Hsm {
     token: Arc<Token>,
     jobs: Sender<Job>,
     timeout: Duration,
+    /// Submit-to-reply time of every job (exported as a metric).
+    call_latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Hsm {
@@ -127,7 +129,18 @@ impl Hsm {
             token,
             jobs: tx,
             timeout: Duration::from_millis(cfg.request_timeout_ms),
+            call_latency: crate::metrics::latency_histogram(),
         }
+    }
+
+    /// Jobs waiting for a worker.
+    pub fn queue_len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// The job latency histogram.
+    pub fn call_latency(&self) -> &prometheus_client::metrics::histogram::Histogram {
+        &self.call_latency
     }
 
     /// The token behind this pool.
@@ -147,7 +160,10 @@ impl Hsm {
                 TrySendError::Full(_) => HsmError::Busy,
                 TrySendError::Disconnected(_) => HsmError::Unavailable("worker pool stopped".into()),
             })?;
-        match tokio::time::timeout_at(deadline.into(), rx).await {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout_at(deadline.into(), rx).await;
+        self.call_latency.observe(started.elapsed().as_secs_f64());
+        match outcome {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(HsmError::Internal("worker dropped the job".into())),
             Err(_) => Err(HsmError::Timeout),

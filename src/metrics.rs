@@ -1,0 +1,275 @@
+//! Prometheus metrics on a separate listener (loopback by default): request counts and
+//! latency by keystore/operation/outcome, HSM call latency and queue depth per token, token
+//! health, kill switch state per scope, TLS certificate lifetime, reloads, audit write errors.
+//! Request counters are pushed by the server's observer; everything else is read at scrape
+//! time from the live objects, so there is no second source of truth to drift.
+
+use crate::control::Control;
+use crate::hsm::Hsm;
+use crate::server::Finished;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    keystore: String,
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    token: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    scope: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// The latency buckets used throughout.
+pub fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s: from a local SoftHSM2 call to KMS's 250 ms budget and beyond.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
+}
+
+/// Counters other components increment (they own them; metrics only reads).
+#[derive(Default)]
+pub struct Counters {
+    /// Successful reloads.
+    pub reloads_ok: AtomicU64,
+    /// Refused reloads.
+    pub reloads_failed: AtomicU64,
+}
+
+/// The metrics registry and the sources it reads at scrape time.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<OperationLabels, Histogram>,
+    queue_depth: Family<TokenLabels, Gauge>,
+    token_up: Family<TokenLabels, Gauge>,
+    kill_switch: Family<ScopeLabels, Gauge>,
+    cert_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
+    reloads: Family<ResultLabels, Gauge>,
+    audit_errors: Gauge,
+    pools: Vec<Hsm>,
+    control: Arc<Control>,
+    certificate: Option<PathBuf>,
+    counters: Arc<Counters>,
+    audit_write_errors: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+}
+
+impl Metrics {
+    /// A registry over the daemon's pools, control plane and certificate.
+    pub fn new(
+        pools: Vec<Hsm>,
+        control: Arc<Control>,
+        certificate: Option<PathBuf>,
+        counters: Arc<Counters>,
+        audit_write_errors: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    ) -> Arc<Metrics> {
+        let m = Metrics {
+            registry: Mutex::new(Registry::with_prefix("xks_bridge")),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            queue_depth: Family::default(),
+            token_up: Family::default(),
+            kill_switch: Family::default(),
+            cert_expiry: Gauge::default(),
+            reloads: Family::default(),
+            audit_errors: Gauge::default(),
+            pools,
+            control,
+            certificate,
+            counters,
+            audit_write_errors,
+        };
+        {
+            let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
+            r.register(
+                "requests",
+                "XKS requests by keystore, operation and outcome",
+                m.requests.clone(),
+            );
+            r.register(
+                "request_duration_seconds",
+                "XKS request latency",
+                m.latency.clone(),
+            );
+            r.register(
+                "hsm_queue_depth",
+                "HSM jobs waiting for a worker",
+                m.queue_depth.clone(),
+            );
+            r.register(
+                "token_up",
+                "1 when the token is connected and logged in",
+                m.token_up.clone(),
+            );
+            r.register(
+                "kill_switch_engaged",
+                "1 when the kill switch is engaged for the scope",
+                m.kill_switch.clone(),
+            );
+            r.register(
+                "tls_certificate_expiry_seconds",
+                "seconds until the server certificate expires",
+                m.cert_expiry.clone(),
+            );
+            r.register(
+                "config_reloads",
+                "configuration reloads by result",
+                m.reloads.clone(),
+            );
+            r.register(
+                "audit_write_errors",
+                "audit records that could not be written",
+                m.audit_errors.clone(),
+            );
+            for p in &m.pools {
+                let label = (
+                    std::borrow::Cow::Borrowed("token"),
+                    std::borrow::Cow::Owned(p.token().name.clone()),
+                );
+                r.sub_registry_with_label(label).register(
+                    "hsm_call_duration_seconds",
+                    "HSM job latency, queue wait included",
+                    p.call_latency().clone(),
+                );
+            }
+        }
+        Arc::new(m)
+    }
+
+    /// Records one finished request (installed as the server's observer).
+    pub fn observe(&self, d: &Finished) {
+        let labels = RequestLabels {
+            keystore: d.keystore.clone(),
+            operation: d.operation,
+            outcome: d.outcome,
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.latency
+            .get_or_create(&OperationLabels {
+                operation: d.operation,
+            })
+            .observe(d.latency_us as f64 / 1e6);
+    }
+
+    /// Renders the text exposition, refreshing the read-at-scrape values first.
+    pub fn render(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        for p in &self.pools {
+            let t = TokenLabels {
+                token: p.token().name.clone(),
+            };
+            self.queue_depth.get_or_create(&t).set(p.queue_len() as i64);
+            self.token_up
+                .get_or_create(&t)
+                .set(i64::from(p.token().is_connected()));
+        }
+        let status = self.control.status();
+        // Rebuilt each scrape so a released key or removed keystore does not linger.
+        self.kill_switch.clear();
+        let flag = |v: &serde_json::Value| i64::from(v.as_bool().unwrap_or(false));
+        self.kill_switch
+            .get_or_create(&ScopeLabels {
+                scope: "proxy".into(),
+            })
+            .set(flag(&status["proxy"]["engaged"]));
+        for k in status["keystores"].as_array().into_iter().flatten() {
+            let scope = format!("keystore:{}", k["prefix"].as_str().unwrap_or("?"));
+            self.kill_switch
+                .get_or_create(&ScopeLabels { scope })
+                .set(flag(&k["engaged"]));
+        }
+        for t in status["tokens"].as_array().into_iter().flatten() {
+            for key in t["disabled_keys"].as_array().into_iter().flatten() {
+                let scope = format!("key:{}", key.as_str().unwrap_or("?"));
+                self.kill_switch.get_or_create(&ScopeLabels { scope }).set(1);
+            }
+        }
+        if let Some(Ok(s)) = self
+            .certificate
+            .as_deref()
+            .map(crate::server::mtls::seconds_to_expiry)
+        {
+            self.cert_expiry.set(s as f64);
+        }
+        self.reloads
+            .get_or_create(&ResultLabels { result: "ok" })
+            .set(self.counters.reloads_ok.load(Relaxed) as i64);
+        self.reloads
+            .get_or_create(&ResultLabels { result: "refused" })
+            .set(self.counters.reloads_failed.load(Relaxed) as i64);
+        if let Some(f) = &self.audit_write_errors {
+            self.audit_errors.set(f() as i64);
+        }
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+
+    /// Serves `GET /metrics` on `listener` until the process ends.
+    pub fn serve(self: Arc<Self>, listener: TcpListener) {
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let this = this.clone();
+                        async move { Ok::<_, std::convert::Infallible>(this.respond(&req)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    }
+
+    fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        let (status, body, ctype) = if req.uri().path() == "/metrics" && req.method() == http::Method::GET {
+            (
+                StatusCode::OK,
+                self.render(),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+        } else {
+            (StatusCode::NOT_FOUND, "not found\n".to_owned(), "text/plain")
+        };
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+        r
+    }
+}
