@@ -19,7 +19,9 @@
 pub mod admin;
 pub mod aead;
 pub mod app;
+pub mod audit;
 pub mod auth;
+pub mod authz;
 pub mod bench;
 pub mod config;
 mod config_rules;

@@ -1,0 +1,263 @@
+//! The dedicated writer thread: serializes each record into one chained line, appends it with
+//! one write, fsyncs per policy and rotates. It never panics; failures are counted and logged.
+
+use super::record::{AuditEvent, AuditRecord, LineRef};
+use super::recover::{line_hash, open_active_new, rotated_path, sync_dir, Resume};
+use super::FsyncPolicy;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Answer to a flush or close: `Err` carries the fsync failure.
+pub(super) type Ack = Sender<Result<(), String>>;
+
+/// What the writer is asked to do, in order.
+// Nearly every message is a record: boxing it would only add an allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Msg {
+    Record(AuditRecord),
+    /// Write everything queued before it, fsync, answer.
+    Flush(Ack),
+    /// Like flush, then stop.
+    Close(Ack),
+    /// Tests: say "holding" on the first channel, then block until the second one yields.
+    #[cfg(test)]
+    Hold(Sender<()>, Receiver<()>),
+}
+
+/// Shared with [`super::AuditLog`] so callers can read them without asking the thread.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub dropped: AtomicU64,
+    pub write_errors: AtomicU64,
+}
+
+pub(super) struct Writer {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    next_seq: u64,
+    prev: String,
+    first_seq_in_file: Option<u64>,
+    fsync: FsyncPolicy,
+    rotate_at: Option<u64>,
+    unsynced: bool,
+    last_sync: Instant,
+    counters: Arc<Counters>,
+    /// Counter values already reported by a `lost` record.
+    reported: (u64, u64),
+    /// Reused line buffer.
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        path: PathBuf,
+        file: File,
+        resume: Resume,
+        fsync: FsyncPolicy,
+        rotate_at: Option<u64>,
+        counters: Arc<Counters>,
+    ) -> Writer {
+        Writer {
+            path,
+            file,
+            len: resume.file_len,
+            next_seq: resume.next_seq,
+            prev: resume.prev,
+            first_seq_in_file: resume.first_seq_in_file,
+            fsync,
+            rotate_at,
+            unsynced: false,
+            last_sync: Instant::now(),
+            counters,
+            reported: (0, 0),
+            buf: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Runs until closed or until every sender is gone.
+    pub(super) fn run(mut self, rx: Receiver<Msg>) {
+        while let Some(msg) = self.next_msg(&rx) {
+            match msg {
+                Msg::Record(rec) => {
+                    self.note_losses();
+                    self.append(&rec);
+                }
+                Msg::Flush(ack) => {
+                    self.note_losses();
+                    let _ = ack.send(self.sync());
+                }
+                Msg::Close(ack) => {
+                    self.note_losses();
+                    let result = self.sync();
+                    self.refuse_rest(&rx);
+                    let _ = ack.send(result);
+                    return;
+                }
+                #[cfg(test)]
+                Msg::Hold(holding, release) => {
+                    let _ = holding.send(());
+                    let _ = release.recv();
+                }
+            }
+        }
+        self.sync_logged();
+    }
+
+    /// The next message; under an interval policy, wakes up in time to fsync written lines.
+    fn next_msg(&mut self, rx: &Receiver<Msg>) -> Option<Msg> {
+        loop {
+            match self.fsync {
+                FsyncPolicy::Interval(every) if self.unsynced => {
+                    let wait = every.saturating_sub(self.last_sync.elapsed());
+                    match rx.recv_timeout(wait) {
+                        Ok(msg) => return Some(msg),
+                        Err(RecvTimeoutError::Timeout) => self.sync_logged(),
+                        Err(RecvTimeoutError::Disconnected) => return None,
+                    }
+                }
+                _ => return rx.recv().ok(),
+            }
+        }
+    }
+
+    /// Messages that raced with close: records count as dropped, waiters get an answer.
+    fn refuse_rest(&self, rx: &Receiver<Msg>) {
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                Msg::Record(_) => {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Msg::Flush(ack) | Msg::Close(ack) => {
+                    let _ = ack.send(Err("the audit trail is closed".into()));
+                }
+                #[cfg(test)]
+                Msg::Hold(..) => {}
+            }
+        }
+    }
+
+    /// Puts a `lost` record into the chain when records were dropped or failed since the last
+    /// one, so that gaps in coverage are themselves tamper-evident.
+    fn note_losses(&mut self) {
+        let dropped = self.counters.dropped.load(Ordering::Relaxed);
+        let errors = self.counters.write_errors.load(Ordering::Relaxed);
+        if (dropped, errors) == self.reported {
+            return;
+        }
+        let event = AuditEvent::Lost {
+            dropped: dropped - self.reported.0,
+            write_errors: errors - self.reported.1,
+        };
+        if self.append(&AuditRecord::now(event)) {
+            self.reported = (dropped, errors);
+        }
+    }
+
+    /// Appends one line; `false` if it did not reach the file (counted and logged).
+    fn append(&mut self, rec: &AuditRecord) -> bool {
+        self.buf.clear();
+        let line = LineRef {
+            seq: self.next_seq,
+            prev: &self.prev,
+            record: rec,
+        };
+        if let Err(e) = serde_json::to_writer(&mut self.buf, &line) {
+            self.failed("serialize", &e.to_string());
+            return false;
+        }
+        let hash = line_hash(&self.buf);
+        self.buf.push(b'\n');
+        if let Err(e) = self.file.write_all(&self.buf) {
+            self.failed("write", &e.to_string());
+            // Cut a partial line so that the next record starts on a clean line and the chain
+            // (which has not advanced) stays valid.
+            if let Err(e) = self.file.set_len(self.len) {
+                tracing::warn!(file = %self.path.display(), error = %e, "cannot cut a partial audit line");
+            }
+            return false;
+        }
+        self.len += self.buf.len() as u64;
+        self.first_seq_in_file.get_or_insert(self.next_seq);
+        self.next_seq += 1;
+        self.prev = hash;
+        self.unsynced = true;
+        match self.fsync {
+            FsyncPolicy::EveryRecord => self.sync_logged(),
+            FsyncPolicy::Interval(every) if self.last_sync.elapsed() >= every => self.sync_logged(),
+            _ => {}
+        }
+        if self.rotate_at.is_some_and(|limit| self.len >= limit) {
+            self.rotate();
+        }
+        true
+    }
+
+    fn failed(&self, what: &str, error: &str) {
+        self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(file = %self.path.display(), error, "audit trail {what} failed");
+    }
+
+    /// fdatasync if anything was written since the last one.
+    fn sync(&mut self) -> Result<(), String> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        match self.file.sync_data() {
+            Ok(()) => {
+                self.unsynced = false;
+                self.last_sync = Instant::now();
+                Ok(())
+            }
+            Err(e) => {
+                self.failed("fsync", &e.to_string());
+                Err(format!("audit trail {}: fsync: {e}", self.path.display()))
+            }
+        }
+    }
+
+    fn sync_logged(&mut self) {
+        // `sync` has already counted and logged a failure.
+        let _ = self.sync();
+    }
+
+    /// Renames the full file to `<path>.<first>-<last>` and starts a new one. The chain simply
+    /// continues: the new file's first `prev` is the hash of the renamed file's last line.
+    fn rotate(&mut self) {
+        let last = self.next_seq.saturating_sub(1);
+        let first = self.first_seq_in_file.unwrap_or(last);
+        let target = rotated_path(&self.path, first, last);
+        // The rotated file must be complete on disk before it stops being written.
+        if self.sync().is_err() || target.exists() {
+            self.failed("rotation", &format!("{} not rotated", self.path.display()));
+            return;
+        }
+        if let Err(e) = std::fs::rename(&self.path, &target) {
+            self.failed("rotation", &e.to_string());
+            return;
+        }
+        let new = match open_active_new(&self.path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.failed("rotation", &e.to_string());
+                // Keep appending to the old file under its old name rather than losing records.
+                if let Err(e) = std::fs::rename(&target, &self.path) {
+                    self.failed("rotation rollback", &e.to_string());
+                }
+                return;
+            }
+        };
+        if let Err(e) = sync_dir(&self.path) {
+            self.failed("rotation directory fsync", &e.to_string());
+        }
+        tracing::info!(rotated = %target.display(), first, last, "audit trail rotated");
+        self.file = new;
+        self.len = 0;
+        self.first_seq_in_file = None;
+    }
+}
