@@ -1,0 +1,181 @@
+//! Restarts and crashes: SIGTERM under load drains every accepted request and exits 0;
+//! `kill -9` at random moments during kill switch changes never tears or loses the state.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Starts `serve` on the fixture config, keeping the child handle (exit status needed).
+fn start_daemon(fx: &Fixture) -> (Spawned, SocketAddr) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config"])
+        .arg(fx.path("config.toml"))
+        .env_remove("RUST_LOG");
+    let proc = Spawned::start(cmd).expect("daemon starts");
+    let addr = proc
+        .first_line()
+        .strip_prefix("xks-bridge listening on https://")
+        .and_then(|a| a.parse().ok())
+        .expect("listening line");
+    (proc, addr)
+}
+
+fn xks_at(fx: &Fixture, addr: SocketAddr) -> Xks {
+    let client = Client::connect(addr, tls_config(&fx.ca_pem(), None, None, &[])).expect("connect");
+    Xks {
+        client,
+        signer: fx.signer(),
+        base: BASE.to_owned(),
+    }
+}
+
+#[test]
+fn sigterm_under_load_finishes_every_accepted_request_and_exits_zero() {
+    let fx = Fixture::new();
+    let (mut proc, addr) = start_daemon(&fx);
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes: Arc<Mutex<Vec<Result<u16, String>>>> = Arc::default();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, outcomes) = (stop.clone(), outcomes.clone());
+            let mut xks = xks_at(&fx, addr);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let path = format!("{BASE}/keys/{KEY_AES}/encrypt");
+                    let body = encrypt_body(b"drain me", None, false).to_string();
+                    let authority = xks.client.authority.clone();
+                    let mut headers = xks.signer.headers("POST", &authority, &path, body.as_bytes());
+                    headers.push(("host".to_owned(), authority));
+                    let r = xks
+                        .client
+                        .try_send_raw("POST", &path, &headers, body.into_bytes());
+                    let failed = r.is_err();
+                    outcomes.lock().unwrap().push(r.map(|r| r.status));
+                    if failed {
+                        break; // the connection was closed by the shutdown: not an accepted request
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, _, _) = run_bounded(
+        {
+            let mut c = Command::new("kill");
+            c.args(["-TERM", &proc.pid().to_string()]);
+            c
+        },
+        WAIT,
+    );
+    assert_eq!(code, Some(0));
+    let status = proc
+        .wait_exit(Duration::from_secs(20))
+        .expect("daemon exits after SIGTERM");
+    stop.store(true, Ordering::SeqCst);
+    workers.into_iter().for_each(|w| w.join().unwrap());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM: {status:?}\n{}",
+        proc.stderr_text()
+    );
+
+    let outcomes = outcomes.lock().unwrap();
+    let answered: Vec<u16> = outcomes.iter().filter_map(|o| o.as_ref().ok().copied()).collect();
+    assert!(
+        answered.len() > 20,
+        "the load did not run: {} answers",
+        answered.len()
+    );
+    assert!(
+        answered.iter().all(|s| *s == 200),
+        "an accepted request failed during the drain: {answered:?}"
+    );
+    let logs = strip_ansi(&proc.stderr_text());
+    assert!(logs.contains("SIGTERM: shutting down"), "{logs}");
+    assert!(logs.contains("all connections drained"), "{logs}");
+}
+
+/// The proxy switch state as stored: Some(true/false), or None if the file is absent.
+fn stored_proxy_state(fx: &Fixture) -> Option<bool> {
+    let path = fx.path("state/kill-switch.json");
+    let bytes = std::fs::read(&path).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "torn kill switch state ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    Some(!v["proxy"].is_null())
+}
+
+#[test]
+fn kill_9_during_engage_and_release_never_tears_or_loses_the_kill_switch_state() {
+    let fx = Fixture::new();
+    let config = fx.path("config.toml");
+    let mut rounds = 0;
+    let mut kills_mid_command = 0;
+    for i in 0..16u64 {
+        let (mut proc, _) = start_daemon(&fx);
+        // Confirmed: the state after the last command that returned success.
+        let confirmed = Arc::new(Mutex::new(stored_proxy_state(&fx).unwrap_or(false)));
+        let in_flight: Arc<Mutex<Option<bool>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let driver = {
+            let (confirmed, in_flight, stop, config) =
+                (confirmed.clone(), in_flight.clone(), stop.clone(), config.clone());
+            std::thread::spawn(move || {
+                let mut engage = !*confirmed.lock().unwrap();
+                while !stop.load(Ordering::SeqCst) {
+                    *in_flight.lock().unwrap() = Some(engage);
+                    let verb = if engage { "engage" } else { "release" };
+                    let mut c = Command::new(BIN);
+                    c.args(["kill-switch", verb, "--reason", "crash loop", "--config"])
+                        .arg(&config);
+                    let (code, _, _) = run_bounded(c, WAIT);
+                    if stop.load(Ordering::SeqCst) {
+                        break; // the daemon is gone: this command's fate is "in flight"
+                    }
+                    if code == Some(0) {
+                        *confirmed.lock().unwrap() = engage;
+                        *in_flight.lock().unwrap() = None;
+                        engage = !engage;
+                    }
+                }
+            })
+        };
+        // A pseudo-random moment between 50 and 350 ms.
+        std::thread::sleep(Duration::from_millis(50 + (i * 7919) % 300));
+        let _ = Command::new("kill")
+            .args(["-9", &proc.pid().to_string()])
+            .status();
+        stop.store(true, Ordering::SeqCst);
+        let _ = proc.wait_exit(WAIT);
+        driver.join().unwrap();
+
+        let stored = stored_proxy_state(&fx).unwrap_or(false);
+        let confirmed = *confirmed.lock().unwrap();
+        let in_flight = *in_flight.lock().unwrap();
+        if in_flight.is_some() {
+            kills_mid_command += 1;
+        }
+        assert!(
+            stored == confirmed || Some(stored) == in_flight,
+            "round {i}: stored {stored}, last confirmed {confirmed}, in flight {in_flight:?}"
+        );
+        rounds += 1;
+    }
+    eprintln!("kill -9 loop: {rounds} rounds, {kills_mid_command} with a command in flight");
+    // The daemon comes back in whatever state was stored, and a release always works.
+    let (_proc, addr) = start_daemon(&fx);
+    let mut c = Command::new(BIN);
+    c.args(["kill-switch", "release", "--config"]).arg(&config);
+    let (code, out, err) = run_bounded(c, WAIT);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(xks_at(&fx, addr).health().status, 200);
+}
