@@ -3,6 +3,7 @@
 //! its operation.
 
 use crate::auth::CredentialSet;
+use crate::authz::{CompiledPolicy, RequestFacts};
 use crate::config::Limits;
 use crate::error::Error;
 use crate::hsm::Hsm;
@@ -27,6 +28,8 @@ pub struct Keystore {
     pattern: Option<glob::Pattern>,
     /// Request quota, if configured.
     pub quota: Option<TokenBucket>,
+    /// Secondary authorization, if configured (shared by all keystores).
+    pub policy: Option<Arc<CompiledPolicy>>,
 }
 
 impl Keystore {
@@ -47,6 +50,7 @@ impl Keystore {
             allowed: allowed.into_iter().collect(),
             pattern,
             quota: None,
+            policy: None,
         }
     }
 
@@ -58,6 +62,31 @@ impl Keystore {
             Ok(())
         } else {
             Err(Error::KeyNotFound)
+        }
+    }
+
+    /// Secondary authorization of an authenticated, validated request for a known key. The
+    /// deciding rule is recorded for the audit trail and logged on a denial.
+    pub fn authorize(&self, op: Operation, key_id: &str, ctx: &mut RequestContext) -> Result<(), Error> {
+        let Some(policy) = &self.policy else { return Ok(()) };
+        let facts = RequestFacts {
+            key_id: Some(key_id),
+            kms_operation: ctx.kms_operation.as_deref(),
+            principal: ctx.principal.as_deref(),
+            via_service: ctx.via_service.as_deref(),
+            source_vpc: ctx.source_vpc.as_deref(),
+            source_vpce: ctx.source_vpce.as_deref(),
+            access_key_id: ctx.access_key_id.as_deref(),
+            ..RequestFacts::new(&self.prefix, op)
+        };
+        let decision = policy.evaluate(&facts);
+        ctx.authz_rule = Some(decision.rule().to_owned());
+        if decision.is_allowed() {
+            Ok(())
+        } else {
+            tracing::warn!(rule = decision.rule(), keystore = %self.prefix, key_id, operation = op.name(),
+                principal = ctx.principal.as_deref().unwrap_or("-"), "request denied by policy");
+            Err(Error::AccessDenied(decision.rule().to_owned()))
         }
     }
 

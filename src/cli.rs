@@ -178,6 +178,35 @@ fn scope_of(a: &ScopeArgs) -> Scope {
     }
 }
 
+/// `audit` subcommands.
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Verify the hash chain of an audit trail; reports the first broken link. With a single
+    /// file, its rotated predecessors (`FILE.<first>-<last>`) are included in chain order.
+    Verify {
+        /// Trail files, oldest first.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Verifies audit trail files; exit 0 when intact (an incomplete last line from a crash is
+/// reported but is not tampering), 1 when a link is broken.
+pub fn audit_verify(files: &[PathBuf]) -> CliResult {
+    let files = match files {
+        [one] => xks_bridge::audit::trail_files(one)
+            .map_err(|e| (EXIT_FAILED, format!("{}: {e}", one.display())))?,
+        many => many.to_vec(),
+    };
+    let report = xks_bridge::audit::verify(&files);
+    emit(&format!("{report}\n"));
+    if report.is_intact() {
+        Ok(())
+    } else {
+        Err((EXIT_FAILED, "audit trail verification failed".into()))
+    }
+}
+
 /// Asks the running daemon to reload its configuration.
 pub fn reload(config: &Path) -> CliResult {
     let cfg = load(config)?;

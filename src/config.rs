@@ -38,6 +38,43 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Prometheus metrics listener.
     pub metrics: Option<MetricsConfig>,
+    /// Secondary authorization rules (absent: every authenticated request is allowed).
+    pub policy: Option<crate::authz::Policy>,
+    /// Tamper-evident audit trail.
+    pub audit: Option<AuditConfig>,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The active trail file (created 0600; its directory 0700 if missing).
+    pub file: PathBuf,
+    /// `every-record`, `interval` (default) or `never`.
+    #[serde(default)]
+    pub fsync: AuditFsync,
+    /// Period of `fsync = "interval"`: what an OS crash can lose at most.
+    #[serde(default = "default_fsync_ms")]
+    pub fsync_interval_ms: u64,
+    /// Rotate (rename, and chain into a new file) once the file exceeds this size.
+    pub rotate_at_bytes: Option<u64>,
+}
+
+/// When audit records reach the disk.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditFsync {
+    /// fsync after every record (safest, slowest).
+    EveryRecord,
+    /// fsync every `fsync_interval_ms`.
+    #[default]
+    Interval,
+    /// Leave it to the OS.
+    Never,
+}
+
+fn default_fsync_ms() -> u64 {
+    1000
 }
 
 /// `[metrics]`
@@ -332,6 +369,9 @@ impl Config {
             }
         };
         fix(&mut self.state.directory);
+        if let Some(a) = &mut self.audit {
+            fix(&mut a.file);
+        }
         if let Some(a) = &mut self.admin {
             fix(&mut a.socket);
         }

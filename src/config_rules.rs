@@ -67,6 +67,26 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), String> {
     if srv.max_header_bytes < 8192 {
         return Err("server.max_header_bytes: must be at least 8192".into());
     }
+    if let Some(policy) = &cfg.policy {
+        let prefixes: Vec<&str> = cfg.keystores.iter().map(|k| k.uri_prefix.as_str()).collect();
+        let errors = policy.compile().err().unwrap_or_default();
+        let errors = if errors.is_empty() {
+            policy.check_keystores(&prefixes).err().unwrap_or_default()
+        } else {
+            errors
+        };
+        if let Some(first) = errors.first() {
+            return Err(first.to_string());
+        }
+    }
+    if let Some(a) = &cfg.audit {
+        if a.file.file_name().is_none() || a.fsync_interval_ms == 0 {
+            return Err(
+                "audit.file / audit.fsync_interval_ms: a file path and a positive interval are required"
+                    .into(),
+            );
+        }
+    }
     if let Some(m) = &cfg.metrics {
         if !m.listen.ip().is_loopback() && !m.allow_non_loopback {
             return Err(

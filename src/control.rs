@@ -3,6 +3,7 @@
 //! SIGUSR1 handler both call into this; nothing here knows how the request arrived.
 
 use crate::admin::{AdminRequest, AdminResponse, KeyOp, Scope};
+use crate::audit::{AdminEvent, AuditEvent, AuditLog, AuditRecord};
 use crate::hsm::{Token, IDLE_CHECK};
 use crate::keyadmin;
 use crate::kill_switch::{now_rfc3339, Engagement, KillSwitch};
@@ -21,6 +22,7 @@ pub struct Control {
     /// Serializes whole-proxy engage/release so a release cannot interleave with a disconnect.
     proxy_lock: tokio::sync::Mutex<()>,
     reloader: std::sync::OnceLock<Arc<crate::daemon::Reloader>>,
+    audit: std::sync::OnceLock<Arc<AuditLog>>,
 }
 
 impl Control {
@@ -32,12 +34,41 @@ impl Control {
             prefixes,
             proxy_lock: tokio::sync::Mutex::new(()),
             reloader: std::sync::OnceLock::new(),
+            audit: std::sync::OnceLock::new(),
         })
     }
 
     /// Connects the admin `reload` command to the daemon's reloader.
     pub fn set_reloader(&self, r: Arc<crate::daemon::Reloader>) {
         let _ = self.reloader.set(r);
+    }
+
+    /// Sends kill switch and key lifecycle events to the audit trail too.
+    pub fn set_audit(&self, a: Arc<AuditLog>) {
+        let _ = self.audit.set(a);
+    }
+
+    /// Records an operator action in the audit trail (when configured) and waits until it is
+    /// on disk, so an acknowledged command is never missing from the trail.
+    async fn audit_admin(&self, key_scope: bool, action: &str, scope: &str, by: &Engagement) {
+        let Some(a) = self.audit.get().cloned() else {
+            return;
+        };
+        let ev = AdminEvent {
+            action: action.to_owned(),
+            scope: scope.to_owned(),
+            reason: Some(by.reason.clone()),
+            uid: by.by_uid,
+            via: Some(by.via.clone()),
+        };
+        a.record(AuditRecord::now(if key_scope {
+            AuditEvent::KeyLifecycle(ev)
+        } else {
+            AuditEvent::KillSwitch(ev)
+        }));
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.flush()).await {
+            tracing::error!(error = %e, "audit trail: flush of an operator action failed");
+        }
     }
 
     /// Executes one request on behalf of `by` (who, via what, why is filled per request).
@@ -62,6 +93,39 @@ impl Control {
             },
             AdminRequest::Keys { token, op } => self.keys(token.as_deref(), op, by(&op.reason())).await,
         };
+        let audited = match &req {
+            AdminRequest::Engage { scope, reason, .. } => Some((
+                matches!(scope, Scope::Key(_)),
+                "engage",
+                scope.to_string(),
+                reason.clone(),
+            )),
+            AdminRequest::Release { scope, reason, .. } => Some((
+                matches!(scope, Scope::Key(_)),
+                "release",
+                scope.to_string(),
+                reason.clone(),
+            )),
+            AdminRequest::Keys {
+                op: KeyOp::List | KeyOp::Show { .. },
+                ..
+            } => None,
+            AdminRequest::Keys { op, .. } => Some((
+                true,
+                op.name(),
+                format!("key:{}", op.id().unwrap_or("-")),
+                op.reason(),
+            )),
+            AdminRequest::Status | AdminRequest::Reload => None,
+        };
+        if let Some((key_scope, action, scope, reason)) = audited {
+            let action = if result.is_ok() {
+                action.to_owned()
+            } else {
+                format!("{action}-failed")
+            };
+            self.audit_admin(key_scope, &action, &scope, &by(&reason)).await;
+        }
         match result {
             Ok(data) => AdminResponse::ok(data),
             Err(e) => AdminResponse::err(e),

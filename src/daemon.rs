@@ -6,16 +6,18 @@
 //! background and reported UNAVAILABLE meanwhile. A daemon whose proxy kill switch is engaged
 //! starts without loading any module or logging in.
 
-use crate::admin::Scope;
+use crate::admin::{AdminRequest, Scope};
 use crate::app::{App, Keystore};
+use crate::audit::{AuditEvent, AuditLog, AuditOptions, AuditRecord, FsyncPolicy, RequestEvent};
 use crate::auth::{Credential, CredentialSet};
+use crate::config::{AuditConfig, AuditFsync};
 use crate::config::{Config, EXIT_BAD_CONFIG};
 use crate::control::Control;
 use crate::hsm::{supervisor, Hsm, HsmError, Token};
-use crate::kill_switch::{now_rfc3339, Engagement, KillSwitch};
+use crate::kill_switch::KillSwitch;
 use crate::metrics::{Counters, Metrics};
 use crate::ratelimit::TokenBucket;
-use crate::server::{tls, ConnLimits, Server};
+use crate::server::{tls, ConnLimits, Finished, Observer, Server};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,6 +64,7 @@ pub struct Daemon {
     control: Arc<Control>,
     pools: Vec<Hsm>,
     metrics_addr: Option<SocketAddr>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl Daemon {
@@ -129,13 +132,13 @@ impl Daemon {
             move || {
                 let control = control.clone();
                 async move {
-                    let by = Engagement {
-                        reason: "SIGUSR1 received".into(),
-                        by_uid: None,
-                        via: "signal SIGUSR1".into(),
-                        at: now_rfc3339(),
+                    let req = AdminRequest::Engage {
+                        scope: Scope::Proxy,
+                        reason: Some("SIGUSR1 received".into()),
+                        token: None,
                     };
-                    if let Err(e) = control.engage(&Scope::Proxy, None, by).await {
+                    let resp = control.execute(req, None, "signal SIGUSR1").await;
+                    if let Some(e) = resp.error {
                         tracing::error!(error = %e, "SIGUSR1 engage failed");
                     }
                 }
@@ -157,6 +160,17 @@ impl Daemon {
             listeners.push(l);
         }
         let pools: Vec<Hsm> = pools.into_values().collect();
+        let audit = match &cfg.audit {
+            Some(a) => Some(Arc::new(open_audit(a)?)),
+            None => None,
+        };
+        if let Some(a) = &audit {
+            control.set_audit(a.clone());
+        }
+        let mut observers: Vec<Observer> = Vec::new();
+        if let Some(a) = audit.clone() {
+            observers.push(Arc::new(move |d: &Finished| a.record(request_record(d))));
+        }
         let mut metrics_addr = None;
         if let Some(m) = &cfg.metrics {
             let l = TcpListener::bind(m.listen)
@@ -164,10 +178,17 @@ impl Daemon {
                 .map_err(|e| unavailable(format!("metrics.listen: cannot bind {}: {e}", m.listen)))?;
             metrics_addr = l.local_addr().ok();
             let cert = cfg.tls.as_ref().map(|t| t.certificate.clone());
-            let metrics = Metrics::new(pools.clone(), control.clone(), cert, counters, None);
+            let audit_errors = audit.clone().map(|a| {
+                let f: Arc<dyn Fn() -> u64 + Send + Sync> = Arc::new(move || a.write_errors() + a.dropped());
+                f
+            });
+            let metrics = Metrics::new(pools.clone(), control.clone(), cert, counters, audit_errors);
             let observer = metrics.clone();
-            server.set_observer(Arc::new(move |d| observer.observe(d)));
+            observers.push(Arc::new(move |d: &Finished| observer.observe(d)));
             metrics.serve(l);
+        }
+        if !observers.is_empty() {
+            server.set_observer(Arc::new(move |d: &Finished| observers.iter().for_each(|o| o(d))));
         }
         Ok(Daemon {
             server,
@@ -176,6 +197,7 @@ impl Daemon {
             control,
             pools,
             metrics_addr,
+            audit,
         })
     }
 
@@ -212,6 +234,12 @@ impl Daemon {
             }
         });
         self.server.serve(self.listeners, shutdown, SHUTDOWN_GRACE).await;
+        if let Some(a) = self.audit {
+            // Everything audited so far reaches the disk before the process exits.
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.flush_and_close()).await {
+                tracing::error!(error = %e, "audit trail: final flush failed");
+            }
+        }
     }
 }
 
@@ -261,14 +289,16 @@ impl Reloader {
                 .iter()
                 .map(|t| (t.name.clone(), t.module.clone(), t.token_label.clone()))
                 .collect();
+            let audit = c.audit.as_ref().map(|a| a.file.clone());
             (
                 t,
                 c.state.directory.clone(),
                 c.admin.as_ref().map(|a| a.socket.clone()),
+                audit,
             )
         };
         if fingerprint(&cfg) != fingerprint(&self.base) {
-            return Err("tokens, state or admin settings changed: these need a restart".into());
+            return Err("tokens, state, admin or audit settings changed: these need a restart".into());
         }
         if cfg.server.listen != self.base.server.listen {
             tracing::warn!("server.listen changed in the file: listeners are kept until a restart");
@@ -282,6 +312,50 @@ impl Reloader {
         self.server.swap(Arc::new(app), tls);
         Ok(summary)
     }
+}
+
+fn open_audit(a: &AuditConfig) -> Result<AuditLog, StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(dir) = a.file.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| unavailable(format!("audit.file: cannot create {}: {e}", dir.display())))?;
+    }
+    let fsync = match a.fsync {
+        AuditFsync::EveryRecord => FsyncPolicy::EveryRecord,
+        AuditFsync::Interval => FsyncPolicy::Interval(Duration::from_millis(a.fsync_interval_ms)),
+        AuditFsync::Never => FsyncPolicy::Never,
+    };
+    let options = AuditOptions {
+        fsync,
+        rotate_at_bytes: a.rotate_at_bytes,
+        ..AuditOptions::default()
+    };
+    AuditLog::open_with(&a.file, options).map_err(|e| unavailable(format!("audit.file: {e}")))
+}
+
+/// One audit record per request, from what the server knows when the response is decided.
+fn request_record(d: &Finished) -> AuditRecord {
+    let dash = |s: &str| (s != "-").then(|| s.to_owned());
+    AuditRecord::now(AuditEvent::Request(RequestEvent {
+        request_id: d.request_id,
+        kms_request_id: d.ctx.kms_request_id.clone(),
+        keystore: dash(&d.keystore),
+        access_key_id: d.ctx.access_key_id.clone(),
+        principal: d.ctx.principal.clone(),
+        operation: dash(d.operation),
+        key_id: dash(&d.key_id),
+        kms_operation: d.ctx.kms_operation.clone(),
+        via_service: d.ctx.via_service.clone(),
+        source_vpc: d.ctx.source_vpc.clone(),
+        source_vpce: d.ctx.source_vpce.clone(),
+        authz_rule: d.ctx.authz_rule.clone(),
+        outcome: d.outcome.to_owned(),
+        status: d.status,
+        latency_us: d.latency_us,
+    }))
 }
 
 fn own_uid() -> u32 {
@@ -337,6 +411,20 @@ fn build_app(
         let mut ks = Keystore::new(k.uri_prefix.clone(), set, hsm, k.allowed_keys.clone(), pattern);
         ks.quota = k.rate_limit.as_ref().map(TokenBucket::new);
         keystores.push(ks);
+    }
+    let policy = match &cfg.policy {
+        Some(p) => Some(Arc::new(p.compile().map_err(|errs| {
+            config_error(
+                errs.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?)),
+        None => None,
+    };
+    for ks in &mut keystores {
+        ks.policy = policy.clone();
     }
     let tls = match &cfg.tls {
         Some(t) => Some(TlsAcceptor::from(tls::server_config(t).map_err(config_error)?)),

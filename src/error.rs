@@ -31,6 +31,9 @@ pub enum Error {
     /// The key id is not served by this keystore (not on the token, or outside its allow-list).
     #[error("key not found")]
     KeyNotFound,
+    /// Secondary authorization denied the request; the deciding rule is named.
+    #[error("denied by policy rule {0}")]
+    AccessDenied(String),
     /// Kill switch engaged for the proxy, the keystore or the key.
     #[error("{0}")]
     InvalidState(String),
@@ -55,6 +58,7 @@ impl Error {
             Error::Auth(_) => ErrorName::AuthenticationFailed,
             Error::KeyNotFound => ErrorName::KeyNotFound,
             Error::InvalidState(_) => ErrorName::InvalidState,
+            Error::AccessDenied(_) => ErrorName::AccessDenied,
             Error::Throttled => ErrorName::Throttling,
             Error::Internal(_) => ErrorName::Internal,
             Error::Hsm(e) => match e {

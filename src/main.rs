@@ -50,6 +50,9 @@ enum Command {
     /// Cut AWS off (whole proxy, one keystore, one key), release, or show the state.
     #[command(subcommand)]
     KillSwitch(cli::KillSwitchCmd),
+    /// Audit trail tools.
+    #[command(subcommand)]
+    Audit(cli::AuditCmd),
     /// Reload credentials, key selection, quotas and TLS of the running daemon (as SIGHUP does).
     Reload {
         /// Configuration file of the daemon.
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Serve { config } => load(&config).and_then(|cfg| serve(cfg, &config, None)),
         Command::KillSwitch(cmd) => cli::kill_switch(cmd),
+        Command::Audit(cli::AuditCmd::Verify { files }) => cli::audit_verify(&files),
         Command::Reload { config } => cli::reload(&config),
         Command::Keys(cmd) => cli::keys(cmd),
         Command::Quickstart {

@@ -157,6 +157,9 @@ socket = "admin.sock"
 [metrics]
 listen = "127.0.0.1:0"
 
+[audit]
+file = "audit/audit.jsonl"
+
 [[tokens]]
 name = "quickstart-softhsm"
 module = "{module}"
@@ -312,7 +315,8 @@ pub fn publish(
          \x20 config          {config}\n\
          \x20 for scripts     {dir}/quickstart.json\n\
          \x20 for KMS console {dir}/kms-xks-proxy-config.json\n\
-         \x20 metrics         {metrics}\n\n\
+         \x20 metrics         {metrics}\n\
+         \x20 audit trail     {dir}/audit/audit.jsonl  (verify: xks-bridge audit verify FILE)\n\n\
          Try a signed request (GetHealthStatus):\n\n\
          curl --aws-sigv4 \"aws:amz:{REGION}:kms-xks-proxy\" --user \"{akid}:$(cat {secret_file})\" \\\n\
          \x20 --cacert {ca} -H 'Content-Type: application/json' \\\n\

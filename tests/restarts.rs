@@ -1,5 +1,6 @@
 //! Restarts and crashes: SIGTERM under load drains every accepted request and exits 0;
-//! `kill -9` at random moments during kill switch changes never tears or loses the state.
+//! `kill -9` at random moments during kill switch changes never tears or loses the state, and
+//! the audit trail still verifies up to its last complete record.
 
 mod common;
 
@@ -171,6 +172,12 @@ fn kill_9_during_engage_and_release_never_tears_or_loses_the_kill_switch_state()
         rounds += 1;
     }
     eprintln!("kill -9 loop: {rounds} rounds, {kills_mid_command} with a command in flight");
+    // Every kill switch change was audited; the chain verifies up to the last complete record.
+    let mut c = Command::new(BIN);
+    c.args(["audit", "verify"]).arg(fx.path("audit/audit.jsonl"));
+    let (code, out, err) = run_bounded(c, WAIT);
+    assert_eq!(code, Some(0), "audit chain broken after kill -9 loop: {out}{err}");
+    assert!(out.contains("intact"), "{out}");
     // The daemon comes back in whatever state was stored, and a release always works.
     let (_proc, addr) = start_daemon(&fx);
     let mut c = Command::new(BIN);

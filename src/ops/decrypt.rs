@@ -7,6 +7,7 @@ use crate::app::Keystore;
 use crate::config::Limits;
 use crate::error::Error;
 use crate::hsm::HsmError;
+use crate::server::routes::Operation;
 use crate::xks::{self, DecryptRequest, DecryptResponse};
 use zeroize::Zeroizing;
 
@@ -49,6 +50,7 @@ pub async fn handle(
         ));
     }
     ks.check_key(key_id)?;
+    ks.authorize(Operation::Decrypt, key_id, ctx)?;
     ks.check_enabled(key_id)?;
     // Metadata of a format this proxy never wrote cannot authenticate; the framed AAD makes GCM
     // reject it too, but a version we do not know must never be passed on as if it were ours.

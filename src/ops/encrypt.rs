@@ -8,6 +8,7 @@ use crate::app::Keystore;
 use crate::config::Limits;
 use crate::error::Error;
 use crate::hsm::{HsmError, Sealed};
+use crate::server::routes::Operation;
 use crate::xks::{self, EncryptRequest, EncryptResponse};
 use zeroize::Zeroizing;
 
@@ -44,6 +45,7 @@ pub async fn handle(
         None => Vec::new(),
     };
     ks.check_key(key_id)?;
+    ks.authorize(Operation::Encrypt, key_id, ctx)?;
     ks.check_enabled(key_id)?;
 
     let metadata = aead::encode_metadata(aead::CURRENT_KEY_VERSION);

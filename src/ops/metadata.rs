@@ -3,6 +3,7 @@
 use super::{require_key_op_fields, RequestContext};
 use crate::app::Keystore;
 use crate::error::Error;
+use crate::server::routes::Operation;
 use crate::xks::{self, KeyMetadataResponse, MetadataOnly};
 
 /// Handles one GetKeyMetadata request.
@@ -16,6 +17,7 @@ pub async fn handle(
     ctx.record(&req.request_metadata);
     require_key_op_fields(&req.request_metadata, false)?;
     ks.check_key(key_id)?;
+    ks.authorize(Operation::Metadata, key_id, ctx)?;
     let info = ks.hsm.key_info(key_id).await?;
     let mut key_usage = info.usages;
     key_usage.truncate(10); // spec maximum

@@ -25,14 +25,23 @@ pub struct RequestContext {
     pub via_service: Option<String>,
     /// The SigV4 access key id that signed the request.
     pub access_key_id: Option<String>,
+    /// `requestMetadata.awsSourceVpc`.
+    pub source_vpc: Option<String>,
+    /// `requestMetadata.awsSourceVpce`.
+    pub source_vpce: Option<String>,
+    /// The policy rule that decided, when a policy is configured.
+    pub authz_rule: Option<String>,
 }
 
 impl RequestContext {
     pub(crate) fn record(&mut self, md: &RequestMetadata<'_>) {
+        let own = |v: &Option<std::borrow::Cow<'_, str>>| v.as_ref().map(|p| p.clone().into_owned());
         self.kms_request_id = Some(md.kms_request_id.clone().into_owned());
         self.kms_operation = Some(md.kms_operation.clone().into_owned());
-        self.principal = md.aws_principal_arn.as_ref().map(|p| p.clone().into_owned());
-        self.via_service = md.kms_via_service.as_ref().map(|p| p.clone().into_owned());
+        self.principal = own(&md.aws_principal_arn);
+        self.via_service = own(&md.kms_via_service);
+        self.source_vpc = own(&md.aws_source_vpc);
+        self.source_vpce = own(&md.aws_source_vpce);
     }
 }
 
