@@ -136,6 +136,10 @@ pub struct ServerConfig {
     /// connections (hyper starts the timer when it waits for the next request).
     #[serde(default = "default_header_ms")]
     pub header_read_timeout_ms: u64,
+    /// Time allowed to receive a request's body once its head has arrived; a stalled body
+    /// would otherwise hold a connection slot before any authentication happens.
+    #[serde(default = "default_body_ms")]
+    pub body_read_timeout_ms: u64,
     /// Largest request head (request line + headers) accepted.
     #[serde(default = "default_max_header")]
     pub max_header_bytes: usize,
@@ -310,6 +314,9 @@ fn default_handshake_ms() -> u64 {
 }
 fn default_header_ms() -> u64 {
     60_000
+}
+fn default_body_ms() -> u64 {
+    5_000
 }
 fn default_max_header() -> usize {
     16 * 1024

@@ -61,8 +61,10 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), String> {
     if srv.max_connections == 0 {
         return Err("server.max_connections: must be at least 1".into());
     }
-    if srv.tls_handshake_timeout_ms == 0 || srv.header_read_timeout_ms == 0 {
-        return Err("server.tls_handshake_timeout_ms / header_read_timeout_ms: must be positive".into());
+    if srv.tls_handshake_timeout_ms == 0 || srv.header_read_timeout_ms == 0 || srv.body_read_timeout_ms == 0 {
+        return Err(
+            "server.tls_handshake_timeout_ms / header_read_timeout_ms / body_read_timeout_ms: must be positive".into(),
+        );
     }
     if srv.max_header_bytes < 8192 {
         return Err("server.max_header_bytes: must be at least 8192".into());

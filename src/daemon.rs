@@ -71,6 +71,7 @@ impl Daemon {
     /// Builds everything from the config. `config_path` is re-read on reload (SIGHUP or the
     /// admin `reload` command). Must run inside a tokio runtime.
     pub async fn start(cfg: &Config, config_path: Option<PathBuf>) -> Result<Daemon, StartError> {
+        raise_fd_limit(cfg.server.max_connections);
         if own_uid() == 0 && !cfg.server.allow_root {
             return Err(config_error(
                 "server.allow_root: refusing to run as root; run as a dedicated user (see systemd/) or set allow_root = true".into(),
@@ -243,10 +244,11 @@ impl Daemon {
     }
 }
 
-/// Re-reads the config file and swaps credentials, key selection, quotas, limits and TLS
-/// (certificates and mTLS trust) without dropping connections or in-flight requests. Tokens,
-/// listeners, state and admin settings need a restart; a reload that changes them, or any
-/// invalid config, is refused and the running config keeps serving.
+/// Re-reads the config file and swaps keystores (credentials, key selection, quotas, regions),
+/// size limits, the policy and TLS (certificates and mTLS trust) without dropping connections or
+/// in-flight requests. Tokens, state, admin, audit, metrics and connection settings need a
+/// restart: a reload that changes them, or any invalid config, is refused and the running
+/// config keeps serving. A changed `server.listen` is ignored with a warning.
 pub struct Reloader {
     path: Option<PathBuf>,
     pools: HashMap<String, Hsm>,
@@ -283,22 +285,31 @@ impl Reloader {
             .as_ref()
             .ok_or("this daemon was started without a config file to reload")?;
         let cfg = Config::load(path)?;
-        let fingerprint = |c: &Config| {
-            let t: Vec<_> = c
-                .tokens
-                .iter()
-                .map(|t| (t.name.clone(), t.module.clone(), t.token_label.clone()))
-                .collect();
-            let audit = c.audit.as_ref().map(|a| a.file.clone());
-            (
-                t,
-                c.state.directory.clone(),
-                c.admin.as_ref().map(|a| a.socket.clone()),
-                audit,
+        // Everything outside keystores, limits, policy, TLS and logging is fixed at start; a
+        // change there is refused rather than silently ignored.
+        let fixed = |c: &Config| {
+            let s = &c.server;
+            format!(
+                "{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}|{}",
+                c.tokens,
+                c.state,
+                c.admin,
+                c.audit,
+                c.metrics,
+                s.allow_plain_http,
+                s.max_connections,
+                s.tls_handshake_timeout_ms,
+                s.header_read_timeout_ms,
+                s.body_read_timeout_ms,
+                s.max_header_bytes,
+                s.allow_root
             )
         };
-        if fingerprint(&cfg) != fingerprint(&self.base) {
-            return Err("tokens, state, admin or audit settings changed: these need a restart".into());
+        if fixed(&cfg) != fixed(&self.base) {
+            return Err(
+                "tokens, state, admin, audit, metrics or connection settings changed: these need a restart"
+                    .into(),
+            );
         }
         if cfg.server.listen != self.base.server.listen {
             tracing::warn!("server.listen changed in the file: listeners are kept until a restart");
@@ -356,6 +367,21 @@ fn request_record(d: &Finished) -> AuditRecord {
         status: d.status,
         latency_us: d.latency_us,
     }))
+}
+
+/// Raises the soft open-file limit to the hard limit (systemd starts services at 1024), so
+/// `max_connections` is not cut short by "too many open files"; warns if it still does not fit.
+fn raise_fd_limit(max_connections: usize) {
+    let wanted = max_connections as u64 + 256;
+    match rlimit::increase_nofile_limit(wanted.max(65_536)) {
+        Ok(got) if got < wanted => tracing::warn!(
+            limit = got,
+            max_connections,
+            "open-file limit is below server.max_connections + 256; raise LimitNOFILE"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
 
 fn own_uid() -> u32 {

@@ -1286,6 +1286,7 @@ fn stalled_request_body_is_cut_off_and_frees_its_connection_slot() {
     let server = section(&mut cfg, "server");
     server.insert("max_connections".into(), 1.into());
     server.insert("header_read_timeout_ms".into(), 500.into());
+    server.insert("body_read_timeout_ms".into(), 1000.into());
     let proxy = TestProxy::start_with(&fx, &cfg, &[]);
 
     let mut stalled = RawTls::connect(proxy.addr, tls_config(&proxy.ca, None, None, &[])).expect("connect");

@@ -35,6 +35,8 @@ pub struct ConnLimits {
     pub header_timeout: Duration,
     /// Largest request head.
     pub max_header_bytes: usize,
+    /// Deadline for the body once the head has arrived.
+    pub body_timeout: Duration,
 }
 
 impl From<&ServerConfig> for ConnLimits {
@@ -44,6 +46,7 @@ impl From<&ServerConfig> for ConnLimits {
             handshake_timeout: Duration::from_millis(s.tls_handshake_timeout_ms),
             header_timeout: Duration::from_millis(s.header_read_timeout_ms),
             max_header_bytes: s.max_header_bytes,
+            body_timeout: Duration::from_millis(s.body_read_timeout_ms),
         }
     }
 }
@@ -222,7 +225,8 @@ impl Server {
         }
         let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut ctx = RequestContext::default();
-        let (operation, keystore, key_id, result) = process(&app, req, &mut ctx).await;
+        let (operation, keystore, key_id, result) =
+            process(&app, req, &mut ctx, self.limits.body_timeout).await;
         let (status, outcome) = match &result {
             Ok(_) => (200, "OK"),
             Err(e) => (e.status(), e.name().as_str()),
@@ -273,6 +277,7 @@ async fn process(
     app: &App,
     req: Request<Incoming>,
     ctx: &mut RequestContext,
+    body_timeout: Duration,
 ) -> (&'static str, String, String, Result<Vec<u8>, Error>) {
     let (parts, body) = req.into_parts();
     let route = match routes::route(&app.api_bases, &parts.method, parts.uri.path(), parts.uri.query()) {
@@ -287,10 +292,15 @@ async fn process(
     };
     let (op, ks_name, key_id) = (route.op.name(), ks.prefix.clone(), key_id.to_owned());
     let limit = app.limits.max_body_bytes;
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    let body = match tokio::time::timeout(body_timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => {
             let e = Error::TooLarge(format!("request body exceeds {limit} bytes"));
+            return (op, ks_name, key_id, Err(e));
+        }
+        // hyper closes the connection after this response: the rest of the body never came.
+        Err(_) => {
+            let e = Error::Validation("request body not received in time".into());
             return (op, ks_name, key_id, Err(e));
         }
     };
