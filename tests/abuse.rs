@@ -1,0 +1,182 @@
+//! Network abuse on loopback, bounded in time: thousands of idle TCP connections, a TLS
+//! handshake flood and pipelined garbage, while a well-behaved client keeps being served. The
+//! probe's latency percentiles are printed (evidence for the closing note), never asserted.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Signed health requests on one keep-alive connection and on fresh connections, while `stop`
+/// is false; returns every latency (all requests must succeed).
+fn probe(fx: &Fixture, proxy: &TestProxy, stop: &AtomicBool, min: usize) -> Vec<Duration> {
+    let mut lat = Vec::new();
+    let mut xks = proxy.xks(fx);
+    let mut i = 0usize;
+    while !stop.load(Ordering::SeqCst) || lat.len() < min {
+        let t = Instant::now();
+        let r = if i % 10 == 9 {
+            proxy.xks(fx).health() // a fresh connection: TCP + TLS + request
+        } else {
+            xks.health()
+        };
+        lat.push(t.elapsed());
+        assert_eq!(
+            r.status,
+            200,
+            "a well-behaved request failed under abuse: {}",
+            r.text()
+        );
+        i += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    lat
+}
+
+fn report(name: &str, mut lat: Vec<Duration>) {
+    lat.sort();
+    eprintln!(
+        "{name}: {} probes, p50 {:?}, p99 {:?}, max {:?}",
+        lat.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().unwrap()
+    );
+}
+
+#[test]
+fn thousands_of_idle_connections_and_a_handshake_flood_leave_well_behaved_clients_served() {
+    let fx = Fixture::new();
+    let proxy = TestProxy::start(&fx);
+    let addr = proxy.addr;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // 2000 idle TCP connections that never start TLS.
+    let idle: Vec<tokio::net::TcpStream> = rt.block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..2000 {
+            if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+                v.push(s);
+            }
+        }
+        v
+    });
+    assert!(
+        idle.len() >= 1900,
+        "could only open {} idle connections",
+        idle.len()
+    );
+    // A handshake flood: complete TLS handshakes and hang up, as fast as one task can.
+    let stop = Arc::new(AtomicBool::new(false));
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let flood = {
+        let (stop, handshakes) = (stop.clone(), handshakes.clone());
+        let tls = tls_config(&fx.ca_pem(), None, None, &[]);
+        rt.spawn(async move {
+            let connector = tokio_rustls::TlsConnector::from(tls);
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+                    continue;
+                };
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                if connector.connect(name, tcp).await.is_ok() {
+                    handshakes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let stopper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let lat = probe(&fx, &proxy, &stop, 50);
+    stopper.join().unwrap();
+    rt.block_on(flood).unwrap();
+    eprintln!(
+        "{} idle connections held, {} flood handshakes",
+        idle.len(),
+        handshakes.load(Ordering::Relaxed)
+    );
+    report("probe under idle connections + handshake flood", lat);
+    drop(idle);
+    assert_eq!(proxy.xks(&fx).health().status, 200);
+}
+
+#[test]
+fn pipelined_garbage_gets_an_error_and_a_closed_connection_without_disturbing_others() {
+    let fx = Fixture::new();
+    let proxy = TestProxy::start(&fx);
+    let addr = proxy.addr;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let attackers = {
+        let (stop, closed) = (stop.clone(), closed.clone());
+        let tls = tls_config(&fx.ca_pem(), None, None, &[]);
+        rt.spawn(async move {
+            let connector = tokio_rustls::TlsConnector::from(tls);
+            let mut garbage = Vec::new();
+            for i in 0..200u32 {
+                garbage.extend_from_slice(
+                    b"POST /quickstart/kms/xks/v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+                );
+                garbage.extend_from_slice(format!("\x00\x01GARBAGE {i} \x7f\r\n\r\n").as_bytes());
+                garbage.push(0xff);
+            }
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+                    continue;
+                };
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                let Ok(mut tls) = connector.connect(name, tcp).await else {
+                    continue;
+                };
+                let _ = tls.write_all(&garbage).await;
+                let mut sink = vec![0u8; 64 * 1024];
+                // The server answers what it can parse, then closes: read to EOF (bounded).
+                let read = tokio::time::timeout(Duration::from_secs(5), async {
+                    while let Ok(n) = tls.read(&mut sink).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                if read.is_ok() {
+                    closed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let stopper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let lat = probe(&fx, &proxy, &stop, 50);
+    stopper.join().unwrap();
+    rt.block_on(attackers).unwrap();
+    let n = closed.load(Ordering::Relaxed);
+    assert!(n > 0, "no garbage connection was closed by the server within 5 s");
+    eprintln!("{n} garbage connections answered and closed");
+    report("probe under pipelined garbage", lat);
+}
