@@ -9,6 +9,8 @@ command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)   # tests verify the unit file
+command -v openssl >/dev/null 2>&1 || need+=(openssl)           # tests check that TLS 1.1 is refused
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo_cmd=""

@@ -1,5 +1,5 @@
 //! The token, seen from async code. [`Hsm`] queues jobs to a fixed pool of OS threads
-//! ([`worker`]), each owning one logged-in PKCS#11 session of one [`token::Token`]; PKCS#11 is
+//! (`worker`), each owning one logged-in PKCS#11 session of one [`token::Token`]; PKCS#11 is
 //! blocking FFI and never runs on a tokio worker. A full queue answers [`HsmError::Busy`], a
 //! missed deadline [`HsmError::Timeout`]. Nothing here knows about XKS.
 
