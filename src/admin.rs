@@ -233,6 +233,19 @@ pub fn group_id(name: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("no group named {name:?}"))
 }
 
+/// Is `gid` among the supplementary groups of process `pid`? SO_PEERCRED carries only the
+/// primary gid; /proc/<pid>/status lists the others.
+fn has_group(pid: i32, gid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+        })
+        .unwrap_or(false)
+}
+
 /// The daemon's effective uid (the owner of /proc/self), without unsafe FFI.
 fn own_uid() -> u32 {
     std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
@@ -281,8 +294,17 @@ pub fn serve(path: &Path, group: Option<&str>, control: Arc<Control>) -> Result<
 
 async fn handle(stream: UnixStream, control: Arc<Control>, own_uid: u32, gid: Option<u32>) {
     let Ok(cred) = stream.peer_cred() else { return };
-    let allowed = cred.uid() == 0 || cred.uid() == own_uid || gid.is_some_and(|g| g == cred.gid());
+    let in_group = gid.is_some_and(|g| g == cred.gid() || cred.pid().is_some_and(|pid| has_group(pid, g)));
+    let allowed = cred.uid() == 0 || cred.uid() == own_uid || in_group;
     let (rd, mut wr) = stream.into_split();
+    // The request is read even when it will be refused, so the client gets the refusal
+    // instead of a reset connection.
+    let mut line = String::new();
+    let read = tokio::time::timeout(
+        IO_TIMEOUT,
+        BufReader::new(rd.take(MAX_REQUEST)).read_line(&mut line),
+    )
+    .await;
     let resp = if !allowed {
         tracing::warn!(
             peer_uid = cred.uid(),
@@ -291,12 +313,6 @@ async fn handle(stream: UnixStream, control: Arc<Control>, own_uid: u32, gid: Op
         );
         AdminResponse::err("permission denied: not the daemon's user, root or the admin group")
     } else {
-        let mut line = String::new();
-        let read = tokio::time::timeout(
-            IO_TIMEOUT,
-            BufReader::new(rd.take(MAX_REQUEST)).read_line(&mut line),
-        )
-        .await;
         match read {
             Ok(Ok(_)) => match serde_json::from_str::<AdminRequest>(&line) {
                 Ok(req) => control.execute(req, Some(cred.uid()), "admin-socket").await,

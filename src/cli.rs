@@ -166,8 +166,9 @@ pub enum KeysCmd {
     },
 }
 
+/// Operator commands parse the config but do not insist on reading the daemon's private files.
 fn load(path: &Path) -> Result<Config, (i32, String)> {
-    Config::load(path).map_err(|e| (EXIT_BAD_CONFIG, e))
+    Config::load_unchecked(path).map_err(|e| (EXIT_BAD_CONFIG, e))
 }
 
 fn scope_of(a: &ScopeArgs) -> Scope {
@@ -229,7 +230,7 @@ pub fn kill_switch(cmd: KillSwitchCmd) -> CliResult {
                 token: a.token.clone(),
             };
             let data = send_or_offline(&cfg, req)?;
-            println!("engaged {} ({})", scope_of(&a), describe_elapsed(&data));
+            outln!("engaged {} ({})", scope_of(&a), describe_elapsed(&data));
         }
         KillSwitchCmd::Release(a) => {
             let cfg = load(&a.config)?;
@@ -239,13 +240,13 @@ pub fn kill_switch(cmd: KillSwitchCmd) -> CliResult {
                 token: a.token.clone(),
             };
             let data = send_or_offline(&cfg, req)?;
-            println!("released {} ({})", scope_of(&a), describe_elapsed(&data));
+            outln!("released {} ({})", scope_of(&a), describe_elapsed(&data));
         }
         KillSwitchCmd::Status { json, config } => {
             let cfg = load(&config)?;
             let data = send_or_offline(&cfg, AdminRequest::Status)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&data).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&data).unwrap_or_default());
             } else {
                 print_status(&data);
             }
@@ -520,7 +521,7 @@ pub fn keys(cmd: KeysCmd) -> CliResult {
                 .wrap_with_padding_vec(&material[..])
                 .map_err(|e| (EXIT_FAILED, format!("wrap failed: {e}")))?;
             write_new_private(&out, &wrapped)?;
-            println!(
+            outln!(
                 "wrapped {} bytes into {} ({} bytes, RFC 5649)",
                 material.len(),
                 out.display(),
@@ -548,7 +549,7 @@ pub fn keys(cmd: KeysCmd) -> CliResult {
             if r.is_err() {
                 let _ = std::fs::remove_file(&out);
             } else {
-                println!(
+                outln!(
                     "KEK material written to {} — hand it to the key custodian, then destroy it",
                     out.display()
                 );
@@ -601,11 +602,15 @@ fn run_keys(target: &KeyTarget, op: KeyOp, json_out: bool) -> CliResult {
         },
     )?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&data).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&data).unwrap_or_default());
     } else if is_list {
-        println!(
+        outln!(
             "{:<40} {:<8} {:<18} {:<9} {:<11} EXTRACTABLE",
-            "ID", "SPEC", "USAGES", "STATE", "CREATED"
+            "ID",
+            "SPEC",
+            "USAGES",
+            "STATE",
+            "CREATED"
         );
         for k in data.as_array().into_iter().flatten() {
             let usages: Vec<&str> = k["usages"]
@@ -614,7 +619,7 @@ fn run_keys(target: &KeyTarget, op: KeyOp, json_out: bool) -> CliResult {
                 .flatten()
                 .filter_map(Value::as_str)
                 .collect();
-            println!(
+            outln!(
                 "{:<40} {:<8} {:<18} {:<9} {:<11} {}",
                 k["id"].as_str().unwrap_or("?"),
                 k["key_spec"].as_str().unwrap_or("?"),
@@ -625,7 +630,7 @@ fn run_keys(target: &KeyTarget, op: KeyOp, json_out: bool) -> CliResult {
             );
         }
     } else {
-        println!("{name}: {data}");
+        outln!("{name}: {data}");
     }
     Ok(())
 }

@@ -360,12 +360,24 @@ impl KeystoreConfig {
 impl Config {
     /// Reads, parses and validates a config file; relative paths are made relative to it.
     pub fn load(path: &Path) -> Result<Config, String> {
+        let cfg = Self::load_unchecked(path)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses a config file without the checks that need the daemon's files (TLS
+    /// keys, secrets): operator commands only need the admin socket and state locations, and
+    /// an operator in the admin group need not be able to read the daemon's private files.
+    pub fn load_unchecked(path: &Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
         let mut cfg: Config = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // `--config config.toml` has an empty parent: relative paths are then relative to ".".
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
-        cfg.validate()?;
         Ok(cfg)
     }
 

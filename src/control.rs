@@ -18,7 +18,8 @@ const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
 pub struct Control {
     kill: Arc<KillSwitch>,
     tokens: Vec<Arc<Token>>,
-    prefixes: Vec<String>,
+    /// Keystore prefixes of the running configuration (replaced on reload).
+    prefixes: std::sync::RwLock<Vec<String>>,
     /// Serializes whole-proxy engage/release so a release cannot interleave with a disconnect.
     proxy_lock: tokio::sync::Mutex<()>,
     reloader: std::sync::OnceLock<Arc<crate::daemon::Reloader>>,
@@ -31,7 +32,7 @@ impl Control {
         Arc::new(Control {
             kill,
             tokens,
-            prefixes,
+            prefixes: std::sync::RwLock::new(prefixes),
             proxy_lock: tokio::sync::Mutex::new(()),
             reloader: std::sync::OnceLock::new(),
             audit: std::sync::OnceLock::new(),
@@ -270,8 +271,8 @@ impl Control {
     /// The full kill switch picture.
     pub fn status(&self) -> Value {
         let st = self.kill.snapshot();
-        let keystores: Vec<Value> = self
-            .prefixes
+        let prefixes = self.prefixes();
+        let keystores: Vec<Value> = prefixes
             .iter()
             .map(|p| json!({ "prefix": p, "engaged": self.kill.keystore_engaged(p), "by": st.keystores.get(p) }))
             .collect();
@@ -323,14 +324,24 @@ impl Control {
     }
 
     fn known_prefix(&self, p: &str) -> Result<(), String> {
-        if self.prefixes.iter().any(|k| k == p) {
+        let prefixes = self.prefixes();
+        if prefixes.iter().any(|k| k == p) {
             Ok(())
         } else {
             Err(format!(
-                "no keystore has the URI prefix {p:?} (known: {:?})",
-                self.prefixes
+                "no keystore has the URI prefix {p:?} (known: {prefixes:?})"
             ))
         }
+    }
+
+    /// The keystore prefixes of the running configuration.
+    pub fn prefixes(&self) -> Vec<String> {
+        self.prefixes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Adopts the keystore prefixes of a reloaded configuration.
+    pub fn set_prefixes(&self, prefixes: Vec<String>) {
+        *self.prefixes.write().unwrap_or_else(|p| p.into_inner()) = prefixes;
     }
 
     fn token_for(&self, name: Option<&str>) -> Result<Arc<Token>, String> {

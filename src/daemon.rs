@@ -123,6 +123,7 @@ impl Daemon {
             server: server.clone(),
             base: cfg.clone(),
             counters: counters.clone(),
+            control: Arc::downgrade(&control),
         });
         control.set_reloader(reloader.clone());
         if let Some(a) = &cfg.admin {
@@ -223,17 +224,11 @@ impl Daemon {
     }
 
     /// Serves until `shutdown` flips to true, then drains in-flight requests. Tells systemd
-    /// READY=1 when serving starts, STOPPING=1 on the way out, and pings its watchdog while the
-    /// worker pools answer.
+    /// READY=1 when serving starts (STOPPING=1 is sent by the server when the drain begins), and
+    /// pings its watchdog while the worker pools answer.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         spawn_watchdog(self.pools.clone());
-        let mut stopping = shutdown.clone();
-        tokio::spawn(async move {
-            if stopping.wait_for(|s| *s).await.is_ok() {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-            }
-        });
         self.server.serve(self.listeners, shutdown, SHUTDOWN_GRACE).await;
         if let Some(a) = self.audit {
             // Everything audited so far reaches the disk before the process exits.
@@ -256,6 +251,8 @@ pub struct Reloader {
     server: Arc<Server>,
     base: Config,
     counters: Arc<Counters>,
+    /// Weak: the control plane owns this reloader.
+    control: std::sync::Weak<Control>,
 }
 
 impl Reloader {
@@ -290,7 +287,8 @@ impl Reloader {
         let fixed = |c: &Config| {
             let s = &c.server;
             format!(
-                "{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}|{}",
+                "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}|{}",
+                c.logging,
                 c.tokens,
                 c.state,
                 c.admin,
@@ -307,7 +305,7 @@ impl Reloader {
         };
         if fixed(&cfg) != fixed(&self.base) {
             return Err(
-                "tokens, state, admin, audit, metrics or connection settings changed: these need a restart"
+                "logging, tokens, state, admin, audit, metrics or connection settings changed: these need a restart"
                     .into(),
             );
         }
@@ -321,6 +319,9 @@ impl Reloader {
             cfg.keystores.iter().map(|k| k.credentials.len()).sum::<usize>()
         );
         self.server.swap(Arc::new(app), tls);
+        if let Some(c) = self.control.upgrade() {
+            c.set_prefixes(cfg.keystores.iter().map(|k| k.uri_prefix.clone()).collect());
+        }
         Ok(summary)
     }
 }

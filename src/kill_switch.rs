@@ -148,11 +148,18 @@ impl KillSwitch {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Applies `change` to the state as stored (not only to this process's copy), so an
+    /// offline change made while the daemon runs without an admin socket is kept, then adopts
+    /// the file's engaged scopes. An unreadable file keeps this process's view.
     fn persist(&self, change: impl FnOnce(&mut PersistedState)) -> Result<(), String> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = state.clone();
+        let mut next = read_state(&self.file).unwrap_or_else(|_| state.clone());
         change(&mut next);
         write_state(&self.file, &next)?;
+        if next.proxy.is_some() {
+            self.proxy.store(true, Ordering::SeqCst);
+        }
+        *self.keystores.write().unwrap_or_else(|p| p.into_inner()) = next.keystores.keys().cloned().collect();
         *state = next;
         Ok(())
     }

@@ -1,5 +1,13 @@
 //! `xks-bridge` command line: the daemon, the quickstart, and operator tools.
 
+/// `println!` that ignores a closed stdout (`| head`) instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 mod cli;
 
 use clap::{Parser, Subcommand};
@@ -123,15 +131,15 @@ fn serve(cfg: Config, path: &Path, quickstart: Option<quickstart::Layout>) -> Cl
             .map_err(|e| (e.exit_code, e.message))?;
         let scheme = if cfg.tls.is_some() { "https" } else { "http" };
         for a in d.local_addrs() {
-            println!("xks-bridge listening on {scheme}://{a}");
+            outln!("xks-bridge listening on {scheme}://{a}");
         }
         if let Some(m) = d.metrics_addr() {
-            println!("xks-bridge metrics on http://{m}/metrics");
+            outln!("xks-bridge metrics on http://{m}/metrics");
         }
         if let Some(layout) = quickstart {
             let banner = quickstart::publish(&layout, &cfg, d.local_addrs()[0], d.metrics_addr())
                 .map_err(|e| (73, e))?;
-            println!("{banner}");
+            outln!("{banner}");
         }
         d.run(daemon::shutdown_on_signals()).await;
         Ok(())
@@ -144,7 +152,7 @@ fn run_quickstart(dir: &Path, listen: Option<SocketAddr>, setup_only: bool) -> C
     let config = quickstart::ensure_setup(&layout, listen.unwrap_or(default_listen)).map_err(|e| (73, e))?;
     let mut cfg = load(&config)?;
     if setup_only {
-        println!(
+        outln!(
             "quickstart ready in {} (config {})",
             layout.dir.display(),
             config.display()
@@ -159,6 +167,7 @@ fn run_quickstart(dir: &Path, listen: Option<SocketAddr>, setup_only: bool) -> C
 
 fn check_config(path: &Path) -> CliResult {
     let cfg = load(path)?;
+    logging::init(&cfg.logging); // so secret-file permission warnings are shown
     for (i, t) in cfg.tokens.iter().enumerate() {
         t.pin
             .load()
@@ -174,15 +183,15 @@ fn check_config(path: &Path) -> CliResult {
             })?;
         }
     }
-    println!("{}: valid", path.display());
+    outln!("{}: valid", path.display());
     let scheme = if cfg.tls.is_some() {
         "https"
     } else {
         "http (plain, behind a TLS load balancer only)"
     };
-    println!("  listeners: {:?} over {scheme}", cfg.server.listen);
+    outln!("  listeners: {:?} over {scheme}", cfg.server.listen);
     for t in &cfg.tokens {
-        println!(
+        outln!(
             "  token {:?}: label {:?} via {}, {} workers, queue {}, deadline {} ms, PIN from {}",
             t.name,
             t.token_label,
@@ -198,16 +207,18 @@ fn check_config(path: &Path) -> CliResult {
             (Some(p), n) => format!("pattern {p:?} + {n} listed keys"),
             (None, n) => format!("{n} listed keys"),
         };
-        println!(
+        outln!(
             "  keystore {:?} on token {:?}: {} credential(s), {keys}",
             k.api_base(),
             k.token,
             k.credentials.len()
         );
     }
-    println!(
+    outln!(
         "  limits: plaintext {} B, AAD {} B, body {} B",
-        cfg.limits.max_plaintext_bytes, cfg.limits.max_aad_bytes, cfg.limits.max_body_bytes
+        cfg.limits.max_plaintext_bytes,
+        cfg.limits.max_aad_bytes,
+        cfg.limits.max_body_bytes
     );
     Ok(())
 }

@@ -495,3 +495,13 @@ fn serve_with_a_wrong_pin_exits_69_mentioning_the_pin() {
     assert!(!out.contains("listening"), "served with a wrong PIN: {out}");
     assert!(!err.contains("0000000000000000"), "the PIN was echoed: {err}");
 }
+
+#[test]
+fn a_bare_config_file_name_is_resolved_against_the_working_directory() {
+    let fx = Fixture::new();
+    let mut c = Command::new(BIN);
+    c.current_dir(&fx.dir)
+        .args(["check-config", "--config", "config.toml"]);
+    let (code, out, err) = run_bounded(c, WAIT);
+    assert_eq!(code, Some(0), "{out}{err}");
+}

@@ -686,3 +686,86 @@ fn a_wrong_pin_is_a_clear_error_for_direct_key_commands() {
     assert_eq!(code, Some(1));
     assert!(err.contains("PIN"), "{err}");
 }
+
+#[test]
+fn a_keystore_added_by_reload_can_be_cut_off_at_keystore_scope() {
+    let fx = Fixture::new();
+    let proxy = TestProxy::start(&fx);
+    let cfg = two_keystore_config(&fx);
+    std::fs::write(&proxy.config, toml::to_string(&cfg).unwrap()).unwrap();
+    let out = cli_ok(&proxy.config, &["reload"]);
+    assert!(out.contains("2 keystore(s)"), "{out}");
+    cli_ok(
+        &proxy.config,
+        &[
+            "kill-switch",
+            "engage",
+            "--keystore",
+            "/other",
+            "--reason",
+            "new tenant",
+        ],
+    );
+    let mut other = proxy.xks(&fx);
+    other.base = "/other/kms/xks/v1".into();
+    assert_invalid_state(&other.health());
+    assert_eq!(proxy.xks(&fx).health().status, 200);
+    let s = status(&proxy.config);
+    assert!(
+        s["keystores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["prefix"] == "/other" && k["engaged"] == true),
+        "{s}"
+    );
+}
+
+#[test]
+fn supplementary_members_of_the_admin_group_may_use_the_socket() {
+    if !have_tool("setpriv") {
+        eprintln!("note: setpriv not installed; supplementary-group check not exercised");
+        return;
+    }
+    let fx = Fixture::new();
+    let mut cfg = fx.config();
+    section(&mut cfg, "admin").insert("group".into(), "4242".into());
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    // The CLI must reach the socket and read the config as the unprivileged user.
+    use std::os::unix::fs::PermissionsExt;
+    for p in [fx.dir.clone(), proxy.config.clone()] {
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let mut dir = fx.dir.parent().map(|p| p.to_path_buf());
+    while let Some(d) = dir {
+        if d.starts_with("/tmp") && d != std::path::Path::new("/tmp") {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        dir = d.parent().map(|p| p.to_path_buf());
+    }
+    let run_as = |groups: &str| {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            groups,
+            BIN,
+            "kill-switch",
+            "engage",
+            "--keystore",
+            PREFIX,
+            "--config",
+        ])
+        .arg(&proxy.config);
+        run_bounded(c, WAIT)
+    };
+    let (code, out, err) = run_as("--groups=4242");
+    assert_eq!(code, Some(0), "a supplementary member was refused: {out}{err}");
+    let (code, out, err) = run_as("--clear-groups");
+    assert_ne!(code, Some(0), "a non-member got through: {out}");
+    assert!(
+        err.contains("permission denied") || err.contains("Permission denied"),
+        "{err}"
+    );
+}

@@ -164,7 +164,9 @@ impl Server {
                 _ = shutdown.changed() => break,
             }
         }
-        // Stop accepting at once: close the listening sockets.
+        // Tell systemd we are stopping (before the drain, which may take the grace period), and
+        // stop accepting at once: close the listening sockets.
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         acceptors.iter().for_each(|a| a.abort());
         tokio::select! {
             _ = graceful.shutdown() => tracing::info!("all connections drained"),
@@ -294,8 +296,12 @@ async fn process(
     let limit = app.limits.max_body_bytes;
     let body = match tokio::time::timeout(body_timeout, Limited::new(body, limit).collect()).await {
         Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(_)) => {
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             let e = Error::TooLarge(format!("request body exceeds {limit} bytes"));
+            return (op, ks_name, key_id, Err(e));
+        }
+        Ok(Err(_)) => {
+            let e = Error::Validation("request body could not be read".into());
             return (op, ks_name, key_id, Err(e));
         }
         // hyper closes the connection after this response: the rest of the body never came.
