@@ -5,6 +5,18 @@
 //!
 //! Login is a property of the application on the token, not of one session: the token keeps a
 //! dedicated "login session" open so the login survives workers dropping their sessions.
+//!
+//! Recovery from a device-class failure ([`HsmError::device_lost`], or a login the token
+//! forgot): [`Token::mark_failed`] takes the connection out of service and parks it; before
+//! reconnecting, the supervisor calls [`Token::retire_failed`], which waits (bounded) for the
+//! workers to close their sessions, closes the login session and `C_Finalize`s the module, so
+//! that the next [`Token::connect`] starts from a real `C_Initialize` and re-enumerates slots
+//! (a module that reported a device error may otherwise keep its broken state, and many only
+//! see a re-inserted token after re-initialisation). A failed connection attempt finalizes the
+//! module it initialised for the same reason. `C_Finalize` is process-wide, so the module is
+//! finalized only when no other token of this process holds a connection through the same
+//! module file and no session of this token is still open; otherwise the module is left
+//! initialised and only the slot lookup and login are redone.
 
 use super::{classify, HsmError};
 use crate::config::{IvSource, TokenConfig};
@@ -15,8 +27,8 @@ use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use secrecy::{ExposeSecret, SecretString};
-use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -71,6 +83,46 @@ pub(super) struct Connection {
     pub(super) pkcs11: Pkcs11,
     pub(super) slot: Slot,
     login: Mutex<Session>,
+    _module_use: ModuleUse,
+}
+
+/// Connections (live or parked) per module file, process-wide: `C_Finalize` ends the module
+/// for every token of the process, so a token finalizes it only when it is the last user.
+static MODULE_USERS: Mutex<BTreeMap<PathBuf, usize>> = Mutex::new(BTreeMap::new());
+
+/// One connection's registration in [`MODULE_USERS`], removed on drop.
+struct ModuleUse(PathBuf);
+
+impl ModuleUse {
+    fn new(module: &Path) -> ModuleUse {
+        *MODULE_USERS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(module.to_owned())
+            .or_default() += 1;
+        ModuleUse(module.to_owned())
+    }
+
+    fn users(module: &Path) -> usize {
+        MODULE_USERS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(module)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for ModuleUse {
+    fn drop(&mut self) {
+        let mut users = MODULE_USERS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = users.get_mut(&self.0) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                users.remove(&self.0);
+            }
+        }
+    }
 }
 
 pub(super) enum State {
@@ -101,6 +153,8 @@ pub struct Token {
     /// Name from the config.
     pub name: String,
     module: PathBuf,
+    /// The module file with symlinks resolved: the key of [`MODULE_USERS`].
+    module_file: PathBuf,
     label: String,
     pub(super) iv_source: IvSource,
     pin: SecretString,
@@ -116,8 +170,9 @@ pub struct Token {
     generation: AtomicU64,
     open_sessions: AtomicUsize,
     killed: Arc<AtomicBool>,
-    /// The connection taken out of service by `begin_disconnect`, finalized by
-    /// `finish_disconnect` once its sessions are closed.
+    /// The connection taken out of service by `begin_disconnect` (finalized by
+    /// `finish_disconnect`) or by `mark_failed` (retired by `retire_failed`), once its
+    /// sessions are closed.
     parked: Mutex<Option<Connection>>,
 }
 
@@ -127,6 +182,7 @@ impl Token {
         Token {
             name: cfg.name.clone(),
             module: cfg.module.clone(),
+            module_file: std::fs::canonicalize(&cfg.module).unwrap_or_else(|_| cfg.module.clone()),
             label: cfg.token_label.clone(),
             iv_source: cfg.iv_source,
             pin,
@@ -167,14 +223,31 @@ impl Token {
     }
 
     fn open_connection(&self) -> Result<Connection, HsmError> {
-        let unavailable = |what: &str, e: CkError| HsmError::Unavailable(format!("{what}: {e}"));
         let pkcs11 = Pkcs11::new(&self.module)
-            .map_err(|e| unavailable(&format!("cannot load {}", self.module.display()), e))?;
+            .map_err(|e| HsmError::Unavailable(format!("cannot load {}: {e}", self.module.display())))?;
         match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => return Err(unavailable("C_Initialize", e)),
+            Err(e) => return Err(HsmError::Unavailable(format!("C_Initialize: {e}"))),
         }
-        let slot = self.find_slot(&pkcs11)?;
+        match self.log_in(&pkcs11) {
+            Ok((slot, session)) => Ok(Connection {
+                pkcs11,
+                slot,
+                login: Mutex::new(session),
+                _module_use: ModuleUse::new(&self.module_file),
+            }),
+            Err(e) => {
+                // Its session (if any) is closed by now: leave the module as found on entry.
+                self.release_module(pkcs11);
+                Err(e)
+            }
+        }
+    }
+
+    /// Finds the slot, reads the token's identity and logs in on a new login session.
+    fn log_in(&self, pkcs11: &Pkcs11) -> Result<(Slot, Session), HsmError> {
+        let unavailable = |what: &str, e: CkError| HsmError::Unavailable(format!("{what}: {e}"));
+        let slot = self.find_slot(pkcs11)?;
         let info = pkcs11
             .get_token_info(slot)
             .map_err(|e| unavailable("C_GetTokenInfo", e))?;
@@ -200,11 +273,26 @@ impl Token {
             }
             Err(e) => return Err(unavailable("C_Login", e)),
         }
-        Ok(Connection {
-            pkcs11,
-            slot,
-            login: Mutex::new(session),
-        })
+        Ok((slot, session))
+    }
+
+    /// `C_Finalize`s a module this token no longer uses, unless another token of the process
+    /// is connected through it or a session of this token is still open (finalizing would pull
+    /// them out from under their holders, and a late `C_CloseSession` could then close a new
+    /// session that reused the handle number).
+    fn release_module(&self, pkcs11: Pkcs11) {
+        let others = ModuleUse::users(&self.module_file);
+        let sessions = self.open_sessions();
+        if others > 0 || sessions > 0 {
+            tracing::info!(token = %self.name, other_tokens = others, open_sessions = sessions, "module left initialised");
+            return;
+        }
+        match pkcs11.finalize() {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiNotInitialized, _)) => {
+                tracing::info!(token = %self.name, "module finalized for re-initialisation")
+            }
+            Err(e) => tracing::warn!(token = %self.name, error = %e, "C_Finalize failed"),
+        }
     }
 
     fn find_slot(&self, pkcs11: &Pkcs11) -> Result<Slot, HsmError> {
@@ -315,14 +403,53 @@ impl Token {
         left
     }
 
-    /// Records a device-class failure: the token is unavailable until reconnected.
+    /// Records a device-class failure (or a lost login): the token is unavailable until the
+    /// supervisor reconnects it; the failed connection is parked for [`Token::retire_failed`].
     pub(super) fn mark_failed(&self, err: &HsmError) {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         if matches!(*state, State::Connected(_)) {
             tracing::error!(token = %self.name, error = %err, "token failed; reconnecting");
-            *state = State::Unavailable(err.to_string());
+            let old = std::mem::replace(&mut *state, State::Unavailable(err.to_string()));
             self.generation.fetch_add(1, Ordering::SeqCst);
+            drop(state);
+            if let State::Connected(c) = old {
+                *self.parked.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
+            }
         }
+    }
+
+    /// Before a reconnect: retires the connection parked by [`Token::mark_failed`]. Waits up
+    /// to `wait` for the workers to close their sessions (they look every
+    /// [`super::IDLE_CHECK`], or when their current call returns), closes the login session
+    /// and finalizes the module when nothing else uses it. Never touches a connection parked
+    /// by the kill switch (that one is `finish_disconnect`'s).
+    pub(super) fn retire_failed(&self, wait: Duration) {
+        if self.killed()
+            || !matches!(
+                *self.state.read().unwrap_or_else(|p| p.into_inner()),
+                State::Unavailable(_)
+            )
+        {
+            return;
+        }
+        let Some(c) = self.parked.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let deadline = Instant::now() + wait;
+        while self.open_sessions() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let Connection {
+            pkcs11,
+            login,
+            _module_use: module_use,
+            ..
+        } = c;
+        // Closing the last session also ends the login on the token; this connection stops
+        // counting as a user of the module before the module is (perhaps) finalized.
+        drop(login);
+        drop(module_use);
+        self.release_module(pkcs11);
     }
 
     /// Is the token connected and logged in?
@@ -390,7 +517,12 @@ impl Token {
     pub(super) fn probe(&self, session: &Session) -> Result<TokenHealth, HsmError> {
         let info = session.get_session_info().map_err(classify)?;
         if !matches!(info.session_state(), SessionState::RoUser | SessionState::RwUser) {
-            return Ok(self.health_without_probe(TokenStatus::Unavailable, "session is not logged in"));
+            // The token forgot the login (restarted, or logged out by someone else): report it
+            // as the token would have, so the worker handles it as a lost login.
+            return Err(classify(CkError::Pkcs11(
+                RvError::UserNotLoggedIn,
+                cryptoki::context::Function::GetSessionInfo,
+            )));
         }
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         let State::Connected(c) = &*state else {

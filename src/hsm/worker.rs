@@ -1,6 +1,11 @@
 //! A worker thread: owns one session of its token, serves jobs from the shared bounded queue,
 //! re-opens its session when the token reconnects, retries once on a lost session, and drops
 //! its session within [`IDLE_CHECK`] when the kill switch engages, even when idle.
+//!
+//! A device-class error (also from opening a session), or a lost session that a fresh session
+//! does not fix (the token forgot the login), hands the token to the supervisor with
+//! [`Token::mark_failed`]: the request fails, the supervisor reconnects and logs in again. A
+//! worker never logs in itself, so a refused PIN can never turn into one attempt per request.
 
 use super::token::{CountedSession, Token};
 use super::{HsmError, Job, Op, Reply};
@@ -66,13 +71,22 @@ fn serve<'t>(token: &'t Token, slot: &mut Option<CountedSession<'t>>, op: &Op) -
     for attempt in 0..2 {
         drop_if_stale(token, slot);
         if slot.is_none() {
-            *slot = Some(token.open_session()?);
+            match token.open_session() {
+                Ok(s) => *slot = Some(s),
+                Err(e) => {
+                    if e.device_lost() {
+                        token.mark_failed(&e);
+                    }
+                    return Err(e);
+                }
+            }
         }
         let Some(s) = slot.as_ref() else { continue };
         match execute(token, &s.session, op) {
             // Re-running is safe for every op: Encrypt simply draws a fresh IV.
             Err(e) if e.session_lost() && attempt == 0 => *slot = None,
-            Err(e) if e.device_lost() => {
+            // A fresh session is lost too: the login is gone, only a reconnect brings it back.
+            Err(e) if e.device_lost() || e.session_lost() => {
                 *slot = None;
                 token.mark_failed(&e);
                 return Err(e);

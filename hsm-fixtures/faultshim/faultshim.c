@@ -1,0 +1,462 @@
+/*
+ * faultshim: a PKCS#11 module that forwards every call to a real module (SoftHSM2 in the
+ * tests) and injects faults into a few of them, so the proxy's recovery paths can be tested
+ * against the real token instead of a mock.
+ *
+ *   FAULTSHIM_REAL_MODULE  the module to forward to (default /usr/lib/softhsm/libsofthsm2.so)
+ *   FAULTSHIM_CONTROL      a one-line control file, re-read on every wrapped call; when unset
+ *                          the shim is a pure pass-through
+ *
+ * Control file words (several may share the line, e.g. "not_logged_in pin_incorrect"):
+ *   none                  no fault
+ *   device_error          crypto, find, open-session and session-info calls return
+ *                         CKR_DEVICE_ERROR (0x30)
+ *   device_removed        the same with CKR_DEVICE_REMOVED (0x32)
+ *   token_not_present     the same with CKR_TOKEN_NOT_PRESENT (0xE0); C_GetTokenInfo fails
+ *                         too and C_GetSlotList(tokenPresent) lists no slot
+ *   session_invalid_once  the next crypto call returns CKR_SESSION_HANDLE_INVALID (0xB3), then
+ *                         the shim rewrites the file to "none"
+ *   not_logged_in_once    the same with CKR_USER_NOT_LOGGED_IN (0x101)
+ *   not_logged_in         every crypto call returns CKR_USER_NOT_LOGGED_IN and C_GetSessionInfo
+ *                         reports a public (not logged-in) session: the token forgot the login.
+ *                         The next successful C_Login rewrites the file to "none", as a new
+ *                         login is what brings such a token back
+ *   slow <ms>             sleep <ms> before forwarding each crypto call
+ *   pin_incorrect         C_Login returns CKR_PIN_INCORRECT (0xA0) without reaching the token
+ *
+ * Every C_Login call (refused or forwarded) appends one line to "<control>.logins", so a test
+ * can count login attempts.
+ *
+ * "Crypto calls" are C_EncryptInit, C_Encrypt, C_DecryptInit, C_Decrypt and C_GenerateRandom.
+ *
+ * The shim exports only C_GetFunctionList. It deliberately does not export the PKCS#11 3.0
+ * C_GetInterface: cryptoki tries that first and would otherwise bypass the wrapped list.
+ *
+ * Build: cc -shared -fPIC -O2 -o libfaultshim.so faultshim.c -ldl   (see build.sh)
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- The PKCS#11 v2.40 types the shim needs. SoftHSM2 ships no headers, so they are written
+ * out here. On Unix the structures are not packed and CK_ULONG is unsigned long. ---- */
+typedef unsigned long CK_ULONG;
+typedef unsigned char CK_BYTE;
+typedef CK_BYTE CK_BBOOL;
+typedef CK_ULONG CK_RV;
+typedef CK_ULONG CK_FLAGS;
+typedef CK_ULONG CK_SLOT_ID;
+typedef CK_ULONG CK_SESSION_HANDLE;
+typedef CK_ULONG CK_OBJECT_HANDLE;
+typedef CK_ULONG CK_USER_TYPE;
+typedef CK_ULONG CK_STATE;
+typedef CK_RV (*CK_NOTIFY)(CK_SESSION_HANDLE, CK_ULONG, void *);
+/* Only passed through by pointer: their layout does not matter here. */
+typedef struct CK_MECHANISM CK_MECHANISM;
+typedef struct CK_ATTRIBUTE CK_ATTRIBUTE;
+typedef struct CK_TOKEN_INFO CK_TOKEN_INFO;
+
+typedef struct {
+    CK_BYTE major;
+    CK_BYTE minor;
+} CK_VERSION;
+
+typedef struct {
+    CK_SLOT_ID slotID;
+    CK_STATE state;
+    CK_FLAGS flags;
+    CK_ULONG ulDeviceError;
+} CK_SESSION_INFO;
+
+#define CKR_OK 0x00UL
+#define CKR_GENERAL_ERROR 0x05UL
+#define CKR_DEVICE_ERROR 0x30UL
+#define CKR_DEVICE_REMOVED 0x32UL
+#define CKR_PIN_INCORRECT 0xA0UL
+#define CKR_SESSION_HANDLE_INVALID 0xB3UL
+#define CKR_TOKEN_NOT_PRESENT 0xE0UL
+#define CKR_USER_ALREADY_LOGGED_IN 0x100UL
+#define CKR_USER_NOT_LOGGED_IN 0x101UL
+#define CKS_RO_PUBLIC_SESSION 0UL
+#define CKS_RW_PUBLIC_SESSION 2UL
+#define CKF_RW_SESSION 0x02UL
+
+struct CK_FUNCTION_LIST;
+typedef struct CK_FUNCTION_LIST **CK_FUNCTION_LIST_PTR_PTR;
+/* Entries the shim never calls itself keep this generic type: every entry is one function
+ * pointer, so only the order and the count (68) matter. */
+typedef CK_RV (*ANY_FN)(void);
+
+/* CK_FUNCTION_LIST as in PKCS#11 v2.40: a CK_VERSION, then 68 function pointers in this
+ * exact order. */
+struct CK_FUNCTION_LIST {
+    CK_VERSION version;
+    ANY_FN C_Initialize;
+    ANY_FN C_Finalize;
+    ANY_FN C_GetInfo;
+    CK_RV (*C_GetFunctionList)(CK_FUNCTION_LIST_PTR_PTR);
+    CK_RV (*C_GetSlotList)(CK_BBOOL, CK_SLOT_ID *, CK_ULONG *);
+    ANY_FN C_GetSlotInfo;
+    CK_RV (*C_GetTokenInfo)(CK_SLOT_ID, CK_TOKEN_INFO *);
+    ANY_FN C_GetMechanismList;
+    ANY_FN C_GetMechanismInfo;
+    ANY_FN C_InitToken;
+    ANY_FN C_InitPIN;
+    ANY_FN C_SetPIN;
+    CK_RV (*C_OpenSession)(CK_SLOT_ID, CK_FLAGS, void *, CK_NOTIFY, CK_SESSION_HANDLE *);
+    ANY_FN C_CloseSession;
+    ANY_FN C_CloseAllSessions;
+    CK_RV (*C_GetSessionInfo)(CK_SESSION_HANDLE, CK_SESSION_INFO *);
+    ANY_FN C_GetOperationState;
+    ANY_FN C_SetOperationState;
+    CK_RV (*C_Login)(CK_SESSION_HANDLE, CK_USER_TYPE, CK_BYTE *, CK_ULONG);
+    ANY_FN C_Logout;
+    ANY_FN C_CreateObject;
+    ANY_FN C_CopyObject;
+    ANY_FN C_DestroyObject;
+    ANY_FN C_GetObjectSize;
+    ANY_FN C_GetAttributeValue;
+    ANY_FN C_SetAttributeValue;
+    CK_RV (*C_FindObjectsInit)(CK_SESSION_HANDLE, CK_ATTRIBUTE *, CK_ULONG);
+    ANY_FN C_FindObjects;
+    ANY_FN C_FindObjectsFinal;
+    CK_RV (*C_EncryptInit)(CK_SESSION_HANDLE, CK_MECHANISM *, CK_OBJECT_HANDLE);
+    CK_RV (*C_Encrypt)(CK_SESSION_HANDLE, CK_BYTE *, CK_ULONG, CK_BYTE *, CK_ULONG *);
+    ANY_FN C_EncryptUpdate;
+    ANY_FN C_EncryptFinal;
+    CK_RV (*C_DecryptInit)(CK_SESSION_HANDLE, CK_MECHANISM *, CK_OBJECT_HANDLE);
+    CK_RV (*C_Decrypt)(CK_SESSION_HANDLE, CK_BYTE *, CK_ULONG, CK_BYTE *, CK_ULONG *);
+    ANY_FN C_DecryptUpdate;
+    ANY_FN C_DecryptFinal;
+    ANY_FN C_DigestInit;
+    ANY_FN C_Digest;
+    ANY_FN C_DigestUpdate;
+    ANY_FN C_DigestKey;
+    ANY_FN C_DigestFinal;
+    ANY_FN C_SignInit;
+    ANY_FN C_Sign;
+    ANY_FN C_SignUpdate;
+    ANY_FN C_SignFinal;
+    ANY_FN C_SignRecoverInit;
+    ANY_FN C_SignRecover;
+    ANY_FN C_VerifyInit;
+    ANY_FN C_Verify;
+    ANY_FN C_VerifyUpdate;
+    ANY_FN C_VerifyFinal;
+    ANY_FN C_VerifyRecoverInit;
+    ANY_FN C_VerifyRecover;
+    ANY_FN C_DigestEncryptUpdate;
+    ANY_FN C_DecryptDigestUpdate;
+    ANY_FN C_SignEncryptUpdate;
+    ANY_FN C_DecryptVerifyUpdate;
+    ANY_FN C_GenerateKey;
+    ANY_FN C_GenerateKeyPair;
+    ANY_FN C_WrapKey;
+    ANY_FN C_UnwrapKey;
+    ANY_FN C_DeriveKey;
+    ANY_FN C_SeedRandom;
+    CK_RV (*C_GenerateRandom)(CK_SESSION_HANDLE, CK_BYTE *, CK_ULONG);
+    ANY_FN C_GetFunctionStatus;
+    ANY_FN C_CancelFunction;
+    ANY_FN C_WaitForSlotEvent;
+};
+
+/* Catches a miscounted list at compile time: a version (padded to a pointer) + 68 pointers. */
+_Static_assert(sizeof(struct CK_FUNCTION_LIST) == sizeof(void *) + 68 * sizeof(void *),
+               "CK_FUNCTION_LIST must hold exactly 68 function pointers");
+
+/* ---- Fault control ---- */
+
+struct fault {
+    CK_RV device_rv;     /* device_error / device_removed / token_not_present, else 0 */
+    int token_absent;    /* token_not_present */
+    CK_RV once_rv;       /* *_once, else 0 */
+    int not_logged_in;   /* not_logged_in (persistent) */
+    long slow_ms;        /* slow <ms> */
+    int pin_incorrect;   /* pin_incorrect */
+};
+
+/* Serializes "read the file, then rewrite it to none" so a one-shot fault fires once even
+ * when several worker threads call in at the same moment. */
+static pthread_mutex_t control_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void parse(const char *line, struct fault *f)
+{
+    char buf[256];
+    char *save = NULL;
+    snprintf(buf, sizeof buf, "%s", line);
+    for (char *w = strtok_r(buf, " \t\r\n", &save); w; w = strtok_r(NULL, " \t\r\n", &save)) {
+        if (!strcmp(w, "device_error")) {
+            f->device_rv = CKR_DEVICE_ERROR;
+        } else if (!strcmp(w, "device_removed")) {
+            f->device_rv = CKR_DEVICE_REMOVED;
+        } else if (!strcmp(w, "token_not_present")) {
+            f->device_rv = CKR_TOKEN_NOT_PRESENT;
+            f->token_absent = 1;
+        } else if (!strcmp(w, "session_invalid_once")) {
+            f->once_rv = CKR_SESSION_HANDLE_INVALID;
+        } else if (!strcmp(w, "not_logged_in_once")) {
+            f->once_rv = CKR_USER_NOT_LOGGED_IN;
+        } else if (!strcmp(w, "not_logged_in")) {
+            f->not_logged_in = 1;
+        } else if (!strcmp(w, "slow")) {
+            char *ms = strtok_r(NULL, " \t\r\n", &save);
+            f->slow_ms = ms ? strtol(ms, NULL, 10) : 0;
+        } else if (!strcmp(w, "pin_incorrect")) {
+            f->pin_incorrect = 1;
+        }
+        /* "none" and unknown words inject nothing. */
+    }
+}
+
+/* Replaces the control file atomically (write + rename), so a reader never sees it half
+ * written. */
+static void rewrite_control(const char *path, const char *text)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.shim-tmp", path);
+    FILE *out = fopen(tmp, "w");
+    if (!out)
+        return;
+    fputs(text, out);
+    fclose(out);
+    rename(tmp, path);
+}
+
+/* Reads the current fault. With consume_once, a one-shot fault is returned and cleared. */
+static void current_fault(struct fault *f, int consume_once)
+{
+    memset(f, 0, sizeof *f);
+    const char *path = getenv("FAULTSHIM_CONTROL");
+    if (!path || !*path)
+        return;
+    pthread_mutex_lock(&control_lock);
+    char line[256] = "";
+    FILE *in = fopen(path, "r");
+    if (in) {
+        if (!fgets(line, sizeof line, in))
+            line[0] = '\0';
+        fclose(in);
+    }
+    parse(line, f);
+    if (f->once_rv) {
+        if (consume_once)
+            rewrite_control(path, "none\n");
+        else
+            f->once_rv = 0;
+    }
+    pthread_mutex_unlock(&control_lock);
+}
+
+static void count_login(void)
+{
+    const char *path = getenv("FAULTSHIM_CONTROL");
+    if (!path || !*path)
+        return;
+    char log[4096];
+    snprintf(log, sizeof log, "%s.logins", path);
+    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+    if (fd >= 0) {
+        (void)!write(fd, "login\n", 6);
+        close(fd);
+    }
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+    }
+}
+
+/* The gate in front of every crypto call: slow first (a slow device is slow to fail too),
+ * then the device fault, the lost login, the one-shot fault. */
+static CK_RV crypto_gate(void)
+{
+    struct fault f;
+    current_fault(&f, 1);
+    if (f.slow_ms > 0)
+        sleep_ms(f.slow_ms);
+    if (f.device_rv)
+        return f.device_rv;
+    if (f.not_logged_in)
+        return CKR_USER_NOT_LOGGED_IN;
+    return f.once_rv;
+}
+
+/* The gate in front of find, open-session and session-info calls: device faults only. */
+static CK_RV device_gate(void)
+{
+    struct fault f;
+    current_fault(&f, 0);
+    return f.device_rv;
+}
+
+/* ---- The real module and the wrapped list ---- */
+
+static struct CK_FUNCTION_LIST *real;
+static struct CK_FUNCTION_LIST wrapped;
+static pthread_mutex_t load_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static CK_RV shim_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out);
+
+static CK_RV shim_GetSlotList(CK_BBOOL token_present, CK_SLOT_ID *list, CK_ULONG *count)
+{
+    struct fault f;
+    current_fault(&f, 0);
+    if (f.token_absent && token_present && count) {
+        /* Every slot is empty: a removed token is simply not listed. */
+        *count = 0;
+        return CKR_OK;
+    }
+    return real->C_GetSlotList(token_present, list, count);
+}
+
+static CK_RV shim_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO *info)
+{
+    struct fault f;
+    current_fault(&f, 0);
+    if (f.token_absent)
+        return CKR_TOKEN_NOT_PRESENT;
+    return real->C_GetTokenInfo(slot, info);
+}
+
+static CK_RV shim_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, void *app, CK_NOTIFY notify,
+                              CK_SESSION_HANDLE *session)
+{
+    CK_RV rv = device_gate();
+    return rv ? rv : real->C_OpenSession(slot, flags, app, notify, session);
+}
+
+static CK_RV shim_GetSessionInfo(CK_SESSION_HANDLE session, CK_SESSION_INFO *info)
+{
+    struct fault f;
+    current_fault(&f, 0);
+    if (f.device_rv)
+        return f.device_rv;
+    CK_RV rv = real->C_GetSessionInfo(session, info);
+    if (rv == CKR_OK && f.not_logged_in && info) {
+        /* What a token that lost the login reports: a public session. */
+        info->state = (info->flags & CKF_RW_SESSION) ? CKS_RW_PUBLIC_SESSION : CKS_RO_PUBLIC_SESSION;
+    }
+    return rv;
+}
+
+static CK_RV shim_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user, CK_BYTE *pin, CK_ULONG len)
+{
+    struct fault f;
+    count_login();
+    current_fault(&f, 0);
+    if (f.pin_incorrect)
+        return CKR_PIN_INCORRECT;
+    CK_RV rv = real->C_Login(session, user, pin, len);
+    if (f.not_logged_in && (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN)) {
+        /* A new login is what brings a token that forgot it back. */
+        pthread_mutex_lock(&control_lock);
+        rewrite_control(getenv("FAULTSHIM_CONTROL"), "none\n");
+        pthread_mutex_unlock(&control_lock);
+    }
+    return rv;
+}
+
+static CK_RV shim_FindObjectsInit(CK_SESSION_HANDLE session, CK_ATTRIBUTE *tmpl, CK_ULONG n)
+{
+    CK_RV rv = device_gate();
+    return rv ? rv : real->C_FindObjectsInit(session, tmpl, n);
+}
+
+static CK_RV shim_EncryptInit(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_OBJECT_HANDLE key)
+{
+    CK_RV rv = crypto_gate();
+    return rv ? rv : real->C_EncryptInit(session, mech, key);
+}
+
+static CK_RV shim_Encrypt(CK_SESSION_HANDLE session, CK_BYTE *in, CK_ULONG in_len, CK_BYTE *out,
+                          CK_ULONG *out_len)
+{
+    CK_RV rv = crypto_gate();
+    return rv ? rv : real->C_Encrypt(session, in, in_len, out, out_len);
+}
+
+static CK_RV shim_DecryptInit(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_OBJECT_HANDLE key)
+{
+    CK_RV rv = crypto_gate();
+    return rv ? rv : real->C_DecryptInit(session, mech, key);
+}
+
+static CK_RV shim_Decrypt(CK_SESSION_HANDLE session, CK_BYTE *in, CK_ULONG in_len, CK_BYTE *out,
+                          CK_ULONG *out_len)
+{
+    CK_RV rv = crypto_gate();
+    return rv ? rv : real->C_Decrypt(session, in, in_len, out, out_len);
+}
+
+static CK_RV shim_GenerateRandom(CK_SESSION_HANDLE session, CK_BYTE *out, CK_ULONG len)
+{
+    CK_RV rv = crypto_gate();
+    return rv ? rv : real->C_GenerateRandom(session, out, len);
+}
+
+/* Loads the real module once and builds the wrapped list: a copy of the real one (so
+ * C_Initialize, C_Finalize and everything not listed here reach the real module unchanged,
+ * arguments included) with the fault-injecting entries swapped in. */
+static CK_RV load_real(void)
+{
+    CK_RV rv = CKR_OK;
+    pthread_mutex_lock(&load_lock);
+    if (!real) {
+        const char *path = getenv("FAULTSHIM_REAL_MODULE");
+        if (!path || !*path)
+            path = "/usr/lib/softhsm/libsofthsm2.so";
+        /* RTLD_LOCAL keeps the real module's symbols out of the global scope; the handle is
+         * never closed, so the real module outlives any dlclose of the shim. */
+        void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        CK_RV (*get)(CK_FUNCTION_LIST_PTR_PTR) =
+            lib ? (CK_RV(*)(CK_FUNCTION_LIST_PTR_PTR))dlsym(lib, "C_GetFunctionList") : NULL;
+        struct CK_FUNCTION_LIST *list = NULL;
+        if (!get) {
+            fprintf(stderr, "faultshim: cannot load %s: %s\n", path, dlerror());
+            rv = CKR_GENERAL_ERROR;
+        } else if ((rv = get(&list)) == CKR_OK) {
+            wrapped = *list;
+            wrapped.C_GetFunctionList = shim_GetFunctionList;
+            wrapped.C_GetSlotList = shim_GetSlotList;
+            wrapped.C_GetTokenInfo = shim_GetTokenInfo;
+            wrapped.C_OpenSession = shim_OpenSession;
+            wrapped.C_GetSessionInfo = shim_GetSessionInfo;
+            wrapped.C_Login = shim_Login;
+            wrapped.C_FindObjectsInit = shim_FindObjectsInit;
+            wrapped.C_EncryptInit = shim_EncryptInit;
+            wrapped.C_Encrypt = shim_Encrypt;
+            wrapped.C_DecryptInit = shim_DecryptInit;
+            wrapped.C_Decrypt = shim_Decrypt;
+            wrapped.C_GenerateRandom = shim_GenerateRandom;
+            real = list;
+        }
+    }
+    pthread_mutex_unlock(&load_lock);
+    return rv;
+}
+
+static CK_RV shim_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
+{
+    if (!out)
+        return 0x07UL; /* CKR_ARGUMENTS_BAD */
+    CK_RV rv = load_real();
+    if (rv == CKR_OK)
+        *out = &wrapped;
+    return rv;
+}
+
+/* The one exported symbol. */
+__attribute__((visibility("default"))) CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
+{
+    return shim_GetFunctionList(out);
+}
