@@ -769,3 +769,16 @@ fn supplementary_members_of_the_admin_group_may_use_the_socket() {
         "{err}"
     );
 }
+
+#[test]
+fn a_key_disabled_while_the_daemon_was_down_is_refused_from_the_first_request() {
+    let fx = Fixture::new();
+    cli_ok(
+        &fx.path("config.toml"),
+        &["keys", "disable", KEY_AES, "--reason", "while down"],
+    );
+    let proxy = TestProxy::start(&fx);
+    let mut xks = proxy.xks(&fx);
+    assert_invalid_state(&xks.encrypt(KEY_AES, &encrypt_body(b"x", None, false)));
+    assert_eq!(xks.metadata(KEY_AES).json()["keyStatus"], "DISABLED");
+}

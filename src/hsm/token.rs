@@ -206,7 +206,18 @@ impl Token {
     /// Loads and initialises the module, finds the token by label and logs in. A wrong or locked
     /// PIN is [`HsmError::LoginRefused`]; callers must not retry it in a loop (HSMs lock PINs).
     pub fn connect(&self) -> Result<(), HsmError> {
-        let conn = self.open_connection();
+        let conn = self.open_connection().and_then(|c| {
+            // The disabled-key marks are read before the first request can be served: a key
+            // disabled while this instance was down must not serve even briefly. A token
+            // whose marks cannot be read is not served at all (fail closed).
+            let login = c.login.lock().unwrap_or_else(|p| p.into_inner());
+            let marks = crate::keyadmin::disabled_set(&login)
+                .map_err(|e| HsmError::Unavailable(format!("cannot read disabled-key marks: {e}")))?;
+            drop(login);
+            let _sync = self.disabled_sync.lock().unwrap_or_else(|p| p.into_inner());
+            *self.disabled.write().unwrap_or_else(|p| p.into_inner()) = marks;
+            Ok(c)
+        });
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.keys.write().unwrap_or_else(|p| p.into_inner()).clear();
