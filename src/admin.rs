@@ -264,8 +264,11 @@ pub fn serve(path: &Path, group: Option<&str>, control: Arc<Control>) -> Result<
         Ok(_) => std::fs::remove_file(path).map_err(|e| format!("admin.socket: {e}"))?,
         Err(_) => {}
     }
-    let listener =
-        UnixListener::bind(path).map_err(|e| format!("admin.socket: cannot bind {}: {e}", path.display()))?;
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .map_err(|e| format!("admin.socket: cannot bind {}: {e}", path.display()))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("admin.socket: {e}"))?;
     let gid = group.map(group_id).transpose()?;
     let mode = if gid.is_some() { 0o660 } else { 0o600 };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -275,20 +278,35 @@ pub fn serve(path: &Path, group: Option<&str>, control: Arc<Control>) -> Result<
     }
     let uid = own_uid();
     tracing::info!(socket = %path.display(), mode = format!("{mode:o}"), "admin socket ready");
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let c = control.clone();
-                    tokio::spawn(async move { handle(stream, c, uid, gid).await });
+    // The admin API runs on its own thread and runtime: under full request load an engage
+    // must not queue behind request tasks for a turn on the shared runtime.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("admin.socket: cannot start its runtime: {e}"))?;
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = match UnixListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!(error = %e, "admin socket unusable"),
+                };
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, _)) => {
+                            let c = control.clone();
+                            tokio::spawn(async move { handle(stream, c, uid, gid).await });
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "admin accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    });
+            })
+        })
+        .map_err(|e| format!("admin.socket: cannot start its thread: {e}"))?;
     Ok(())
 }
 
