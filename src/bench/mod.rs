@@ -2,7 +2,8 @@
 //! token itself, the ceiling a proxy is compared with.
 //!
 //! - [`args`]: the command line; [`plan`]: checks it (bad values exit 64).
-//! - [`client`]: one keep-alive HTTP/1.1 connection over rustls, every request freshly signed.
+//! - [`client`]: one keep-alive HTTP/1.1 connection over rustls, every request freshly signed;
+//!   [`endpoint`]: the `--endpoint` URL.
 //! - [`workload`]: request bodies and response checks (decrypts are compared with the plaintext).
 //! - [`mix`]: operation weights; [`schedule`]: warmup, then a deadline or a request budget.
 //! - [`runner`]: the proxy run; [`raw_token`]: the token run.
@@ -14,6 +15,7 @@
 
 pub mod args;
 pub mod client;
+pub mod endpoint;
 pub mod mix;
 pub mod plan;
 pub mod progress;

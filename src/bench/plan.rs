@@ -4,7 +4,7 @@
 //! quickstart.json.
 
 use super::args::{BenchArgs, BenchOptions};
-use super::client::Endpoint;
+use super::endpoint::Endpoint;
 use super::mix::{Mix, Op};
 use super::schedule::Stop;
 use crate::secret::SecretSource;
@@ -126,6 +126,10 @@ pub fn resolve(args: BenchArgs) -> Result<Plan, String> {
     let target = if args.raw_token {
         token_target(&args, &mut qs, &mix)?
     } else {
+        // The key id is a path segment of every request.
+        if !crate::config_rules::valid_key_id(&key_id) {
+            return Err(format!("--key-id: {key_id:?} is not a valid XKS key id"));
+        }
         Target::Proxy(proxy_target(&args, &mut qs)?)
     };
     Ok(Plan {
@@ -167,10 +171,35 @@ fn proxy_target(args: &BenchOptions, qs: &mut QuickstartFile) -> Result<ProxyTar
         .clone()
         .or(qs.uri_path.take())
         .ok_or("--uri-path is required (or --quickstart)")?;
-    if !uri_path.starts_with('/') || uri_path.contains(['?', '#', ' ']) {
-        return Err("--uri-path must be an absolute path such as /prefix/kms/xks/v1".into());
+    // The spec's alphabet for XksProxyUriPath; anything else could not be sent unescaped.
+    let spec_chars = uri_path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/-_".contains(&b));
+    if !uri_path.starts_with('/') || !spec_chars {
+        return Err("--uri-path must be a path of A-Za-z0-9/-_ such as /prefix/kms/xks/v1".into());
     }
     let ca_file = args.ca_file.clone().or(qs.ca_certificate.take());
+    let region = args
+        .region
+        .clone()
+        .or(qs.region.take())
+        .unwrap_or_else(|| DEFAULT_REGION.to_owned());
+    // Both go into every signature (and the region into the key ARN of every body).
+    if region.is_empty()
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!("--region: {region:?} is not a region name"));
+    }
+    let access_key_id = args
+        .access_key_id
+        .clone()
+        .or(qs.access_key_id.take())
+        .ok_or("--access-key-id is required (or --quickstart)")?;
+    if access_key_id.is_empty() || !access_key_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err("--access-key-id must be letters and digits".into());
+    }
     if endpoint.tls && ca_file.is_none() {
         return Err("--ca-file is required for https (or --quickstart)".into());
     }
@@ -181,17 +210,9 @@ fn proxy_target(args: &BenchOptions, qs: &mut QuickstartFile) -> Result<ProxyTar
     Ok(ProxyTarget {
         endpoint,
         uri_path: uri_path.trim_end_matches('/').to_owned(),
-        access_key_id: args
-            .access_key_id
-            .clone()
-            .or(qs.access_key_id.take())
-            .ok_or("--access-key-id is required (or --quickstart)")?,
+        access_key_id,
         secret: secret(args, qs)?,
-        region: args
-            .region
-            .clone()
-            .or(qs.region.take())
-            .unwrap_or_else(|| DEFAULT_REGION.to_owned()),
+        region,
         ca_file,
         connections: count("--connections", &args.connections, 1, MAX_CONNECTIONS)?,
         timeout: seconds("--timeout", &args.timeout, false)?,

@@ -26,7 +26,8 @@ impl Live {
     }
 }
 
-/// A running progress printer; [`Progress::finish`] stops it and clears its line.
+/// A running progress printer; dropping it (or [`Progress::finish`]) stops it and clears its
+/// line, so an early return never leaves it printing.
 pub struct Progress {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -44,7 +45,13 @@ impl Progress {
     }
 
     /// Stops the printer and erases its line.
-    pub fn finish(mut self) {
+    pub fn finish(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -69,7 +76,9 @@ fn print_loop(live: &Live, measure_start: Instant, unit: &str, stop: &AtomicBool
             ),
             Some(elapsed) => {
                 let done = live.done.load(Ordering::Relaxed);
-                let rate = (done - last_done) as f64 / now.duration_since(last_at).as_secs_f64();
+                // The first measured tick covers only the time since warmup ended.
+                let window = now.duration_since(last_at.max(measure_start)).as_secs_f64();
+                let rate = (done - last_done) as f64 / window.max(1e-3);
                 last_done = done;
                 format!(
                     "{:7.1} s  {done:>10} {unit}  {rate:>10.0} {unit}/s  {} failed",
