@@ -10,7 +10,7 @@
 //! has its own slow schedule below). "Still unavailable" is logged at the first failure, when
 //! the reason changes, and then once a minute.
 //!
-//! Before each reconnect it retires the failed connection ([`Token::retire_failed`]: sessions
+//! Before each reconnect it retires the failed connection (`Token::retire_failed`: sessions
 //! closed, module finalized when nothing else uses it), so the attempt starts from a fresh
 //! `C_Initialize`.
 //!

@@ -7,8 +7,8 @@
 //! dedicated "login session" open so the login survives workers dropping their sessions.
 //!
 //! Recovery from a device-class failure ([`HsmError::device_lost`], or a login the token
-//! forgot): [`Token::mark_failed`] takes the connection out of service and parks it; before
-//! reconnecting, the supervisor calls [`Token::retire_failed`], which waits (bounded) for the
+//! forgot): `Token::mark_failed` takes the connection out of service and parks it; before
+//! reconnecting, the supervisor calls `Token::retire_failed`, which waits (bounded) for the
 //! workers to close their sessions, closes the login session and `C_Finalize`s the module, so
 //! that the next [`Token::connect`] starts from a real `C_Initialize` and re-enumerates slots
 //! (a module that reported a device error may otherwise keep its broken state, and many only
@@ -415,7 +415,7 @@ impl Token {
     }
 
     /// Records a device-class failure (or a lost login): the token is unavailable until the
-    /// supervisor reconnects it; the failed connection is parked for [`Token::retire_failed`].
+    /// supervisor reconnects it; the failed connection is parked for `Token::retire_failed`.
     pub(super) fn mark_failed(&self, err: &HsmError) {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         if matches!(*state, State::Connected(_)) {
@@ -429,7 +429,7 @@ impl Token {
         }
     }
 
-    /// Before a reconnect: retires the connection parked by [`Token::mark_failed`]. Waits up
+    /// Before a reconnect: retires the connection parked by `Token::mark_failed`. Waits up
     /// to `wait` for the workers to close their sessions (they look every
     /// [`super::IDLE_CHECK`], or when their current call returns), closes the login session
     /// and finalizes the module when nothing else uses it. Never touches a connection parked

@@ -1,6 +1,6 @@
 //! GetHealthStatus: a real probe through the keystore's worker pool, reported per token.
 //!
-//! [AMBIG] The spec does not say what to answer when no HSM can serve. We answer 200 with
+//! \[AMBIG\] The spec does not say what to answer when no HSM can serve. We answer 200 with
 //! `UNAVAILABLE` for that token rather than an error: KMS uses the per-EKM status for its
 //! availability metrics, and an error would hide which HSM is down. A keystore disabled by the
 //! kill switch answers InvalidStateException before reaching this code.
