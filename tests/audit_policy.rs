@@ -141,7 +141,16 @@ fn every_request_is_audited_once_including_unauthenticated_and_denied_ones_witho
     };
     assert_eq!(bad.health().status, 401);
     assert_eq!(proxy.client().send("POST", "/nowhere", &[], b"{}").status, 404);
-    let logs = proxy.stop(); // flushes the trail on the way out
+    // The writer thread appends asynchronously: wait (bounded) for the five records.
+    let written = wait_until(WAIT, || {
+        audit_lines(&fx)
+            .iter()
+            .filter(|l| l["event"] == "request")
+            .count()
+            >= 5
+    });
+    assert!(written, "audit records missing: {:#?}", audit_lines(&fx));
+    let logs = proxy.stop();
     let lines = audit_lines(&fx);
     let requests: Vec<&Value> = lines.iter().filter(|l| l["event"] == "request").collect();
     let outcomes: Vec<&str> = requests.iter().map(|l| l["outcome"].as_str().unwrap()).collect();
