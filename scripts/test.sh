@@ -8,4 +8,4 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 cargo build --locked --all-targets
-cargo test --locked -- --test-threads "${XKS_TEST_THREADS:-4}"
+cargo test --locked --no-fail-fast -- --test-threads "${XKS_TEST_THREADS:-4}"
