@@ -40,6 +40,20 @@ fn probe(fx: &Fixture, proxy: &TestProxy, stop: &AtomicBool, min: usize) -> Vec<
     lat
 }
 
+/// Probes for `period`, then raises `stop` for the attackers too.
+fn probe_for(fx: &Fixture, proxy: &TestProxy, stop: &Arc<AtomicBool>, period: Duration) -> Vec<Duration> {
+    let stopper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(period);
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let lat = probe(fx, proxy, stop, 50);
+    stopper.join().unwrap();
+    lat
+}
+
 fn report(name: &str, mut lat: Vec<Duration>) {
     lat.sort();
     eprintln!(
@@ -95,15 +109,7 @@ fn thousands_of_idle_connections_and_a_handshake_flood_leave_well_behaved_client
             }
         })
     };
-    let stopper = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(3));
-            stop.store(true, Ordering::SeqCst);
-        })
-    };
-    let lat = probe(&fx, &proxy, &stop, 50);
-    stopper.join().unwrap();
+    let lat = probe_for(&fx, &proxy, &stop, Duration::from_secs(3));
     rt.block_on(flood).unwrap();
     eprintln!(
         "{} idle connections held, {} flood handshakes",
@@ -165,15 +171,7 @@ fn pipelined_garbage_gets_an_error_and_a_closed_connection_without_disturbing_ot
             }
         })
     };
-    let stopper = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(3));
-            stop.store(true, Ordering::SeqCst);
-        })
-    };
-    let lat = probe(&fx, &proxy, &stop, 50);
-    stopper.join().unwrap();
+    let lat = probe_for(&fx, &proxy, &stop, Duration::from_secs(3));
     rt.block_on(attackers).unwrap();
     let n = closed.load(Ordering::Relaxed);
     assert!(n > 0, "no garbage connection was closed by the server within 5 s");
