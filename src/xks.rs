@@ -242,17 +242,48 @@ pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
     })
 }
 
-/// Removes the contents of "double-quoted" literals from a serde message.
+/// Removes the values a serde message quotes: the contents of double-quoted strings (which
+/// serde writes Debug-escaped, so an escaped quote does not end them) and of backticked
+/// numbers, booleans and variants. A backticked name right after "field" is kept: field names
+/// come from our types ("missing field", "duplicate field").
 fn strip_quoted(msg: &str) -> String {
+    #[derive(Clone, Copy)]
+    enum At {
+        Text,
+        Str { escaped: bool },
+        Tick,
+        FieldName,
+    }
     let mut out = String::with_capacity(msg.len());
-    let mut inside = false;
+    let mut at = At::Text;
     for c in msg.chars() {
-        if c == '"' {
-            inside = !inside;
-            out.push_str(if inside { "\"..." } else { "\"" });
-        } else if !inside {
-            out.push(c);
-        }
+        at = match (at, c) {
+            (At::Text, '"') => {
+                out.push_str("\"...");
+                At::Str { escaped: false }
+            }
+            (At::Text, '`') => {
+                out.push('`');
+                if out.ends_with("field `") {
+                    At::FieldName
+                } else {
+                    out.push_str("...");
+                    At::Tick
+                }
+            }
+            (At::Str { escaped: false }, '"') | (At::Tick, '`') | (At::FieldName, '`') => {
+                out.push(c);
+                At::Text
+            }
+            (At::Str { escaped }, _) => At::Str {
+                escaped: !escaped && c == '\\',
+            },
+            (At::Text, _) | (At::FieldName, _) => {
+                out.push(c);
+                at
+            }
+            (At::Tick, _) => at,
+        };
     }
     crate::error::sanitize(&out)
 }
@@ -281,6 +312,24 @@ mod tests {
             parse::<MetadataOnly>(b"not json").unwrap_err(),
             "request body is not a valid JSON object"
         );
+    }
+
+    /// Found by `fuzz/fuzz_targets/request_json.rs`: numbers were echoed in backticks, and an
+    /// escaped quote ended the stripped region early, echoing the rest of the string.
+    #[test]
+    fn numbers_and_strings_with_escaped_quotes_are_never_echoed() {
+        let e = parse::<MetadataOnly>(br#"{"requestMetadata":4111111111111111}"#).unwrap_err();
+        assert!(!e.contains("4111111111111111"), "{e}");
+        let e = parse::<MetadataOnly>(br#"777777777777777777777777777777777"#).unwrap_err();
+        assert!(!e.contains("777777"), "{e}");
+        let e = parse::<EncryptRequest>(br#"{"requestMetadata":"ab"SECRETSECRET"}"#).unwrap_err();
+        assert!(!e.contains("SECRET"), "{e}");
+        assert!(e.contains("expected struct RequestMetadata"), "{e}");
+        let e = parse::<EncryptRequest>(br#"{"requestMetadata":true,"plaintext":"\\"}"#).unwrap_err();
+        assert!(!e.contains("true"), "{e}");
+        let e = parse::<MetadataOnly>(br#"{"requestMetadata":{"kmsRequestId":"a","kmsRequestId":"b"}}"#)
+            .unwrap_err();
+        assert!(e.contains("duplicate field `kmsRequestId`"), "{e}");
     }
 
     #[test]

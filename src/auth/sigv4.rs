@@ -172,9 +172,13 @@ pub fn sign(
     let amz_date = format_amz_date(now);
     let date = &amz_date[..8];
     let signed = "content-type;host;x-amz-date";
+    // Canonical values, exactly as `verify` computes them from the headers as sent.
+    let (mut content_type_c, mut host_c) = (String::new(), String::new());
+    push_trimmed(&mut content_type_c, content_type);
+    push_trimmed(&mut host_c, host);
     let pairs = [
-        ("content-type", content_type),
-        ("host", host),
+        ("content-type", content_type_c.as_str()),
+        ("host", host_c.as_str()),
         ("x-amz-date", amz_date.as_str()),
     ];
     let creq = canonical_request("POST", path, pairs.into_iter(), signed, body);
@@ -296,20 +300,26 @@ fn canonical_header_value(headers: &HeaderMap, name: &str) -> Option<String> {
             out.push(',');
         }
         any = true;
-        let mut last_space = false;
-        for c in v.trim().chars() {
-            if c == ' ' || c == '\t' {
-                if !last_space {
-                    out.push(' ');
-                }
-                last_space = true;
-            } else {
-                out.push(c);
-                last_space = false;
-            }
-        }
+        push_trimmed(&mut out, v);
     }
     any.then_some(out)
+}
+
+/// One header value as SigV4 canonicalises it: trimmed, inner runs of spaces and tabs made one
+/// space.
+fn push_trimmed(out: &mut String, value: &str) {
+    let mut last_space = false;
+    for c in value.trim().chars() {
+        if c == ' ' || c == '\t' {
+            if !last_space {
+                out.push(' ');
+            }
+            last_space = true;
+        } else {
+            out.push(c);
+            last_space = false;
+        }
+    }
 }
 
 fn canonical_request<'a>(
