@@ -11,19 +11,29 @@ use crate::server::routes::Operation;
 use crate::xks::{self, DecryptRequest, DecryptResponse};
 use zeroize::Zeroizing;
 
-/// Handles one Decrypt request.
-pub async fn handle(
-    ks: &Keystore,
-    key_id: &str,
-    body: &[u8],
-    limits: &Limits,
-    ctx: &mut RequestContext,
-) -> Result<Vec<u8>, Error> {
+/// A Decrypt request that passed validation: the decoded inputs for the token.
+pub struct ValidDecrypt {
+    /// The ciphertext without its tag (at most `limits.max_plaintext_bytes`).
+    pub ciphertext: Vec<u8>,
+    /// The IV: 12 or 16 bytes.
+    pub iv: Vec<u8>,
+    /// The GCM tag: 16 bytes.
+    pub tag: Vec<u8>,
+    /// The caller's AAD bytes (at most `limits.max_aad_bytes`; empty when absent).
+    pub aad: Vec<u8>,
+    /// The ciphertext metadata (at most 20 bytes; empty when absent).
+    pub metadata: Vec<u8>,
+}
+
+/// Parses and validates a Decrypt body: every check before the key lookup and the token call.
+/// Side-effect free apart from filling `ctx`; [`handle`] runs exactly this (and the fuzz targets
+/// call it directly).
+pub fn validate(body: &[u8], limits: &Limits, ctx: &mut RequestContext) -> Result<ValidDecrypt, Error> {
     let req: DecryptRequest = xks::parse(body).map_err(Error::Validation)?;
     ctx.record(&req.request_metadata);
     require_key_op_fields(&req.request_metadata, true)?;
     require_aes_gcm(&req.encryption_algorithm)?;
-    let mut ciphertext = b64_capped("ciphertext", &req.ciphertext, limits.max_plaintext_bytes)?;
+    let ciphertext = b64_capped("ciphertext", &req.ciphertext, limits.max_plaintext_bytes)?;
     let iv = b64("initializationVector", &req.initialization_vector)?;
     if iv.len() != 12 && iv.len() != 16 {
         return Err(Error::Validation(
@@ -49,6 +59,30 @@ pub async fn handle(
             "ciphertextMetadata must decode to at most 20 bytes".into(),
         ));
     }
+    Ok(ValidDecrypt {
+        ciphertext,
+        iv,
+        tag,
+        aad,
+        metadata,
+    })
+}
+
+/// Handles one Decrypt request.
+pub async fn handle(
+    ks: &Keystore,
+    key_id: &str,
+    body: &[u8],
+    limits: &Limits,
+    ctx: &mut RequestContext,
+) -> Result<Vec<u8>, Error> {
+    let ValidDecrypt {
+        mut ciphertext,
+        iv,
+        tag,
+        aad,
+        metadata,
+    } = validate(body, limits, ctx)?;
     ks.check_key(key_id)?;
     ks.authorize(Operation::Decrypt, key_id, ctx)?;
     ks.check_enabled(key_id)?;

@@ -14,14 +14,20 @@ use zeroize::Zeroizing;
 
 const TAG_LEN: usize = 16;
 
-/// Handles one Encrypt request.
-pub async fn handle(
-    ks: &Keystore,
-    key_id: &str,
-    body: &[u8],
-    limits: &Limits,
-    ctx: &mut RequestContext,
-) -> Result<Vec<u8>, Error> {
+/// An Encrypt request that passed validation: the decoded inputs for the token.
+pub struct ValidEncrypt {
+    /// The plaintext bytes (at most `limits.max_plaintext_bytes`).
+    pub plaintext: Zeroizing<Vec<u8>>,
+    /// The caller's AAD bytes (at most `limits.max_aad_bytes`; empty when absent).
+    pub aad: Vec<u8>,
+    /// A ciphertext data integrity value (`SHA_256`) was requested.
+    pub with_cdiv: bool,
+}
+
+/// Parses and validates an Encrypt body: every check before the key lookup and the token call.
+/// Side-effect free apart from filling `ctx`; [`handle`] runs exactly this (and the fuzz targets
+/// call it directly).
+pub fn validate(body: &[u8], limits: &Limits, ctx: &mut RequestContext) -> Result<ValidEncrypt, Error> {
     let req: EncryptRequest = xks::parse(body).map_err(Error::Validation)?;
     ctx.record(&req.request_metadata);
     require_key_op_fields(&req.request_metadata, true)?;
@@ -44,6 +50,26 @@ pub async fn handle(
         Some(a) => b64_capped("additionalAuthenticatedData", a, limits.max_aad_bytes)?,
         None => Vec::new(),
     };
+    Ok(ValidEncrypt {
+        plaintext,
+        aad,
+        with_cdiv,
+    })
+}
+
+/// Handles one Encrypt request.
+pub async fn handle(
+    ks: &Keystore,
+    key_id: &str,
+    body: &[u8],
+    limits: &Limits,
+    ctx: &mut RequestContext,
+) -> Result<Vec<u8>, Error> {
+    let ValidEncrypt {
+        plaintext,
+        aad,
+        with_cdiv,
+    } = validate(body, limits, ctx)?;
     ks.check_key(key_id)?;
     ks.authorize(Operation::Encrypt, key_id, ctx)?;
     ks.check_enabled(key_id)?;

@@ -11,6 +11,14 @@ use crate::error::Error;
 use crate::hsm::TokenStatus;
 use crate::xks::{self, EkmDetail, HealthResponse, MetadataOnly};
 
+/// Parses a GetHealthStatus body. Side-effect free apart from filling `ctx`; [`handle`] runs
+/// exactly this before probing the token.
+pub fn validate(body: &[u8], ctx: &mut RequestContext) -> Result<(), Error> {
+    let req: MetadataOnly = xks::parse(body).map_err(Error::Validation)?;
+    ctx.record(&req.request_metadata);
+    Ok(())
+}
+
 /// Handles one GetHealthStatus request.
 pub async fn handle(
     ks: &Keystore,
@@ -18,8 +26,7 @@ pub async fn handle(
     body: &[u8],
     ctx: &mut RequestContext,
 ) -> Result<Vec<u8>, Error> {
-    let req: MetadataOnly = xks::parse(body).map_err(Error::Validation)?;
-    ctx.record(&req.request_metadata);
+    validate(body, ctx)?;
     let h = ks.hsm.health().await;
     if h.status != TokenStatus::Active {
         tracing::warn!(token = %h.name, status = h.status.as_str(), detail = %h.detail, "token not healthy");

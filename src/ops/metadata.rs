@@ -6,6 +6,14 @@ use crate::error::Error;
 use crate::server::routes::Operation;
 use crate::xks::{self, KeyMetadataResponse, MetadataOnly};
 
+/// Parses and validates a GetKeyMetadata body: every check before the key lookup and the token
+/// call. Side-effect free apart from filling `ctx`; [`handle`] runs exactly this.
+pub fn validate(body: &[u8], ctx: &mut RequestContext) -> Result<(), Error> {
+    let req: MetadataOnly = xks::parse(body).map_err(Error::Validation)?;
+    ctx.record(&req.request_metadata);
+    require_key_op_fields(&req.request_metadata, false)
+}
+
 /// Handles one GetKeyMetadata request.
 pub async fn handle(
     ks: &Keystore,
@@ -13,9 +21,7 @@ pub async fn handle(
     body: &[u8],
     ctx: &mut RequestContext,
 ) -> Result<Vec<u8>, Error> {
-    let req: MetadataOnly = xks::parse(body).map_err(Error::Validation)?;
-    ctx.record(&req.request_metadata);
-    require_key_op_fields(&req.request_metadata, false)?;
+    validate(body, ctx)?;
     ks.check_key(key_id)?;
     ks.authorize(Operation::Metadata, key_id, ctx)?;
     let info = ks.hsm.key_info(key_id).await?;
