@@ -83,6 +83,20 @@ impl Fixture {
         let (code, out, err) = run_bounded(cmd, Duration::from_secs(60));
         let setup_time = start.elapsed();
         assert_eq!(code, Some(0), "setup.sh failed: {out}\n{err}");
+        // Tests share two cores with parallel daemons and debug builds: give HSM jobs the largest
+        // deadline the config allows (240 ms) so a busy CI machine does not turn a healthy
+        // request into DependencyTimeoutException. Deadline behaviour itself is tested with
+        // explicit settings (tests/faults.rs).
+        let cfg_path = dir.join("config.toml");
+        let mut cfg: toml::Table = std::fs::read_to_string(&cfg_path)
+            .expect("fixture config")
+            .parse()
+            .expect("TOML");
+        cfg["tokens"].as_array_mut().expect("tokens")[0]
+            .as_table_mut()
+            .expect("token table")
+            .insert("request_timeout_ms".into(), 240.into());
+        std::fs::write(&cfg_path, toml::to_string(&cfg).expect("serialize")).expect("write fixture config");
         let secret = std::fs::read_to_string(dir.join("secrets/sigv4-secret")).expect("sigv4 secret");
         let mut fx = Fixture {
             _tmp: tmp,
