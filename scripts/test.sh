@@ -9,3 +9,8 @@ cargo clippy --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 cargo build --locked --all-targets
 cargo test --locked --no-fail-fast -- --test-threads "${XKS_TEST_THREADS:-4}"
+# A short, bounded fuzzing run of every target (XKS_FUZZ_SECONDS per target; 0 skips it).
+# Long campaigns: docs/fuzzing.md.
+if [ "${XKS_FUZZ_SECONDS:-30}" -gt 0 ]; then
+  scripts/fuzz.sh "${XKS_FUZZ_SECONDS:-30}"
+fi
