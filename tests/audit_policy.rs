@@ -273,3 +273,86 @@ fn operator_actions_join_the_chain_and_tampering_is_reported_at_the_edited_line(
         "the report must name the edited line: {out}"
     );
 }
+
+#[test]
+fn metrics_scrape_contains_every_named_series() {
+    use std::io::{Read, Write};
+    let fx = Fixture::new();
+    let proxy = TestProxy::start(&fx);
+    assert_eq!(proxy.xks(&fx).health().status, 200);
+    let mut addr = None;
+    assert!(wait_until(WAIT, || {
+        addr = proxy.stdout_lines().iter().find_map(|l| {
+            l.strip_prefix("xks-bridge metrics on http://")?
+                .strip_suffix("/metrics")
+                .map(String::from)
+        });
+        addr.is_some()
+    }));
+    let addr = addr.unwrap();
+    assert!(
+        addr.starts_with("127.0.0.1:"),
+        "metrics must listen on loopback: {addr}"
+    );
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for series in [
+        "xks_bridge_requests_total{keystore=\"/quickstart\",operation=\"GetHealthStatus\",outcome=\"OK\"} 1",
+        "xks_bridge_request_duration_seconds_bucket",
+        "xks_bridge_hsm_call_duration_seconds_count{token=",
+        "xks_bridge_hsm_queue_depth{token=",
+        "xks_bridge_token_up{token=\"quickstart-softhsm\"} 1",
+        "xks_bridge_kill_switch_engaged{scope=\"proxy\"} 0",
+        "xks_bridge_tls_certificate_expiry_seconds ",
+        "xks_bridge_config_reloads{result=\"ok\"} 0",
+        "xks_bridge_audit_write_errors 0",
+    ] {
+        assert!(text.contains(series), "missing {series:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn reload_under_load_fails_no_request() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let fx = Fixture::new();
+    let proxy = TestProxy::start(&fx);
+    let stop = Arc::new(AtomicBool::new(false));
+    let results: Arc<Mutex<Vec<u16>>> = Arc::default();
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, results) = (stop.clone(), results.clone());
+            let mut xks = proxy.xks(&fx);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let s = xks.encrypt(KEY_AES, &encrypt_body(b"reload", None, false)).status;
+                    results.lock().unwrap().push(s);
+                }
+            })
+        })
+        .collect();
+    for _ in 0..5 {
+        let mut c = Command::new(BIN);
+        c.args(["reload", "--config"]).arg(&proxy.config);
+        let (code, out, err) = run_bounded(c, WAIT);
+        assert_eq!(code, Some(0), "{out}{err}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::SeqCst);
+    load.into_iter().for_each(|t| t.join().unwrap());
+    let results = results.lock().unwrap();
+    assert!(results.len() > 20, "the load did not run");
+    assert!(
+        results.iter().all(|s| *s == 200),
+        "a request failed across reloads: {results:?}"
+    );
+    eprintln!(
+        "reload under load: 5 reloads, {} requests, 0 failed",
+        results.len()
+    );
+}

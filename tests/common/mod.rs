@@ -468,6 +468,11 @@ impl TestProxy {
         self.proc.pid()
     }
 
+    /// Every stdout line so far (the listening line, then e.g. the metrics address).
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.proc.stdout_lines()
+    }
+
     /// Polls (bounded) until the logs contain `needle`.
     pub fn wait_for_log(&self, needle: &str) -> bool {
         self.proc.wait_for_stderr(needle, WAIT)
