@@ -13,6 +13,8 @@
 #                   only watches dependencies; `none` runs four to five times as many inputs.
 #   FUZZ_TIMEOUT    seconds one input may take before it counts as a hang (default 10)
 #   FUZZ_RSS_MB     memory limit in MiB (default 2048)
+#   FUZZ_SEED       libFuzzer random seed; CI sets it so a run repeats the same search
+#                   (unset: a new random seed each run, as long campaigns want)
 #
 # Inputs the fuzzer finds go to fuzz/work/<target> (not committed); the seeds in
 # fuzz/corpus/<target> are only read. Crashes land in fuzz/artifacts/<target>/, logs in
@@ -67,7 +69,7 @@ for t in "${targets[@]}"; do
     rc=0
     cargo fuzz run "${build[@]}" "$t" "$work" "fuzz/corpus/$t" -- \
         -max_total_time="$secs" -timeout="$timeout" -rss_limit_mb="$rss" \
-        -print_final_stats=1 >"$log" 2>&1 || rc=$?
+        -print_final_stats=1 ${FUZZ_SEED:+-seed="$FUZZ_SEED"} >"$log" 2>&1 || rc=$?
     took=$(($(date +%s) - t0))
     execs=$(awk '/stat::number_of_executed_units:/ {print $2}' "$log" | tail -n 1)
     execs="${execs:-?}"

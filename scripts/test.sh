@@ -12,5 +12,5 @@ cargo test --locked --no-fail-fast -- --test-threads "${XKS_TEST_THREADS:-4}"
 # A short, bounded fuzzing run of every target (XKS_FUZZ_SECONDS per target; 0 skips it).
 # Long campaigns: docs/fuzzing.md.
 if [ "${XKS_FUZZ_SECONDS:-30}" -gt 0 ]; then
-  scripts/fuzz.sh "${XKS_FUZZ_SECONDS:-30}"
+  FUZZ_SEED="${FUZZ_SEED:-1}" scripts/fuzz.sh "${XKS_FUZZ_SECONDS:-30}"
 fi
