@@ -6,8 +6,8 @@ use crate::auth::CredentialSet;
 use crate::authz::{CompiledPolicy, RequestFacts};
 use crate::config::Limits;
 use crate::error::Error;
+use crate::gates::Gates;
 use crate::hsm::Hsm;
-use crate::kill_switch::KillSwitch;
 use crate::ops::{self, RequestContext};
 use crate::ratelimit::TokenBucket;
 use crate::server::routes::Operation;
@@ -108,21 +108,21 @@ pub struct App {
     pub limits: Limits,
     /// Reported fleet size.
     pub fleet_size: u32,
-    /// Whole-proxy and keystore kill switch.
-    pub kill: Arc<KillSwitch>,
+    /// Whole-proxy and keystore kill switch, as flipped by the control plane.
+    pub gates: Arc<Gates>,
     /// `<prefix>/kms/xks/v1` of each keystore, for routing.
     pub api_bases: Vec<String>,
 }
 
 impl App {
     /// Assembles the app.
-    pub fn new(keystores: Vec<Keystore>, limits: Limits, fleet_size: u32, kill: Arc<KillSwitch>) -> App {
+    pub fn new(keystores: Vec<Keystore>, limits: Limits, fleet_size: u32, gates: Arc<Gates>) -> App {
         let api_bases = keystores.iter().map(|k| k.api_base.clone()).collect();
         App {
             keystores,
             limits,
             fleet_size,
-            kill,
+            gates,
             api_bases,
         }
     }
@@ -137,10 +137,10 @@ impl App {
         ctx: &mut RequestContext,
     ) -> Result<Vec<u8>, Error> {
         let ks = self.keystores.get(keystore).ok_or(Error::InvalidUriPath)?;
-        if self.kill.proxy_engaged() {
+        if self.gates.proxy().is_closed() {
             return Err(Error::InvalidState("the proxy kill switch is engaged".into()));
         }
-        if self.kill.keystore_engaged(&ks.prefix) {
+        if self.gates.keystore_closed(&ks.prefix) {
             return Err(Error::InvalidState(
                 "this keystore is disabled by its kill switch".into(),
             ));

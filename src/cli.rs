@@ -3,16 +3,16 @@
 //! so. `keys wrap` is the key custodian's offline tool (no token, no daemon).
 
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use xks_bridge::admin::{self, AdminRequest, AdminResponse, ClientError, KeyOp, Scope};
 use xks_bridge::config::{Config, EXIT_BAD_CONFIG};
-use xks_bridge::keyadmin::Usage;
-use xks_bridge::kill_switch::{now_rfc3339, Engagement, KillSwitch};
-use xks_bridge::tokensetup;
+use xks_bridge::control::protocol::{AdminReply, AdminRequest, ChangeReport, KeyOp, Scope, Usage};
+use xks_bridge::exit::Exit;
+
+mod reach;
+mod render;
 
 type CliResult = Result<(), (i32, String)>;
-const EXIT_FAILED: i32 = 1;
+const EXIT_FAILED: i32 = Exit::Failed as i32;
 
 /// Where a kill switch command applies.
 #[derive(Args)]
@@ -211,15 +211,15 @@ pub fn audit_verify(files: &[PathBuf]) -> CliResult {
 /// Asks the running daemon to reload its configuration.
 pub fn reload(config: &Path) -> CliResult {
     let cfg = load(config)?;
-    let data = send_or_offline(&cfg, AdminRequest::Reload)?;
-    emit(&format!(
-        "reloaded: {}\n",
-        data["reloaded"].as_str().unwrap_or("?")
-    ));
-    Ok(())
+    match reach::send(&cfg, AdminRequest::Reload)? {
+        AdminReply::Reloaded { summary } => {
+            outln!("reloaded: {summary}");
+            Ok(())
+        }
+        other => Err(render::unexpected(other)),
+    }
 }
 
-/// Runs a `kill-switch` command.
 pub fn kill_switch(cmd: KillSwitchCmd) -> CliResult {
     match cmd {
         KillSwitchCmd::Engage(a) => {
@@ -229,8 +229,7 @@ pub fn kill_switch(cmd: KillSwitchCmd) -> CliResult {
                 reason: a.reason.clone(),
                 token: a.token.clone(),
             };
-            let data = send_or_offline(&cfg, req)?;
-            outln!("engaged {} ({})", scope_of(&a), describe_elapsed(&data));
+            change(reach::send(&cfg, req)?)
         }
         KillSwitchCmd::Release(a) => {
             let cfg = load(&a.config)?;
@@ -239,232 +238,71 @@ pub fn kill_switch(cmd: KillSwitchCmd) -> CliResult {
                 reason: a.reason.clone(),
                 token: a.token.clone(),
             };
-            let data = send_or_offline(&cfg, req)?;
-            outln!("released {} ({})", scope_of(&a), describe_elapsed(&data));
+            change(reach::send(&cfg, req)?)
         }
         KillSwitchCmd::Status { json, config } => {
             let cfg = load(&config)?;
-            let data = send_or_offline(&cfg, AdminRequest::Status)?;
-            if json {
-                outln!("{}", serde_json::to_string_pretty(&data).unwrap_or_default());
-            } else {
-                print_status(&data);
+            match reach::send(&cfg, AdminRequest::Status)? {
+                AdminReply::Status(st) => {
+                    if json {
+                        outln!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
+                    } else {
+                        emit(&render::status(&st));
+                    }
+                    Ok(())
+                }
+                other => Err(render::unexpected(other)),
             }
         }
     }
-    Ok(())
 }
 
-fn describe_elapsed(data: &Value) -> String {
-    match data.get("elapsed_ms").and_then(Value::as_f64) {
-        Some(ms) => format!("{ms:.1} ms"),
-        None => data
-            .get("note")
-            .and_then(Value::as_str)
-            .unwrap_or("done")
-            .to_owned(),
-    }
-}
-
-fn print_status(d: &Value) {
-    use std::fmt::Write;
-    let mut o = String::new();
-    let engaged = |v: &Value| {
-        if v.as_bool().unwrap_or(false) {
-            "ENGAGED"
-        } else {
-            "released"
-        }
+/// Prints an engage/release report; the exit status says whether it is in force and durable.
+fn change(reply: AdminReply) -> CliResult {
+    let AdminReply::Changed(r) = reply else {
+        return Err(render::unexpected(reply));
     };
-    if d.get("daemon").and_then(Value::as_str) == Some("not running") {
-        let _ = writeln!(o, "daemon: not running (state read from the state file)");
+    let ChangeReport {
+        action,
+        scope,
+        in_force,
+        durable,
+        note,
+        elapsed_ms,
+    } = &r;
+    let verb = match action {
+        xks_bridge::control::protocol::Action::Engage => "engaged",
+        xks_bridge::control::protocol::Action::Release => "released",
+    };
+    match (in_force, durable) {
+        (true, true) => {
+            outln!("{verb} {scope} ({elapsed_ms:.1} ms)");
+            if let Some(n) = note {
+                eprintln!("note: {n}");
+            }
+            Ok(())
+        }
+        (true, false) => {
+            outln!("{verb} {scope} ({elapsed_ms:.1} ms) - in force, NOT durable");
+            Err((
+                Exit::NotDurable.code(),
+                note.clone()
+                    .unwrap_or_else(|| "the state file could not be written".into()),
+            ))
+        }
+        (false, _) => Err((
+            EXIT_FAILED,
+            format!(
+                "not {verb}: {}",
+                note.clone().unwrap_or_else(|| "superseded".into())
+            ),
+        )),
     }
-    let _ = writeln!(o, "proxy: {}", engaged(&d["proxy"]["engaged"]));
-    if let Some(by) = d["proxy"].get("by").filter(|b| !b.is_null()) {
-        let _ = writeln!(
-            o,
-            "  by uid {} via {} at {}: {}",
-            by["by_uid"], by["via"], by["at"], by["reason"]
-        );
-    }
-    for k in d["keystores"].as_array().into_iter().flatten() {
-        let _ = writeln!(o, "keystore {}: {}", k["prefix"], engaged(&k["engaged"]));
-    }
-    for t in d["tokens"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            o,
-            "token {}: connected={} open_sessions={} disabled keys={}",
-            t["name"], t["connected"], t["open_sessions"], t["disabled_keys"]
-        );
-    }
-    let _ = writeln!(o, "recent events:");
-    for e in d["history"].as_array().into_iter().flatten().rev().take(10) {
-        let _ = writeln!(
-            o,
-            "  {} {} {} by uid {} via {}: {}",
-            e["at"], e["action"], e["scope"], e["by_uid"], e["via"], e["reason"]
-        );
-    }
-    emit(&o);
 }
 
-/// Writes to stdout, ignoring a closed pipe (`| head`) instead of panicking.
 fn emit(s: &str) {
     use std::io::Write;
     let _ = std::io::stdout().write_all(s.as_bytes());
-}
-
-/// Sends to the daemon; when none runs, performs the request directly.
-fn send_or_offline(cfg: &Config, req: AdminRequest) -> Result<Value, (i32, String)> {
-    let Some(admin_cfg) = &cfg.admin else {
-        eprintln!("warning: no [admin] socket configured; acting directly. A running daemon will not notice until it restarts (send it SIGUSR1 to engage the proxy switch now).");
-        return offline(cfg, req);
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| (EXIT_FAILED, e.to_string()))?;
-    match rt.block_on(admin::request(&admin_cfg.socket, &req)) {
-        Ok(AdminResponse { ok: true, data, .. }) => Ok(data),
-        Ok(AdminResponse { error, .. }) => Err((EXIT_FAILED, error.unwrap_or_else(|| "failed".into()))),
-        Err(ClientError::NoDaemon(p)) => {
-            eprintln!(
-                "note: no daemon answers on {}; acting directly on the state file / token",
-                p.display()
-            );
-            offline(cfg, req)
-        }
-        Err(ClientError::Failed(e)) => Err((69, e)),
-    }
-}
-
-fn offline_by(reason: Option<String>) -> Engagement {
-    let uid = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .ok();
-    Engagement {
-        reason: reason.unwrap_or_else(|| "no reason given".into()),
-        by_uid: uid,
-        via: "offline".into(),
-        at: now_rfc3339(),
-    }
-}
-
-fn offline(cfg: &Config, req: AdminRequest) -> Result<Value, (i32, String)> {
-    let fail = |e: String| (EXIT_FAILED, e);
-    std::fs::create_dir_all(&cfg.state.directory).map_err(|e| fail(format!("state.directory: {e}")))?;
-    let ks = KillSwitch::load(&cfg.state.kill_switch_file()).map_err(fail)?;
-    match req {
-        AdminRequest::Reload => Err(fail("no running daemon to reload".into())),
-        AdminRequest::Status => {
-            let st = ks.snapshot();
-            let keystores: Vec<Value> = cfg
-                .keystores
-                .iter()
-                .map(|k| json!({"prefix": k.uri_prefix, "engaged": st.keystores.contains_key(&k.uri_prefix)}))
-                .collect();
-            Ok(
-                json!({"daemon": "not running", "proxy": {"engaged": st.proxy.is_some(), "by": st.proxy}, "keystores": keystores, "tokens": [], "history": st.history}),
-            )
-        }
-        AdminRequest::Engage {
-            scope: Scope::Proxy,
-            reason,
-            ..
-        } => ks
-            .engage_proxy(offline_by(reason))
-            .map(|_| json!({"note": "state file written"}))
-            .map_err(fail),
-        AdminRequest::Release {
-            scope: Scope::Proxy,
-            reason,
-            ..
-        } => ks
-            .release_proxy(offline_by(reason))
-            .map(|_| json!({"note": "state file written"}))
-            .map_err(fail),
-        AdminRequest::Engage {
-            scope: Scope::Keystore(p),
-            reason,
-            ..
-        } => {
-            known_prefix(cfg, &p)?;
-            ks.engage_keystore(&p, offline_by(reason))
-                .map(|_| json!({"note": "state file written"}))
-                .map_err(fail)
-        }
-        AdminRequest::Release {
-            scope: Scope::Keystore(p),
-            reason,
-            ..
-        } => {
-            known_prefix(cfg, &p)?;
-            ks.release_keystore(&p, offline_by(reason))
-                .map(|_| json!({"note": "state file written"}))
-                .map_err(fail)
-        }
-        AdminRequest::Engage {
-            scope: Scope::Key(id),
-            reason,
-            token,
-        } => offline_keys(cfg, token.as_deref(), &KeyOp::Disable { id, reason }, &ks),
-        AdminRequest::Release {
-            scope: Scope::Key(id),
-            reason,
-            token,
-        } => offline_keys(cfg, token.as_deref(), &KeyOp::Enable { id, reason }, &ks),
-        AdminRequest::Keys { token, op } => offline_keys(cfg, token.as_deref(), &op, &ks),
-    }
-}
-
-fn known_prefix(cfg: &Config, p: &str) -> Result<(), (i32, String)> {
-    if cfg.keystores.iter().any(|k| k.uri_prefix == p) {
-        Ok(())
-    } else {
-        Err((EXIT_FAILED, format!("no keystore has the URI prefix {p:?}")))
-    }
-}
-
-fn offline_keys(
-    cfg: &Config,
-    token: Option<&str>,
-    op: &KeyOp,
-    ks: &KillSwitch,
-) -> Result<Value, (i32, String)> {
-    let fail = |e: String| (EXIT_FAILED, e);
-    let t = match (token, cfg.tokens.as_slice()) {
-        (Some(n), ts) => ts
-            .iter()
-            .find(|t| t.name == n)
-            .ok_or_else(|| fail(format!("no token named {n:?}")))?,
-        (None, [t]) => t,
-        (None, _) => {
-            return Err(fail(
-                "several tokens are configured; name one with --token".into(),
-            ))
-        }
-    };
-    for (k, v) in &t.module_env {
-        std::env::set_var(k, v);
-    }
-    let pin = t.pin.load().map_err(|e| (EXIT_BAD_CONFIG, format!("pin: {e}")))?;
-    let p = tokensetup::load(&t.module).map_err(fail)?;
-    let out = {
-        let s = tokensetup::open_user_session(&p, &t.token_label, secrecy::ExposeSecret::expose_secret(&pin))
-            .map_err(fail)?;
-        admin::run_key_op(&s, op).map_err(fail)?
-    };
-    let _ = p.finalize();
-    if !matches!(op, KeyOp::List | KeyOp::Show { .. }) {
-        let action = match op {
-            KeyOp::Disable { .. } => "engage",
-            KeyOp::Enable { .. } => "release",
-            other => other.name(),
-        };
-        ks.record_key_event(action, op.id().unwrap_or("-"), offline_by(op.reason()))
-            .map_err(fail)?;
-    }
-    Ok(out)
 }
 
 fn usage(s: &str) -> Result<Usage, (i32, String)> {
@@ -545,7 +383,8 @@ pub fn keys(cmd: KeysCmd) -> CliResult {
                 id,
                 material: b64(&material[..]),
             };
-            let r = run_keys(&target, op, false);
+            let req = key_request(&target, op);
+            let r = run_keys(&target, req, false);
             if r.is_err() {
                 let _ = std::fs::remove_file(&out);
             } else {
@@ -578,8 +417,22 @@ pub fn keys(cmd: KeysCmd) -> CliResult {
         }
         KeysCmd::List { json, target } => (target, KeyOp::List, json),
         KeysCmd::Show { id, target } => (target, KeyOp::Show { id }, true),
-        KeysCmd::Disable { id, reason, target } => (target, KeyOp::Disable { id, reason }, false),
-        KeysCmd::Enable { id, reason, target } => (target, KeyOp::Enable { id, reason }, false),
+        KeysCmd::Disable { id, reason, target } => {
+            let req = AdminRequest::Engage {
+                scope: Scope::Key(id),
+                reason,
+                token: target.token.clone(),
+            };
+            return run_keys(&target, req, false);
+        }
+        KeysCmd::Enable { id, reason, target } => {
+            let req = AdminRequest::Release {
+                scope: Scope::Key(id),
+                reason,
+                token: target.token.clone(),
+            };
+            return run_keys(&target, req, false);
+        }
         KeysCmd::Destroy { id, confirm, target } => {
             if confirm != id {
                 return Err((EXIT_BAD_CONFIG, "--confirm must repeat the key id exactly".into()));
@@ -587,50 +440,30 @@ pub fn keys(cmd: KeysCmd) -> CliResult {
             (target, KeyOp::Destroy { id }, false)
         }
     };
-    run_keys(&target, op, json_out)
+    let req = key_request(&target, op);
+    run_keys(&target, req, json_out)
 }
 
-fn run_keys(target: &KeyTarget, op: KeyOp, json_out: bool) -> CliResult {
+fn key_request(target: &KeyTarget, op: KeyOp) -> AdminRequest {
+    AdminRequest::Keys {
+        token: target.token.clone(),
+        op,
+    }
+}
+
+fn run_keys(target: &KeyTarget, req: AdminRequest, json_out: bool) -> CliResult {
     let cfg = load(&target.config)?;
-    let is_list = matches!(op, KeyOp::List);
-    let name = op.name();
-    let data = send_or_offline(
-        &cfg,
-        AdminRequest::Keys {
-            token: target.token.clone(),
-            op,
-        },
-    )?;
-    if json_out {
-        outln!("{}", serde_json::to_string_pretty(&data).unwrap_or_default());
-    } else if is_list {
-        outln!(
-            "{:<40} {:<8} {:<18} {:<9} {:<11} EXTRACTABLE",
-            "ID",
-            "SPEC",
-            "USAGES",
-            "STATE",
-            "CREATED"
-        );
-        for k in data.as_array().into_iter().flatten() {
-            let usages: Vec<&str> = k["usages"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            outln!(
-                "{:<40} {:<8} {:<18} {:<9} {:<11} {}",
-                k["id"].as_str().unwrap_or("?"),
-                k["key_spec"].as_str().unwrap_or("?"),
-                usages.join(","),
-                k["state"].as_str().unwrap_or("?"),
-                k["created"].as_str().unwrap_or("-"),
-                k["extractable"]
-            );
+    match reach::send(&cfg, req)? {
+        AdminReply::KeyList { keys } if json_out => {
+            outln!("{}", serde_json::to_string_pretty(&keys).unwrap_or_default());
         }
-    } else {
-        outln!("{name}: {data}");
+        AdminReply::KeyList { keys } => emit(&render::key_table(&keys)),
+        AdminReply::KeyShown { key } => {
+            outln!("{}", serde_json::to_string_pretty(&key).unwrap_or_default());
+        }
+        AdminReply::KeyChanged { action, id } => outln!("{action}: {id}"),
+        reply @ AdminReply::Changed(_) => return change(reply),
+        other => return Err(render::unexpected(other)),
     }
     Ok(())
 }

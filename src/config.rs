@@ -2,13 +2,14 @@
 //! read. Every validation message starts with the path of the offending field
 //! (`keystores[0].uri_prefix: ...`), and the process exits 64 (EX_USAGE) on a bad config.
 
+pub use crate::config_rules::group_id;
 use crate::secret::SecretSource;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Exit status for an invalid configuration (sysexits EX_USAGE).
-pub const EXIT_BAD_CONFIG: i32 = 64;
+pub const EXIT_BAD_CONFIG: i32 = crate::exit::Exit::BadConfig as i32;
 /// The spec's floor for plaintext and ciphertext sizes.
 pub const SPEC_MIN_PLAINTEXT: usize = 4300;
 /// The spec's floor for AAD size.

@@ -111,7 +111,7 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), String> {
             }
         }
         if let Some(g) = &a.group {
-            crate::admin::group_id(g).map_err(|e| format!("admin.group: {e}"))?;
+            group_id(g).map_err(|e| format!("admin.group: {e}"))?;
         }
     }
     if cfg.tokens.is_empty() {
@@ -251,6 +251,18 @@ fn validate_keystore(cfg: &Config, k: &KeystoreConfig) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Resolves a group name (or a numeric gid) through the group database (NSS).
+pub fn group_id(name: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("no group named {name:?}")),
+        Err(e) => Err(format!("cannot look up group {name:?}: {e}")),
+    }
 }
 
 #[cfg(test)]

@@ -6,15 +6,19 @@
 //! background and reported UNAVAILABLE meanwhile. A daemon whose proxy kill switch is engaged
 //! starts without loading any module or logging in.
 
-use crate::admin::{AdminRequest, Scope};
 use crate::app::{App, Keystore};
 use crate::audit::{AuditEvent, AuditLog, AuditOptions, AuditRecord, FsyncPolicy, RequestEvent};
 use crate::auth::{Credential, CredentialSet};
 use crate::config::{AuditConfig, AuditFsync};
 use crate::config::{Config, EXIT_BAD_CONFIG};
-use crate::control::Control;
+use crate::control::dirs::check_private_dir;
+use crate::control::lock::{InstanceLock, LockError};
+use crate::control::protocol::DaemonState;
+use crate::control::switch::Switch;
+use crate::control::verbs::{Prefixes, Reload};
+use crate::control::{AdminReply, AdminRequest, Control, Scope};
+use crate::gates::Gates;
 use crate::hsm::{supervisor, Hsm, HsmError, Token};
-use crate::kill_switch::KillSwitch;
 use crate::metrics::{Counters, Metrics};
 use crate::ratelimit::TokenBucket;
 use crate::server::{tls, ConnLimits, Finished, Observer, Server};
@@ -29,7 +33,7 @@ use tokio_rustls::TlsAcceptor;
 
 /// Exit status when the daemon cannot start for a reason outside the config file (token
 /// refusing the PIN, port in use, unreadable state) (sysexits EX_UNAVAILABLE).
-pub const EXIT_UNAVAILABLE: i32 = 69;
+pub const EXIT_UNAVAILABLE: i32 = crate::exit::Exit::Unavailable as i32;
 /// How long in-flight requests get to finish on shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -65,6 +69,8 @@ pub struct Daemon {
     pools: Vec<Hsm>,
     metrics_addr: Option<SocketAddr>,
     audit: Option<Arc<AuditLog>>,
+    /// Held for the daemon's whole life: one daemon per state directory.
+    _lock: InstanceLock,
 }
 
 impl Daemon {
@@ -77,8 +83,10 @@ impl Daemon {
                 "server.allow_root: refusing to run as root; run as a dedicated user (see systemd/) or set allow_root = true".into(),
             ));
         }
-        let kill = Arc::new(open_state(cfg)?);
-        if kill.proxy_engaged() {
+        let (lock, switch) = open_state(cfg)?;
+        let switch = Arc::new(switch);
+        let gates = switch.gates().clone();
+        if switch.proxy_engaged() {
             tracing::warn!("proxy kill switch is ENGAGED (from the state file): starting disconnected; release it with `xks-bridge kill-switch release`");
         }
         let mut pools: HashMap<String, Hsm> = HashMap::new();
@@ -88,8 +96,11 @@ impl Daemon {
                 .pin
                 .load()
                 .map_err(|e| config_error(format!("tokens[{i}].pin: {e}")))?;
-            let token = Arc::new(Token::new(t, pin, kill.proxy_flag()));
-            if !kill.proxy_engaged() {
+            let token = Arc::new(Token::new(t, pin, gates.proxy().flag()));
+            if let Some(local) = switch.local_key_denies().get(&t.name) {
+                crate::control::keys::install_local_denies(&token, local.keys());
+            }
+            if !switch.proxy_engaged() {
                 let connect_token = token.clone();
                 let connected = tokio::task::spawn_blocking(move || connect_token.connect())
                     .await
@@ -108,26 +119,39 @@ impl Daemon {
             pools.insert(t.name.clone(), Hsm::start(token.clone(), t));
             tokens.push(token);
         }
-        let (app, tls) = build_app(cfg, &pools, &kill)?;
+        let (app, tls) = build_app(cfg, &pools, &gates)?;
         if tls.is_none() {
             tracing::warn!("PLAIN HTTP: TLS is disabled (server.allow_plain_http); only run this behind a TLS-terminating load balancer on a trusted network");
         }
         let server = Server::new(Arc::new(app), tls, ConnLimits::from(&cfg.server));
-        let prefixes = cfg.keystores.iter().map(|k| k.uri_prefix.clone()).collect();
-        let control = Control::new(kill.clone(), tokens, prefixes);
+        let prefixes: Prefixes = Arc::new(std::sync::RwLock::new(
+            cfg.keystores.iter().map(|k| k.uri_prefix.clone()).collect(),
+        ));
         let counters = Arc::new(Counters::default());
         let reloader = Arc::new(Reloader {
             path: config_path,
             pools: pools.clone(),
-            kill,
+            gates,
             server: server.clone(),
             base: cfg.clone(),
             counters: counters.clone(),
-            control: Arc::downgrade(&control),
+            prefixes: prefixes.clone(),
         });
-        control.set_reloader(reloader.clone());
+        let audit = match &cfg.audit {
+            Some(a) => Some(Arc::new(open_audit(a)?)),
+            None => None,
+        };
+        let control = Control::new(
+            switch,
+            tokens,
+            prefixes,
+            Some(reloader.clone() as Arc<dyn Reload>),
+            audit.clone(),
+            DaemonState::Running,
+        );
         if let Some(a) = &cfg.admin {
-            crate::admin::serve(&a.socket, a.group.as_deref(), control.clone()).map_err(unavailable)?;
+            crate::control::socket::serve(&a.socket, a.group.as_deref(), control.clone(), &lock)
+                .map_err(unavailable)?;
         }
         on_signal(tokio::signal::unix::SignalKind::user_defined1(), "SIGUSR1", {
             let control = control.clone();
@@ -139,9 +163,8 @@ impl Daemon {
                         reason: Some("SIGUSR1 received".into()),
                         token: None,
                     };
-                    let resp = control.execute(req, None, "signal SIGUSR1").await;
-                    if let Some(e) = resp.error {
-                        tracing::error!(error = %e, "SIGUSR1 engage failed");
+                    if let AdminReply::Failed { error } = control.execute(req, None, "signal SIGUSR1").await {
+                        tracing::error!(error = %error, "SIGUSR1 engage failed");
                     }
                 }
             }
@@ -162,13 +185,6 @@ impl Daemon {
             listeners.push(l);
         }
         let pools: Vec<Hsm> = pools.into_values().collect();
-        let audit = match &cfg.audit {
-            Some(a) => Some(Arc::new(open_audit(a)?)),
-            None => None,
-        };
-        if let Some(a) = &audit {
-            control.set_audit(a.clone());
-        }
         let mut observers: Vec<Observer> = Vec::new();
         if let Some(a) = audit.clone() {
             observers.push(Arc::new(move |d: &Finished| a.record(request_record(d))));
@@ -184,7 +200,9 @@ impl Daemon {
                 let f: Arc<dyn Fn() -> u64 + Send + Sync> = Arc::new(move || a.write_errors() + a.dropped());
                 f
             });
-            let metrics = Metrics::new(pools.clone(), control.clone(), cert, counters, audit_errors);
+            let probe_control = control.clone();
+            let probe: crate::metrics::SwitchProbe = Arc::new(move || switch_sample(&probe_control.status()));
+            let metrics = Metrics::new(pools.clone(), probe, cert, counters, audit_errors);
             let observer = metrics.clone();
             observers.push(Arc::new(move |d: &Finished| observer.observe(d)));
             metrics.serve(l);
@@ -200,6 +218,7 @@ impl Daemon {
             pools,
             metrics_addr,
             audit,
+            _lock: lock,
         })
     }
 
@@ -247,12 +266,20 @@ impl Daemon {
 pub struct Reloader {
     path: Option<PathBuf>,
     pools: HashMap<String, Hsm>,
-    kill: Arc<KillSwitch>,
+    gates: Arc<Gates>,
     server: Arc<Server>,
     base: Config,
     counters: Arc<Counters>,
-    /// Weak: the control plane owns this reloader.
-    control: std::sync::Weak<Control>,
+    /// Shared with the control plane, which checks keystore scopes against them.
+    prefixes: Prefixes,
+}
+
+impl Reload for Reloader {
+    fn reload(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + '_>> {
+        Box::pin(Reloader::reload(self))
+    }
 }
 
 impl Reloader {
@@ -312,16 +339,15 @@ impl Reloader {
         if cfg.server.listen != self.base.server.listen {
             tracing::warn!("server.listen changed in the file: listeners are kept until a restart");
         }
-        let (app, tls) = build_app(&cfg, &self.pools, &self.kill).map_err(|e| e.message)?;
+        let (app, tls) = build_app(&cfg, &self.pools, &self.gates).map_err(|e| e.message)?;
         let summary = format!(
             "{} keystore(s), {} credential(s)",
             app.keystores.len(),
             cfg.keystores.iter().map(|k| k.credentials.len()).sum::<usize>()
         );
         self.server.swap(Arc::new(app), tls);
-        if let Some(c) = self.control.upgrade() {
-            c.set_prefixes(cfg.keystores.iter().map(|k| k.uri_prefix.clone()).collect());
-        }
+        *self.prefixes.write().unwrap_or_else(|p| p.into_inner()) =
+            cfg.keystores.iter().map(|k| k.uri_prefix.clone()).collect();
         Ok(summary)
     }
 }
@@ -386,32 +412,48 @@ fn raise_fd_limit(max_connections: usize) {
 }
 
 fn own_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(u32::MAX)
+    crate::control::peer::own_uid()
 }
 
-fn open_state(cfg: &Config) -> Result<KillSwitch, StartError> {
+/// Creates and checks the state directory, takes its instance lock (before the admin socket
+/// or any port is touched) and loads the kill switch.
+fn open_state(cfg: &Config) -> Result<(InstanceLock, Switch), StartError> {
     use std::os::unix::fs::DirBuilderExt;
+    let dir = &cfg.state.directory;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&cfg.state.directory)
-        .map_err(|e| {
-            unavailable(format!(
-                "state.directory: cannot create {}: {e}",
-                cfg.state.directory.display()
-            ))
-        })?;
-    KillSwitch::load(&cfg.state.kill_switch_file()).map_err(unavailable)
+        .create(dir)
+        .map_err(|e| unavailable(format!("state.directory: cannot create {}: {e}", dir.display())))?;
+    let uid = own_uid();
+    check_private_dir(dir, "state.directory", uid).map_err(unavailable)?;
+    let lock = InstanceLock::acquire(dir).map_err(|e| match e {
+        LockError::Held { pid, .. } => unavailable(format!(
+            "state.directory: another xks-bridge daemon (pid {}) is already running with {}; refusing to start a second one (its admin socket and port are left alone)",
+            pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
+            dir.display()
+        )),
+        other => unavailable(format!("state.directory: {other}")),
+    })?;
+    if let Some(a) = &cfg.admin {
+        if let Some(parent) = a.socket.parent() {
+            check_private_dir(parent, "admin.socket", uid).map_err(unavailable)?;
+        }
+    }
+    if let Some(a) = &cfg.audit {
+        if let Some(parent) = a.file.parent().filter(|p| p.is_dir()) {
+            check_private_dir(parent, "audit.file", uid).map_err(unavailable)?;
+        }
+    }
+    let switch = Switch::load(&cfg.state.kill_switch_file()).map_err(|e| unavailable(e.to_string()))?;
+    Ok((lock, switch))
 }
 
 /// Everything a reload may change: keystores (secrets re-read), limits, TLS.
 fn build_app(
     cfg: &Config,
     pools: &HashMap<String, Hsm>,
-    kill: &Arc<KillSwitch>,
+    gates: &Arc<Gates>,
 ) -> Result<(App, Option<TlsAcceptor>), StartError> {
     let mut keystores = Vec::new();
     for (i, k) in cfg.keystores.iter().enumerate() {
@@ -458,9 +500,30 @@ fn build_app(
         None => None,
     };
     Ok((
-        App::new(keystores, cfg.limits.clone(), cfg.server.fleet_size, kill.clone()),
+        App::new(
+            keystores,
+            cfg.limits.clone(),
+            cfg.server.fleet_size,
+            gates.clone(),
+        ),
         tls,
     ))
+}
+
+/// The kill switch's status as the metrics sample it.
+fn switch_sample(st: &crate::control::Status) -> crate::metrics::SwitchSample {
+    let mut engaged = vec![("proxy".to_owned(), st.proxy.engaged)];
+    engaged.extend(
+        st.keystores
+            .iter()
+            .map(|k| (format!("keystore:{}", k.prefix), k.state.engaged)),
+    );
+    for t in &st.tokens {
+        engaged.extend(t.disabled_keys.iter().map(|k| (format!("key:{k}"), true)));
+    }
+    let durable =
+        st.proxy.durable && st.keystores.iter().all(|k| k.state.durable) && st.state_write_error.is_none();
+    crate::metrics::SwitchSample { engaged, durable }
 }
 
 /// Runs `action` each time the signal arrives.

@@ -151,7 +151,7 @@ struct CreationRecord {
 /// Stores the creation record; if that fails, removes the key so nothing half-made remains.
 fn record_creation(s: &Session, id: &str, key: ObjectHandle) -> Result<ObjectHandle, String> {
     let rec = CreationRecord {
-        created: crate::kill_switch::now_rfc3339(),
+        created: crate::clock::now_rfc3339(),
         value_len: 32,
     };
     let bytes = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;

@@ -16,21 +16,22 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod admin;
 pub mod aead;
 pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod bench;
+pub mod clock;
 pub mod config;
 mod config_rules;
 pub mod control;
 pub mod daemon;
 pub mod error;
+pub mod exit;
+pub mod gates;
 pub mod hsm;
 pub mod keyadmin;
-pub mod kill_switch;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

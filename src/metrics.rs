@@ -4,7 +4,6 @@
 //! Request counters are pushed by the server's observer; everything else is read at scrape
 //! time from the live objects, so there is no second source of truth to drift.
 
-use crate::control::Control;
 use crate::hsm::Hsm;
 use crate::server::Finished;
 use bytes::Bytes;
@@ -74,18 +73,31 @@ pub struct Metrics {
     cert_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
     reloads: Family<ResultLabels, Gauge>,
     audit_errors: Gauge,
+    switch_durable: Gauge,
     pools: Vec<Hsm>,
-    control: Arc<Control>,
+    switch: SwitchProbe,
     certificate: Option<PathBuf>,
     counters: Arc<Counters>,
     audit_write_errors: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
 }
 
+/// The kill switch as metrics see it, sampled at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct SwitchSample {
+    /// `proxy`, `keystore:<prefix>`, `key:<id>` and whether each is engaged.
+    pub engaged: Vec<(String, bool)>,
+    /// Does the state file hold the state in force?
+    pub durable: bool,
+}
+
+/// Takes a [`SwitchSample`] (the control plane provides it; metrics sit below it).
+pub type SwitchProbe = Arc<dyn Fn() -> SwitchSample + Send + Sync>;
+
 impl Metrics {
     /// A registry over the daemon's pools, control plane and certificate.
     pub fn new(
         pools: Vec<Hsm>,
-        control: Arc<Control>,
+        switch: SwitchProbe,
         certificate: Option<PathBuf>,
         counters: Arc<Counters>,
         audit_write_errors: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
@@ -100,8 +112,9 @@ impl Metrics {
             cert_expiry: Gauge::default(),
             reloads: Family::default(),
             audit_errors: Gauge::default(),
+            switch_durable: Gauge::default(),
             pools,
-            control,
+            switch,
             certificate,
             counters,
             audit_write_errors,
@@ -148,6 +161,11 @@ impl Metrics {
                 "audit records that could not be written",
                 m.audit_errors.clone(),
             );
+            r.register(
+                "kill_switch_durable",
+                "1 when the kill switch state file holds the state in force, 0 while an engage is not yet durable",
+                m.switch_durable.clone(),
+            );
             for p in &m.pools {
                 let label = (
                     std::borrow::Cow::Borrowed("token"),
@@ -190,27 +208,15 @@ impl Metrics {
                 .get_or_create(&t)
                 .set(i64::from(p.token().is_connected()));
         }
-        let status = self.control.status();
+        let sample = (self.switch)();
         // Rebuilt each scrape so a released key or removed keystore does not linger.
         self.kill_switch.clear();
-        let flag = |v: &serde_json::Value| i64::from(v.as_bool().unwrap_or(false));
-        self.kill_switch
-            .get_or_create(&ScopeLabels {
-                scope: "proxy".into(),
-            })
-            .set(flag(&status["proxy"]["engaged"]));
-        for k in status["keystores"].as_array().into_iter().flatten() {
-            let scope = format!("keystore:{}", k["prefix"].as_str().unwrap_or("?"));
+        for (scope, engaged) in sample.engaged {
             self.kill_switch
                 .get_or_create(&ScopeLabels { scope })
-                .set(flag(&k["engaged"]));
+                .set(i64::from(engaged));
         }
-        for t in status["tokens"].as_array().into_iter().flatten() {
-            for key in t["disabled_keys"].as_array().into_iter().flatten() {
-                let scope = format!("key:{}", key.as_str().unwrap_or("?"));
-                self.kill_switch.get_or_create(&ScopeLabels { scope }).set(1);
-            }
-        }
+        self.switch_durable.set(i64::from(sample.durable));
         if let Some(Ok(s)) = self
             .certificate
             .as_deref()

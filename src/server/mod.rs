@@ -220,7 +220,7 @@ impl Server {
         let app = self.app();
         if req.uri().path() == "/ping" && req.method() == http::Method::GET {
             // A load balancer takes an instance whose kill switch is engaged out of rotation.
-            if app.kill.proxy_engaged() {
+            if app.gates.proxy().is_closed() {
                 return text_response(StatusCode::SERVICE_UNAVAILABLE, "kill switch engaged");
             }
             return text_response(StatusCode::OK, "pong");

@@ -1,0 +1,200 @@
+//! How an operator command reaches the kill switch, so that what it prints is what KMS gets:
+//! the daemon's admin socket when it answers; otherwise, only when this command can take the
+//! state directory's instance lock (no daemon runs), the very same verbs run here, offline; when
+//! a daemon holds the lock but its socket does not answer, a whole-proxy engage goes to it as
+//! SIGUSR1 and is confirmed from the state file, and anything else fails with exit 69.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use xks_bridge::config::{Config, EXIT_BAD_CONFIG};
+use xks_bridge::control::lock::{InstanceLock, LockError};
+use xks_bridge::control::protocol::{AdminReply, AdminRequest, DaemonState, Scope};
+use xks_bridge::control::socket::{request, ClientError};
+use xks_bridge::control::state_file::read_state;
+use xks_bridge::control::switch::Switch;
+use xks_bridge::control::Control;
+use xks_bridge::exit::Exit;
+use xks_bridge::hsm::Token;
+
+type Fail = (i32, String);
+
+/// How long a SIGUSR1 engage may take to show in the state file.
+const SIGNAL_CONFIRM: Duration = Duration::from_secs(5);
+
+fn runtime() -> Result<tokio::runtime::Runtime, Fail> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            (
+                Exit::OsError.code(),
+                format!("cannot start the async runtime: {e}"),
+            )
+        })
+}
+
+/// Sends `req` to the daemon, or runs it offline when no daemon runs.
+pub fn send(cfg: &Config, req: AdminRequest) -> Result<AdminReply, Fail> {
+    let rt = runtime()?;
+    if let Some(admin) = &cfg.admin {
+        match rt.block_on(request(&admin.socket, &req)) {
+            Ok(reply) => return Ok(reply),
+            Err(ClientError::Failed(e)) => return Err((Exit::Unavailable.code(), e)),
+            Err(ClientError::NoAnswer(_)) => {}
+        }
+    }
+    let dir = &cfg.state.directory;
+    check_owner(dir, &cfg.state.kill_switch_file())?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        (
+            Exit::Unavailable.code(),
+            format!("state.directory: cannot create {}: {e}", dir.display()),
+        )
+    })?;
+    match InstanceLock::acquire(dir) {
+        Ok(lock) => {
+            match &cfg.admin {
+                Some(a) => eprintln!(
+                    "note: no daemon answers on {}; acting directly on the state file / token",
+                    a.socket.display()
+                ),
+                None => eprintln!("note: no daemon runs (no [admin] socket configured); acting directly on the state file / token"),
+            }
+            offline(&rt, cfg, req, &lock)
+        }
+        Err(LockError::Held { pid, .. }) => daemon_without_socket(cfg, req, pid),
+        Err(e) => Err((Exit::Unavailable.code(), format!("state.directory: {e}"))),
+    }
+}
+
+/// The offline CLI must run as the owner of the state (the daemon's user): a state file written
+/// by another uid (root, typically) could not be read by the daemon at its next start.
+fn check_owner(dir: &Path, file: &Path) -> Result<(), Fail> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(file)
+        .or_else(|_| std::fs::metadata(dir))
+        .map(|m| m.uid());
+    let me = xks_bridge::control::peer::own_uid();
+    match owner {
+        Ok(o) if o != me => Err((
+            Exit::Failed.code(),
+            format!(
+                "{} belongs to uid {o}; run this command as that user (e.g. `sudo -u \\#{o} xks-bridge …`) so the daemon can still read its state",
+                dir.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A daemon holds the lock but its socket does not answer (deleted socket file, no [admin]).
+fn daemon_without_socket(cfg: &Config, req: AdminRequest, pid: Option<u32>) -> Result<AdminReply, Fail> {
+    let who = pid.map_or_else(|| "unknown pid".to_owned(), |p| format!("pid {p}"));
+    let socket = cfg.admin.as_ref().map_or_else(
+        || "no [admin] socket is configured".to_owned(),
+        |a| format!("its admin socket {} does not answer", a.socket.display()),
+    );
+    let AdminRequest::Engage {
+        scope: Scope::Proxy, ..
+    } = req
+    else {
+        return Err((
+            Exit::Unavailable.code(),
+            format!("a daemon ({who}) runs with this state directory but {socket}; nothing was changed. Restore the socket (restart the daemon) or, to cut AWS off now, run `kill-switch engage` for the whole proxy, which signals the daemon"),
+        ));
+    };
+    let Some(pid) = pid else {
+        return Err((
+            Exit::Unavailable.code(),
+            format!("a daemon runs with this state directory but {socket} and its pid is unknown; nothing was changed"),
+        ));
+    };
+    eprintln!("note: a daemon (pid {pid}) runs but {socket}; sending it SIGUSR1 (whole-proxy engage)");
+    let sent_at = time::OffsetDateTime::now_utc();
+    let started = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .map_err(|e| {
+        (
+            Exit::Unavailable.code(),
+            format!("cannot signal pid {pid}: {e}; nothing was changed"),
+        )
+    })?;
+    let file = cfg.state.kill_switch_file();
+    while started.elapsed() < SIGNAL_CONFIRM {
+        let confirmed = read_state(&file).ok().and_then(|s| s.proxy).is_some_and(|p| {
+            p.via == "signal SIGUSR1"
+                && time::OffsetDateTime::parse(&p.at, &time::format_description::well_known::Rfc3339)
+                    .is_ok_and(|at| at >= sent_at - time::Duration::seconds(1))
+        });
+        if confirmed {
+            return Ok(AdminReply::Changed(xks_bridge::control::protocol::ChangeReport {
+                action: xks_bridge::control::protocol::Action::Engage,
+                scope: Scope::Proxy,
+                in_force: true,
+                durable: true,
+                note: Some(format!(
+                    "delivered by SIGUSR1 to pid {pid}; confirmed in the state file"
+                )),
+                elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err((
+        Exit::Unavailable.code(),
+        format!("sent SIGUSR1 to pid {pid} but the state file did not confirm the engage within {} s; check the daemon's log (it may be engaged in memory without a durable state)", SIGNAL_CONFIRM.as_secs()),
+    ))
+}
+
+/// Runs the request through the daemon's own verbs, on this process, holding the lock.
+fn offline(
+    rt: &tokio::runtime::Runtime,
+    cfg: &Config,
+    req: AdminRequest,
+    _held: &InstanceLock,
+) -> Result<AdminReply, Fail> {
+    if matches!(req, AdminRequest::Reload) {
+        return Err((Exit::Failed.code(), "no running daemon to reload".into()));
+    }
+    let switch = Arc::new(
+        Switch::load(&cfg.state.kill_switch_file()).map_err(|e| (Exit::Unavailable.code(), e.to_string()))?,
+    );
+    let needs_token = matches!(
+        req,
+        AdminRequest::Keys { .. }
+            | AdminRequest::Engage {
+                scope: Scope::Key(_),
+                ..
+            }
+            | AdminRequest::Release {
+                scope: Scope::Key(_),
+                ..
+            }
+    );
+    let mut tokens = Vec::new();
+    if needs_token {
+        for (i, t) in cfg.tokens.iter().enumerate() {
+            for (k, v) in &t.module_env {
+                std::env::set_var(k, v);
+            }
+            let pin = t
+                .pin
+                .load()
+                .map_err(|e| (EXIT_BAD_CONFIG, format!("tokens[{i}].pin: {e}")))?;
+            // An operator's offline key command is not the daemon serving KMS: it runs even
+            // while the whole-proxy switch is engaged, as it always has.
+            tokens.push(Arc::new(Token::new(t, pin, Arc::new(AtomicBool::new(false)))));
+        }
+    }
+    let prefixes = Arc::new(RwLock::new(
+        cfg.keystores.iter().map(|k| k.uri_prefix.clone()).collect(),
+    ));
+    let control = Control::new(switch, tokens, prefixes, None, None, DaemonState::NotRunning);
+    let uid = Some(xks_bridge::control::peer::own_uid());
+    Ok(rt.block_on(control.execute(req, uid, "offline")))
+}

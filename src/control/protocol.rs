@@ -1,0 +1,284 @@
+//! The admin protocol: typed requests and replies shared by the daemon's admin socket, the
+//! SIGUSR1 handler and the CLI (online and offline), so both sides agree on every field and
+//! nothing reads JSON by string keys. One JSON line each way per connection.
+
+use super::state_file::{Engagement, Event};
+pub use crate::keyadmin::Usage;
+use serde::{Deserialize, Serialize};
+
+/// Kill switch scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "scope", content = "target", rename_all = "kebab-case")]
+pub enum Scope {
+    /// The whole proxy.
+    Proxy,
+    /// One logical keystore, by URI prefix.
+    Keystore(String),
+    /// One key, by external key id.
+    Key(String),
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Proxy => write!(f, "proxy"),
+            Scope::Keystore(p) => write!(f, "keystore:{p}"),
+            Scope::Key(k) => write!(f, "key:{k}"),
+        }
+    }
+}
+
+/// Key lifecycle operations (`id` is the external key id).
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum KeyOp {
+    /// Generate an AES-256 key inside the token.
+    Create { id: String, usage: Usage },
+    /// Store an unwrap-only KEK from material the custodian holds (Base64).
+    CreateKek { id: String, material: String },
+    /// Unwrap RFC 5649-wrapped material (Base64) under a KEK.
+    Import {
+        id: String,
+        kek: String,
+        wrapped: String,
+        usage: Usage,
+    },
+    /// All keys.
+    List,
+    /// One key.
+    Show { id: String },
+    /// Destroy a disabled key.
+    Destroy { id: String },
+}
+
+impl KeyOp {
+    /// Short name for logs and history.
+    pub fn name(&self) -> &'static str {
+        match self {
+            KeyOp::Create { .. } => "create",
+            KeyOp::CreateKek { .. } => "create-kek",
+            KeyOp::Import { .. } => "import",
+            KeyOp::List => "list",
+            KeyOp::Show { .. } => "show",
+            KeyOp::Destroy { .. } => "destroy",
+        }
+    }
+
+    /// The key the operation is about.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            KeyOp::Create { id, .. }
+            | KeyOp::CreateKek { id, .. }
+            | KeyOp::Import { id, .. }
+            | KeyOp::Show { id }
+            | KeyOp::Destroy { id } => Some(id),
+            KeyOp::List => None,
+        }
+    }
+
+    /// Does it change the token?
+    pub fn changes_token(&self) -> bool {
+        !matches!(self, KeyOp::List | KeyOp::Show { .. })
+    }
+}
+
+/// One admin request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum AdminRequest {
+    /// Engage the kill switch.
+    Engage {
+        /// Where.
+        #[serde(flatten)]
+        scope: Scope,
+        /// Why.
+        reason: Option<String>,
+        /// Token of a key scope when several are configured.
+        token: Option<String>,
+    },
+    /// Release the kill switch.
+    Release {
+        /// Where.
+        #[serde(flatten)]
+        scope: Scope,
+        /// Why.
+        reason: Option<String>,
+        /// Token of a key scope when several are configured.
+        token: Option<String>,
+    },
+    /// Report the kill switch state.
+    Status,
+    /// Re-read the config file (credentials, policy, TLS) without dropping connections.
+    Reload,
+    /// Key lifecycle.
+    Keys {
+        /// Which token (optional with a single token).
+        token: Option<String>,
+        /// What to do.
+        op: KeyOp,
+    },
+}
+
+/// Engage or release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Cut AWS off.
+    Engage,
+    /// Let AWS back in.
+    Release,
+}
+
+impl Action {
+    /// `engage` or `release`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Engage => "engage",
+            Action::Release => "release",
+        }
+    }
+}
+
+/// What an engage or release did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeReport {
+    /// Engage or release.
+    pub action: Action,
+    /// Where.
+    pub scope: Scope,
+    /// Is the requested state in force now?
+    pub in_force: bool,
+    /// Is it written where a restart finds it (state file or token)?
+    pub durable: bool,
+    /// What the operator must know (not durable, local-only key refusal, superseded…).
+    pub note: Option<String>,
+    /// Time from receipt to reply.
+    pub elapsed_ms: f64,
+}
+
+/// One key as `keys list` / `keys show` report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// External key id (`CKA_LABEL`).
+    pub id: String,
+    /// `AES_256`, ...
+    pub key_spec: String,
+    /// `ENCRYPT`, `DECRYPT`, `UNWRAP` ...
+    pub usages: Vec<String>,
+    /// `ENABLED` or `DISABLED`.
+    pub state: String,
+    /// Creation time, for keys created or imported by this tool.
+    pub created: Option<String>,
+    /// `CKA_EXTRACTABLE`.
+    pub extractable: bool,
+    /// `CKA_SENSITIVE`.
+    pub sensitive: bool,
+}
+
+/// One scope's state in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScopeState {
+    /// Are requests refused?
+    pub engaged: bool,
+    /// Does the state file hold this state?
+    pub durable: bool,
+    /// Who engaged, when, why.
+    pub by: Option<Engagement>,
+}
+
+/// One keystore in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeystoreState {
+    /// URI prefix.
+    pub prefix: String,
+    /// Its switch.
+    #[serde(flatten)]
+    pub state: ScopeState,
+}
+
+/// One token in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenState {
+    /// Config name.
+    pub name: String,
+    /// Logged in and serving.
+    pub connected: bool,
+    /// PKCS#11 sessions open.
+    pub open_sessions: usize,
+    /// Every key this instance refuses (token marks and local refusals).
+    pub disabled_keys: Vec<String>,
+    /// Keys refused by this instance only, because the token refused their mark.
+    pub local_denies: Vec<String>,
+}
+
+/// Whether a daemon answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DaemonState {
+    /// The running daemon answered.
+    Running,
+    /// No daemon runs; read from the state file.
+    NotRunning,
+}
+
+/// The whole kill-switch picture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Who answered.
+    pub daemon: DaemonState,
+    /// Whole-proxy switch.
+    pub proxy: ScopeState,
+    /// Keystores of the running configuration.
+    pub keystores: Vec<KeystoreState>,
+    /// Tokens (empty when no daemon runs).
+    pub tokens: Vec<TokenState>,
+    /// The last state-file write error while some state is not durable.
+    pub state_write_error: Option<String>,
+    /// Recent events, oldest first.
+    pub history: Vec<Event>,
+}
+
+/// One admin reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "kebab-case")]
+pub enum AdminReply {
+    /// An engage or release ran.
+    Changed(ChangeReport),
+    /// The status.
+    Status(Status),
+    /// The config was reloaded.
+    Reloaded {
+        /// What changed.
+        summary: String,
+    },
+    /// `keys list`.
+    KeyList {
+        /// The keys.
+        keys: Vec<KeyInfo>,
+    },
+    /// `keys show`.
+    KeyShown {
+        /// The key.
+        key: KeyInfo,
+    },
+    /// A lifecycle change was made.
+    KeyChanged {
+        /// `create`, `import`, `destroy`...
+        action: String,
+        /// The key.
+        id: String,
+    },
+    /// The request failed; nothing was changed unless the message says otherwise.
+    Failed {
+        /// For the operator.
+        error: String,
+    },
+}
+
+impl AdminReply {
+    /// A failure reply.
+    pub fn failed(e: impl std::fmt::Display) -> AdminReply {
+        AdminReply::Failed { error: e.to_string() }
+    }
+}

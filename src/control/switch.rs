@@ -1,0 +1,462 @@
+//! The kill-switch state machine for every scope this process owns: the whole proxy, each
+//! keystore, and the keys refused locally because the token refused their mark. Every change
+//! goes through one serializer (a mutex held for the in-memory change and the state-file write,
+//! never across a PKCS#11 call).
+//!
+//! Per scope the states are *released*, *engaged (durable)* and *engaged, not yet durable*.
+//! An engage flips the in-memory gate first, then writes the file; if the write fails the
+//! engage is still in force, reported as not durable, and a background retry keeps writing
+//! the in-memory state until it succeeds. Nothing but an explicit release undoes it: writes
+//! never re-read the file, and polls and reconnects do not touch this state. A release writes
+//! the file first and only then opens the gate; a release that cannot be written changes
+//! nothing. A whole-proxy release opens the gate only if no engage arrived while it was
+//! reconnecting the tokens (the epoch check), so an acknowledged engage holds until a release
+//! that started after it.
+
+use super::state_file::{read_state, write_state, Engagement, PersistedState, StateFileError};
+use crate::gates::Gates;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The outcome of an engage: in force at once; durable if the state file was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Engaged {
+    /// `None` when the state file holds the engage; otherwise why it does not (yet).
+    pub not_durable: Option<String>,
+}
+
+/// A whole-proxy release that has been written but whose gate is still closed.
+#[derive(Debug)]
+#[must_use = "finish the release with Switch::finish_proxy_release"]
+pub struct PendingRelease {
+    epoch: u64,
+}
+
+/// The switch's view for `status` and metrics.
+#[derive(Debug, Clone)]
+pub struct SwitchView {
+    /// The state in force (memory).
+    pub state: PersistedState,
+    /// Is the proxy gate closed right now? (Also closed during a release's reconnect.)
+    pub proxy_closed: bool,
+    /// Does the file hold exactly the state in force?
+    pub durable: bool,
+    /// The proxy scope as last written to the file.
+    pub proxy_on_disk: bool,
+    /// The keystore prefixes engaged in the file.
+    pub keystores_on_disk: Vec<String>,
+    /// The last write error while not durable.
+    pub last_error: Option<String>,
+}
+
+struct Inner {
+    /// The state in force.
+    mem: PersistedState,
+    /// The state as last written (what a restart would see).
+    disk: PersistedState,
+    /// Engages per scope (`proxy`, `keystore:<prefix>`): a release takes effect only if no
+    /// engage of its scope happened since the release started.
+    epochs: HashMap<String, u64>,
+    last_error: Option<String>,
+}
+
+/// Why a release did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    /// An engage of the same scope happened after the release started; it stays in force.
+    #[error("an engage of the same scope arrived while the release was in progress; it stays ENGAGED")]
+    Superseded,
+    /// The released state could not be written; nothing changed.
+    #[error("{0}; nothing was released")]
+    Write(#[from] StateFileError),
+}
+
+/// A scope's engage count when a release started.
+#[derive(Debug, Clone, Copy)]
+pub struct Epoch(u64);
+
+/// The live kill switch of one daemon (or of one offline CLI command holding the lock).
+pub struct Switch {
+    gates: Arc<Gates>,
+    file: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+impl Switch {
+    /// Loads the state file (absent = nothing engaged) and closes the gates it names. A file
+    /// that cannot be parsed is an error: starting released would defeat the switch.
+    pub fn load(file: &Path) -> Result<Switch, StateFileError> {
+        let state = read_state(file)?;
+        let gates = Arc::new(Gates::new(state.proxy.is_some()));
+        for prefix in state.keystores.keys() {
+            gates.keystore(prefix).set(true);
+        }
+        Ok(Switch {
+            gates,
+            file: file.to_owned(),
+            inner: Mutex::new(Inner {
+                disk: state.clone(),
+                mem: state,
+                epochs: HashMap::new(),
+                last_error: None,
+            }),
+        })
+    }
+
+    /// The gates the request path and the workers read.
+    pub fn gates(&self) -> &Arc<Gates> {
+        &self.gates
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the state in force; on failure it stays in memory as not durable.
+    fn persist(&self, inner: &mut Inner) -> Option<String> {
+        match write_state(&self.file, &inner.mem) {
+            Ok(()) => {
+                inner.disk = inner.mem.clone();
+                inner.last_error = None;
+                None
+            }
+            Err(e) => {
+                let e = e.to_string();
+                tracing::error!(error = %e, "kill switch state NOT durable; retrying in the background");
+                inner.last_error = Some(e.clone());
+                Some(e)
+            }
+        }
+    }
+
+    /// Engages the whole proxy. The gate closes before anything else happens.
+    pub fn engage_proxy(&self, by: Engagement) -> Engaged {
+        self.gates.proxy().set(true);
+        let mut inner = self.lock();
+        // Closed again under the serializer: a release finishing between the store above and
+        // this point must not leave it open (its epoch check happens under the same lock).
+        self.gates.proxy().set(true);
+        *inner.epochs.entry("proxy".into()).or_default() += 1;
+        inner.mem.proxy = Some(by.clone());
+        inner.mem.push("engage", "proxy", by);
+        Engaged {
+            not_durable: self.persist(&mut inner),
+        }
+    }
+
+    /// First half of a whole-proxy release: writes the released state. The gate stays closed
+    /// until [`Switch::finish_proxy_release`], after the caller has reconnected the tokens.
+    pub fn begin_proxy_release(&self, by: Engagement, seen: Epoch) -> Result<PendingRelease, ReleaseError> {
+        let mut inner = self.lock();
+        let epoch = inner.epochs.get("proxy").copied().unwrap_or(0);
+        if epoch != seen.0 {
+            return Err(ReleaseError::Superseded);
+        }
+        let mut next = inner.mem.clone();
+        next.proxy = None;
+        next.push("release", "proxy", by);
+        write_state(&self.file, &next)?;
+        inner.disk = next.clone();
+        inner.mem = next;
+        inner.last_error = None;
+        Ok(PendingRelease { epoch })
+    }
+
+    /// Second half: opens the gate, unless an engage arrived since the release began (that
+    /// engage then stays in force). Returns whether the gate was opened.
+    pub fn finish_proxy_release(&self, pending: PendingRelease) -> bool {
+        let inner = self.lock();
+        if inner.epochs.get("proxy").copied().unwrap_or(0) == pending.epoch && inner.mem.proxy.is_none() {
+            self.gates.proxy().set(false);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Engages one keystore.
+    pub fn engage_keystore(&self, prefix: &str, by: Engagement) -> Engaged {
+        self.gates.keystore(prefix).set(true);
+        let mut inner = self.lock();
+        self.gates.keystore(prefix).set(true);
+        *inner.epochs.entry(format!("keystore:{prefix}")).or_default() += 1;
+        inner.mem.keystores.insert(prefix.to_owned(), by.clone());
+        inner.mem.push("engage", &format!("keystore:{prefix}"), by);
+        Engaged {
+            not_durable: self.persist(&mut inner),
+        }
+    }
+
+    /// Releases one keystore: the file first, then the gate.
+    pub fn release_keystore(&self, prefix: &str, by: Engagement, seen: Epoch) -> Result<(), ReleaseError> {
+        let mut inner = self.lock();
+        if inner
+            .epochs
+            .get(&format!("keystore:{prefix}"))
+            .copied()
+            .unwrap_or(0)
+            != seen.0
+        {
+            return Err(ReleaseError::Superseded);
+        }
+        let mut next = inner.mem.clone();
+        next.keystores.remove(prefix);
+        next.push("release", &format!("keystore:{prefix}"), by);
+        write_state(&self.file, &next)?;
+        inner.disk = next.clone();
+        inner.mem = next;
+        inner.last_error = None;
+        self.gates.keystore(prefix).set(false);
+        Ok(())
+    }
+
+    /// Records that `key` on `token` is refused by this instance only (its token mark was
+    /// refused). The caller has already made the token layer refuse it.
+    pub fn deny_key_locally(&self, token: &str, key: &str, by: Engagement) -> Engaged {
+        let mut inner = self.lock();
+        inner
+            .mem
+            .local_key_denies
+            .entry(token.to_owned())
+            .or_default()
+            .insert(key.to_owned(), by);
+        Engaged {
+            not_durable: self.persist(&mut inner),
+        }
+    }
+
+    /// Removes a local key refusal from the file (before the caller lifts it in the token
+    /// layer). Removing one that is not there is not an error.
+    pub fn lift_key_locally(&self, token: &str, key: &str) -> Result<(), StateFileError> {
+        let mut inner = self.lock();
+        if !inner
+            .mem
+            .local_key_denies
+            .get(token)
+            .is_some_and(|m| m.contains_key(key))
+        {
+            return Ok(());
+        }
+        let mut next = inner.mem.clone();
+        if let Some(m) = next.local_key_denies.get_mut(token) {
+            m.remove(key);
+            if m.is_empty() {
+                next.local_key_denies.remove(token);
+            }
+        }
+        write_state(&self.file, &next)?;
+        inner.disk = next.clone();
+        inner.mem = next;
+        inner.last_error = None;
+        Ok(())
+    }
+
+    /// Keys refused locally, by token.
+    pub fn local_key_denies(&self) -> BTreeMap<String, BTreeMap<String, Engagement>> {
+        self.lock().mem.local_key_denies.clone()
+    }
+
+    /// Adds a history entry (key scope and lifecycle events). A failed write leaves it in
+    /// memory, written with the next successful write.
+    pub fn record_event(&self, action: &str, scope: &str, by: Engagement) -> Option<String> {
+        let mut inner = self.lock();
+        inner.mem.push(action, scope, by);
+        self.persist(&mut inner)
+    }
+
+    /// Writes the state in force if the file lags behind it. Returns `true` when durable.
+    pub fn retry_pending(&self) -> bool {
+        let mut inner = self.lock();
+        if inner.mem == inner.disk {
+            return true;
+        }
+        let ok = self.persist(&mut inner).is_none();
+        if ok {
+            tracing::warn!("kill switch state is durable again");
+        }
+        ok
+    }
+
+    /// The engage count of `scope` (`proxy`, `keystore:<prefix>`), taken when a release starts.
+    pub fn epoch(&self, scope: &str) -> Epoch {
+        Epoch(self.lock().epochs.get(scope).copied().unwrap_or(0))
+    }
+
+    /// Is the whole proxy engaged (gate closed)?
+    pub fn proxy_engaged(&self) -> bool {
+        self.gates.proxy().is_closed()
+    }
+
+    /// A consistent view of the switch.
+    pub fn view(&self) -> SwitchView {
+        let inner = self.lock();
+        SwitchView {
+            state: inner.mem.clone(),
+            proxy_closed: self.gates.proxy().is_closed(),
+            durable: inner.mem == inner.disk,
+            proxy_on_disk: inner.disk.proxy.is_some(),
+            keystores_on_disk: inner.disk.keystores.keys().cloned().collect(),
+            last_error: inner.last_error.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn by(reason: &str) -> Engagement {
+        Engagement {
+            reason: reason.into(),
+            by_uid: Some(1000),
+            via: "test".into(),
+            at: crate::clock::now_rfc3339(),
+        }
+    }
+
+    #[test]
+    fn engaged_state_survives_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ks.json");
+        let ks = Switch::load(&f).unwrap();
+        assert!(!ks.proxy_engaged());
+        assert_eq!(ks.engage_proxy(by("incident 42")).not_durable, None);
+        assert_eq!(
+            ks.engage_keystore("/tenant-a", by("offboarded")).not_durable,
+            None
+        );
+        let again = Switch::load(&f).unwrap();
+        assert!(again.proxy_engaged());
+        assert!(again.gates().keystore_closed("/tenant-a"));
+        assert!(!again.gates().keystore_closed("/tenant-b"));
+        let p = again
+            .begin_proxy_release(by("resolved"), again.epoch("proxy"))
+            .unwrap();
+        assert!(
+            again.proxy_engaged(),
+            "the gate stays closed until the release finishes"
+        );
+        assert!(again.finish_proxy_release(p));
+        again
+            .release_keystore("/tenant-a", by("back"), again.epoch("keystore:/tenant-a"))
+            .unwrap();
+        let third = Switch::load(&f).unwrap();
+        assert!(!third.proxy_engaged() && !third.gates().keystore_closed("/tenant-a"));
+        assert_eq!(third.view().state.history.len(), 4);
+    }
+
+    #[test]
+    fn an_engage_during_a_release_is_not_undone_by_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = Switch::load(&dir.path().join("ks.json")).unwrap();
+        ks.engage_proxy(by("first"));
+        let p = ks.begin_proxy_release(by("release"), ks.epoch("proxy")).unwrap();
+        ks.engage_proxy(by("engage while reconnecting"));
+        assert!(!ks.finish_proxy_release(p));
+        assert!(ks.proxy_engaged());
+        let v = ks.view();
+        assert!(v.state.proxy.is_some() && v.proxy_on_disk && v.durable);
+    }
+
+    #[test]
+    fn a_release_that_started_before_an_engage_does_not_undo_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = Switch::load(&dir.path().join("ks.json")).unwrap();
+        ks.engage_keystore("/a", by("first"));
+        let seen = ks.epoch("keystore:/a");
+        ks.engage_keystore("/a", by("second, while the release is on its way"));
+        assert!(matches!(
+            ks.release_keystore("/a", by("release"), seen),
+            Err(ReleaseError::Superseded)
+        ));
+        assert!(ks.gates().keystore_closed("/a"));
+        let seen = ks.epoch("proxy");
+        ks.engage_proxy(by("p"));
+        assert!(matches!(
+            ks.begin_proxy_release(by("r"), seen),
+            Err(ReleaseError::Superseded)
+        ));
+        assert!(ks.proxy_engaged());
+    }
+
+    #[test]
+    fn a_failed_engage_write_is_in_force_not_durable_and_not_dropped_by_later_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("state");
+        std::fs::create_dir(&sub).unwrap();
+        let f = sub.join("ks.json");
+        let ks = Switch::load(&f).unwrap();
+        // Replace the directory by a file: every write fails, for root too.
+        std::fs::remove_dir(&sub).unwrap();
+        std::fs::write(&sub, b"not a directory").unwrap();
+        let e = ks.engage_keystore("/a", by("x"));
+        assert!(e.not_durable.is_some());
+        assert!(ks.gates().keystore_closed("/a"));
+        assert!(!ks.view().durable);
+        // An unrelated action fails to write too, and does not release /a.
+        assert!(ks
+            .release_keystore("/b", by("unrelated"), ks.epoch("keystore:/b"))
+            .is_err());
+        assert!(ks.gates().keystore_closed("/a"));
+        assert!(!ks.retry_pending());
+        // The directory comes back: the retry makes it durable.
+        std::fs::remove_file(&sub).unwrap();
+        std::fs::create_dir(&sub).unwrap();
+        assert!(ks.retry_pending());
+        assert!(ks.view().durable);
+        assert!(read_state(&f).unwrap().keystores.contains_key("/a"));
+    }
+
+    #[test]
+    fn a_release_that_cannot_be_written_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("state");
+        std::fs::create_dir(&sub).unwrap();
+        let ks = Switch::load(&sub.join("ks.json")).unwrap();
+        ks.engage_proxy(by("x"));
+        std::fs::remove_dir_all(&sub).unwrap();
+        std::fs::write(&sub, b"file").unwrap();
+        assert!(ks.begin_proxy_release(by("y"), ks.epoch("proxy")).is_err());
+        assert!(ks.proxy_engaged());
+        assert!(ks.view().state.proxy.is_some());
+    }
+
+    #[test]
+    fn racing_engages_and_releases_always_end_consistent() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = Arc::new(Switch::load(&dir.path().join("ks.json")).unwrap());
+        for round in 0..200u64 {
+            let (a, b) = (ks.clone(), ks.clone());
+            let release = std::thread::spawn(move || {
+                let before = std::time::Instant::now();
+                let seen = a.epoch("proxy");
+                let after = std::time::Instant::now();
+                if let Ok(p) = a.begin_proxy_release(by("r"), seen) {
+                    std::thread::sleep(std::time::Duration::from_micros(round % 7 * 50));
+                    a.finish_proxy_release(p);
+                }
+                (before, after)
+            });
+            std::thread::sleep(std::time::Duration::from_micros(round % 5 * 60));
+            let engage = std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                b.engage_proxy(by("e"));
+                (started, std::time::Instant::now())
+            });
+            let (release_before, release_after) = release.join().unwrap();
+            let (engage_started, engage_acknowledged) = engage.join().unwrap();
+            let v = ks.view();
+            if release_before > engage_acknowledged {
+                // The release started after the engage was acknowledged: it wins.
+                assert!(!v.proxy_closed && v.state.proxy.is_none(), "round {round}");
+            } else if release_after < engage_started {
+                // The release started before the engage: whether it was still reconnecting
+                // or had not yet written its state, the engage must hold.
+                assert!(v.proxy_closed, "round {round}: engage undone");
+                assert!(v.state.proxy.is_some() && v.proxy_on_disk, "round {round}");
+            }
+            assert_eq!(v.proxy_closed, v.state.proxy.is_some(), "round {round}");
+        }
+    }
+}

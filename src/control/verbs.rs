@@ -1,0 +1,456 @@
+//! The operator's verbs, one code path for every way they arrive (admin socket, SIGUSR1, the
+//! offline CLI holding the instance lock): engage and release at each scope, status, reload
+//! and key lifecycle. Every kill-switch change goes through [`super::switch::Switch`]; the
+//! slow parts (disconnecting or reconnecting tokens) run after the gate has flipped.
+
+use super::keys::{self, MarkOutcome};
+use super::protocol::{
+    Action, AdminReply, AdminRequest, ChangeReport, DaemonState, KeyOp, KeystoreState, Scope, ScopeState,
+    Status, TokenState,
+};
+use super::state_file::Engagement;
+use super::switch::{ReleaseError, Switch};
+use crate::audit::{AdminEvent, AuditEvent, AuditLog, AuditRecord};
+use crate::hsm::{Token, IDLE_CHECK};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// How long a whole-proxy engage waits for in-flight token calls before finalizing anyway.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
+/// How often a state that is not durable is written again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// The daemon's config reloader, as the `reload` verb sees it.
+pub trait Reload: Send + Sync {
+    /// Re-reads the config; `Ok` carries a summary for the operator.
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
+}
+
+/// The keystore prefixes of the running configuration, shared with the reloader.
+pub type Prefixes = Arc<RwLock<Vec<String>>>;
+
+/// The control plane of one daemon, or of one offline CLI command.
+pub struct Control {
+    switch: Arc<Switch>,
+    tokens: Vec<Arc<Token>>,
+    prefixes: Prefixes,
+    /// Serializes the slow halves of whole-proxy changes (disconnect, reconnect), so a
+    /// disconnect never interleaves with a release's reconnect.
+    proxy_lock: tokio::sync::Mutex<()>,
+    reloader: Option<Arc<dyn Reload>>,
+    audit: Option<Arc<AuditLog>>,
+    daemon: DaemonState,
+}
+
+impl Control {
+    /// A control plane over a switch, the tokens and the keystore prefixes. `daemon` says
+    /// whether this is the running daemon or an offline command (which connects tokens on
+    /// demand). Starts the background writer for states that are not yet durable.
+    pub fn new(
+        switch: Arc<Switch>,
+        tokens: Vec<Arc<Token>>,
+        prefixes: Prefixes,
+        reloader: Option<Arc<dyn Reload>>,
+        audit: Option<Arc<AuditLog>>,
+        daemon: DaemonState,
+    ) -> Arc<Control> {
+        if daemon == DaemonState::Running {
+            let weak = Arc::downgrade(&switch);
+            let _ = std::thread::Builder::new()
+                .name("state-retry".into())
+                .spawn(move || loop {
+                    std::thread::sleep(RETRY_EVERY);
+                    match weak.upgrade() {
+                        Some(s) => {
+                            s.retry_pending();
+                        }
+                        None => return,
+                    }
+                });
+        }
+        Arc::new(Control {
+            switch,
+            tokens,
+            prefixes,
+            proxy_lock: tokio::sync::Mutex::new(()),
+            reloader,
+            audit,
+            daemon,
+        })
+    }
+
+    /// The kill-switch state machine.
+    pub fn switch(&self) -> &Arc<Switch> {
+        &self.switch
+    }
+
+    /// Records an operator action in the audit trail (when configured) and waits until it is
+    /// on disk, so an acknowledged command is never missing from the trail.
+    async fn audit_admin(&self, key_scope: bool, action: &str, scope: &str, by: &Engagement) {
+        let Some(a) = self.audit.clone() else {
+            return;
+        };
+        let ev = AdminEvent {
+            action: action.to_owned(),
+            scope: scope.to_owned(),
+            reason: Some(by.reason.clone()),
+            uid: by.by_uid,
+            via: Some(by.via.clone()),
+        };
+        a.record(AuditRecord::now(if key_scope {
+            AuditEvent::KeyLifecycle(ev)
+        } else {
+            AuditEvent::KillSwitch(ev)
+        }));
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.flush()).await {
+            tracing::error!(error = %e, "audit trail: flush of an operator action failed");
+        }
+    }
+
+    /// Executes one request on behalf of `uid` arriving `via` (admin-socket, signal, offline).
+    pub async fn execute(self: &Arc<Self>, req: AdminRequest, uid: Option<u32>, via: &str) -> AdminReply {
+        let by = |reason: &Option<String>| Engagement {
+            reason: reason.clone().unwrap_or_else(|| "no reason given".into()),
+            by_uid: uid,
+            via: via.to_owned(),
+            at: crate::clock::now_rfc3339(),
+        };
+        match req {
+            AdminRequest::Engage { scope, reason, token } => {
+                let by = by(&reason);
+                let reply = self.engage(&scope, token.as_deref(), by.clone()).await;
+                self.audit_change(Action::Engage, &scope, &reply, &by).await;
+                reply
+            }
+            AdminRequest::Release { scope, reason, token } => {
+                let by = by(&reason);
+                let reply = self.release(&scope, token.as_deref(), by.clone()).await;
+                self.audit_change(Action::Release, &scope, &reply, &by).await;
+                reply
+            }
+            AdminRequest::Status => AdminReply::Status(self.status()),
+            AdminRequest::Reload => match &self.reloader {
+                Some(r) => match r.reload().await {
+                    Ok(summary) => AdminReply::Reloaded { summary },
+                    Err(e) => AdminReply::failed(e),
+                },
+                None => AdminReply::failed("no running daemon to reload"),
+            },
+            AdminRequest::Keys { token, op } => {
+                let by = by(&None);
+                let reply = self.keys(token.as_deref(), &op, by.clone()).await;
+                if op.changes_token() {
+                    let action = match &reply {
+                        AdminReply::Failed { .. } => format!("{}-failed", op.name()),
+                        _ => op.name().to_owned(),
+                    };
+                    let scope = format!("key:{}", op.id().unwrap_or("-"));
+                    self.audit_admin(true, &action, &scope, &by).await;
+                }
+                reply
+            }
+        }
+    }
+
+    async fn audit_change(&self, action: Action, scope: &Scope, reply: &AdminReply, by: &Engagement) {
+        let name = match reply {
+            AdminReply::Changed(r) if r.in_force => action.as_str().to_owned(),
+            AdminReply::Changed(_) => format!("{}-superseded", action.as_str()),
+            _ => format!("{}-failed", action.as_str()),
+        };
+        self.audit_admin(matches!(scope, Scope::Key(_)), &name, &scope.to_string(), by)
+            .await;
+    }
+
+    /// Engages the kill switch at `scope` (`token` picks the token for a key scope).
+    pub async fn engage(self: &Arc<Self>, scope: &Scope, token: Option<&str>, by: Engagement) -> AdminReply {
+        let started = Instant::now();
+        tracing::warn!(scope = %scope, by_uid = ?by.by_uid, via = %by.via, reason = %by.reason, "kill switch ENGAGE");
+        let report = |durable: bool, note: Option<String>| {
+            AdminReply::Changed(ChangeReport {
+                action: Action::Engage,
+                scope: scope.clone(),
+                in_force: true,
+                durable,
+                note,
+                elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+            })
+        };
+        match scope {
+            Scope::Proxy => {
+                // The gate closes inside engage_proxy, before the write; the disconnect (logout,
+                // close sessions, finalize) follows in the background.
+                let engaged = self.switch.engage_proxy(by);
+                let this = self.clone();
+                tokio::spawn(async move { this.disconnect_all().await });
+                report(
+                    engaged.not_durable.is_none(),
+                    not_durable_note(engaged.not_durable),
+                )
+            }
+            Scope::Keystore(p) => {
+                if let Err(e) = self.known_prefix(p) {
+                    return AdminReply::failed(e);
+                }
+                let engaged = self.switch.engage_keystore(p, by);
+                report(
+                    engaged.not_durable.is_none(),
+                    not_durable_note(engaged.not_durable),
+                )
+            }
+            Scope::Key(id) => {
+                let t = match self.token_for(token) {
+                    Ok(t) => t,
+                    Err(e) => return AdminReply::failed(e),
+                };
+                let outcome = keys::disable(&t, id, &by, self.daemon == DaemonState::NotRunning).await;
+                match outcome {
+                    Ok(MarkOutcome::OnToken) => {
+                        let durable = self.switch.record_event("engage", &scope.to_string(), by);
+                        // The token holds the mark: durable whatever the history write did.
+                        let _ = durable;
+                        report(true, None)
+                    }
+                    Ok(MarkOutcome::LocalOnly { reason }) => {
+                        let mut engaged = self.switch.deny_key_locally(&t.name, id, by.clone());
+                        if engaged.not_durable.is_none() {
+                            engaged.not_durable = self.switch.record_event("engage", &scope.to_string(), by);
+                        }
+                        let note = format!(
+                            "the token refused the disabled-key mark ({reason}): the key is refused by this instance only{}",
+                            match &engaged.not_durable {
+                                None => ", recorded in its state file".to_owned(),
+                                Some(e) => format!("; NOT durable: {e}"),
+                            }
+                        );
+                        report(engaged.not_durable.is_none(), Some(note))
+                    }
+                    Err(e) => AdminReply::failed(e),
+                }
+            }
+        }
+    }
+
+    async fn release(self: &Arc<Self>, scope: &Scope, token: Option<&str>, by: Engagement) -> AdminReply {
+        let started = Instant::now();
+        // Taken first: an engage of this scope from here on supersedes this release.
+        let seen = match scope {
+            Scope::Proxy => self.switch.epoch("proxy"),
+            Scope::Keystore(p) => self.switch.epoch(&format!("keystore:{p}")),
+            Scope::Key(_) => self.switch.epoch("-"),
+        };
+        tracing::warn!(scope = %scope, by_uid = ?by.by_uid, via = %by.via, reason = %by.reason, "kill switch RELEASE");
+        let superseded = || {
+            AdminReply::Changed(ChangeReport {
+                action: Action::Release,
+                scope: scope.clone(),
+                in_force: false,
+                durable: true,
+                note: Some(ReleaseError::Superseded.to_string()),
+                elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+            })
+        };
+        let report = |in_force: bool, note: Option<String>| {
+            AdminReply::Changed(ChangeReport {
+                action: Action::Release,
+                scope: scope.clone(),
+                in_force,
+                durable: true,
+                note,
+                elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+            })
+        };
+        match scope {
+            Scope::Proxy => {
+                let _g = self.proxy_lock.lock().await;
+                let pending = match self.switch.begin_proxy_release(by, seen) {
+                    Ok(p) => p,
+                    Err(ReleaseError::Superseded) => return superseded(),
+                    Err(e) => return AdminReply::failed(e),
+                };
+                let errors = if self.daemon == DaemonState::Running {
+                    let tokens = self.tokens.clone();
+                    tokio::task::spawn_blocking(move || {
+                        tokens
+                            .iter()
+                            .filter_map(|t| t.connect().err().map(|e| format!("{}: {e}", t.name)))
+                            .collect::<Vec<_>>()
+                    })
+                    .await
+                    .unwrap_or_else(|e| vec![e.to_string()])
+                } else {
+                    Vec::new()
+                };
+                if !self.switch.finish_proxy_release(pending) {
+                    return superseded();
+                }
+                let note = (!errors.is_empty()).then(|| {
+                    format!(
+                        "released, but some tokens did not reconnect (retried in the background): {}",
+                        errors.join("; ")
+                    )
+                });
+                report(true, note)
+            }
+            Scope::Keystore(p) => {
+                if let Err(e) = self.known_prefix(p) {
+                    return AdminReply::failed(e);
+                }
+                match self.switch.release_keystore(p, by, seen) {
+                    Ok(()) => report(true, None),
+                    Err(ReleaseError::Superseded) => superseded(),
+                    Err(e) => AdminReply::failed(e),
+                }
+            }
+            Scope::Key(id) => {
+                let t = match self.token_for(token) {
+                    Ok(t) => t,
+                    Err(e) => return AdminReply::failed(e),
+                };
+                // The local refusal leaves the file first: a crash in between leaves the key
+                // refused, never the other way round.
+                if let Err(e) = self.switch.lift_key_locally(&t.name, id) {
+                    return AdminReply::failed(format!("{e}; nothing was released"));
+                }
+                match keys::enable(&t, id, self.daemon == DaemonState::NotRunning).await {
+                    Ok(()) => {
+                        let _ = self.switch.record_event("release", &scope.to_string(), by);
+                        report(true, None)
+                    }
+                    Err(e) => {
+                        // Still refused in memory; put the local record back so it stays so.
+                        let _ = self.switch.deny_key_locally(&t.name, id, by);
+                        AdminReply::failed(format!("{e}; the key stays disabled"))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Logs out of every token, closes every session and finalizes the modules.
+    pub async fn disconnect_all(self: &Arc<Self>) {
+        let _g = self.proxy_lock.lock().await;
+        if !self.switch.proxy_engaged() {
+            return;
+        }
+        let tokens = self.tokens.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            tokens.iter().for_each(|t| t.begin_disconnect());
+            let wait = DISCONNECT_WAIT + IDLE_CHECK;
+            tokens
+                .iter()
+                .map(|t| (t.name.clone(), t.finish_disconnect(wait)))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        match res {
+            Ok(left) => {
+                for (name, n) in left {
+                    if n > 0 {
+                        tracing::error!(token = %name, sessions = n, "sessions still open after the wait; module finalized anyway");
+                    } else {
+                        tracing::warn!(token = %name, "token disconnected: logged out, sessions closed, module finalized");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "disconnect task failed"),
+        }
+    }
+
+    /// The full kill switch picture.
+    pub fn status(&self) -> Status {
+        let v = self.switch.view();
+        let keystores = self
+            .prefixes()
+            .into_iter()
+            .map(|p| {
+                let engaged = self.switch.gates().keystore_closed(&p);
+                let on_disk = v.keystores_on_disk.contains(&p);
+                KeystoreState {
+                    state: ScopeState {
+                        engaged,
+                        durable: engaged == on_disk,
+                        by: v.state.keystores.get(&p).cloned(),
+                    },
+                    prefix: p,
+                }
+            })
+            .collect();
+        let local = &v.state.local_key_denies;
+        let tokens = self
+            .tokens
+            .iter()
+            .map(|t| TokenState {
+                name: t.name.clone(),
+                connected: t.is_connected(),
+                open_sessions: t.open_sessions(),
+                disabled_keys: t.disabled_keys(),
+                local_denies: local
+                    .get(&t.name)
+                    .map(|m| m.keys().cloned().collect())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        Status {
+            daemon: self.daemon,
+            proxy: ScopeState {
+                engaged: v.proxy_closed,
+                durable: v.proxy_closed == v.proxy_on_disk,
+                by: v.state.proxy.clone(),
+            },
+            keystores,
+            tokens,
+            state_write_error: if v.durable { None } else { v.last_error.clone() },
+            history: v.state.history,
+        }
+    }
+
+    async fn keys(self: &Arc<Self>, token: Option<&str>, op: &KeyOp, by: Engagement) -> AdminReply {
+        let t = match self.token_for(token) {
+            Ok(t) => t,
+            Err(e) => return AdminReply::failed(e),
+        };
+        let reply = keys::run(&t, op, self.daemon == DaemonState::NotRunning).await;
+        if op.changes_token() && !matches!(reply, AdminReply::Failed { .. }) {
+            tracing::warn!(op = op.name(), key_id = op.id().unwrap_or("-"), by_uid = ?by.by_uid, "key lifecycle");
+            let _ = self
+                .switch
+                .record_event(op.name(), &format!("key:{}", op.id().unwrap_or("-")), by);
+        }
+        reply
+    }
+
+    fn known_prefix(&self, p: &str) -> Result<(), String> {
+        let prefixes = self.prefixes();
+        if prefixes.iter().any(|k| k == p) {
+            Ok(())
+        } else {
+            Err(format!(
+                "no keystore has the URI prefix {p:?} (known: {prefixes:?})"
+            ))
+        }
+    }
+
+    /// The keystore prefixes of the running configuration.
+    pub fn prefixes(&self) -> Vec<String> {
+        self.prefixes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn token_for(&self, name: Option<&str>) -> Result<Arc<Token>, String> {
+        match (name, self.tokens.as_slice()) {
+            (Some(n), ts) => ts
+                .iter()
+                .find(|t| t.name == n)
+                .cloned()
+                .ok_or_else(|| format!("no token named {n:?}")),
+            (None, [t]) => Ok(t.clone()),
+            (None, _) => Err("several tokens are configured; name one with --token".into()),
+        }
+    }
+}
+
+fn not_durable_note(e: Option<String>) -> Option<String> {
+    e.map(|e| format!("in force, but NOT durable ({e}); retried in the background until written, a restart before that would lose it"))
+}
