@@ -99,15 +99,17 @@ impl LockHolder {
         let child = Command::new("sh")
             .args([
                 "-c",
-                r#"exec 9>>"$1" && flock -n 9 && echo $$ > "$1" && exec sleep 120"#,
+                r#"exec 9>>"$1" && flock 9 && echo $$ > "$1" && exec sleep 120"#,
                 "sh",
             ])
             .arg(lock)
             .spawn()
             .expect("spawn lock holder");
+        let holder = LockHolder(child);
+        // The probe holds the lock for an instant too; the helper waits for it (no -n).
         let held = wait_until(WAIT, || !lock_is_free(lock));
         assert!(held, "the helper process did not take the lock");
-        LockHolder(child)
+        holder
     }
 }
 
