@@ -32,7 +32,10 @@ fn the_daemon_holds_an_exclusive_lock_on_its_state_directory_naming_its_pid_for_
         "another process could take the state lock while the daemon runs"
     );
     std::thread::sleep(Duration::from_millis(1200));
-    assert!(!lock_is_free(&lock), "the daemon let go of its lock while running");
+    assert!(
+        !lock_is_free(&lock),
+        "the daemon let go of its lock while running"
+    );
     drop(proxy);
     assert!(
         lock_is_free(&lock),
@@ -130,7 +133,14 @@ fn the_cli_does_not_act_offline_while_another_process_holds_the_state_lock() {
     let holder = LockHolder::hold(&lock_file(&fx));
 
     for args in [
-        vec!["kill-switch", "engage", "--keystore", PREFIX, "--reason", "locked"],
+        vec![
+            "kill-switch",
+            "engage",
+            "--keystore",
+            PREFIX,
+            "--reason",
+            "locked",
+        ],
         vec!["kill-switch", "engage", "--key", KEY_AES, "--reason", "locked"],
     ] {
         let (code, out, err) = cli(&config, &args);
@@ -213,7 +223,14 @@ fn with_the_admin_socket_removed_no_engage_reports_success_while_requests_are_st
 
     let (code, out, err) = cli(
         &proxy.config,
-        &["kill-switch", "engage", "--keystore", PREFIX, "--reason", "no socket"],
+        &[
+            "kill-switch",
+            "engage",
+            "--keystore",
+            PREFIX,
+            "--reason",
+            "no socket",
+        ],
     );
     let enc = encrypt_outcome(&proxy, &fx, KEY_ENCRYPT_ONLY);
     if code == Some(0) {
@@ -225,10 +242,7 @@ fn with_the_admin_socket_removed_no_engage_reports_success_while_requests_are_st
         assert!(!err.trim().is_empty(), "keystore engage failed without a message");
     }
 
-    let (code, out, err) = cli(
-        &proxy.config,
-        &["kill-switch", "engage", "--reason", "no socket"],
-    );
+    let (code, out, err) = cli(&proxy.config, &["kill-switch", "engage", "--reason", "no socket"]);
     let p = ping(&proxy);
     let enc = encrypt_outcome(&proxy, &fx, KEY_ENCRYPT_ONLY);
     if code == Some(0) {
@@ -247,7 +261,10 @@ fn status_reports_each_scope_with_who_engaged_it_and_whether_that_is_durable() {
     let proxy = TestProxy::start(&fx);
     let s = status(&proxy.config);
     assert_eq!(s["proxy"]["engaged"], false, "{s}");
-    assert_eq!(s["proxy"]["durable"], true, "a released proxy on a writable state dir: {s}");
+    assert_eq!(
+        s["proxy"]["durable"], true,
+        "a released proxy on a writable state dir: {s}"
+    );
     assert!(s["proxy"]["by"].is_null(), "{s}");
     let ks = &s["keystores"][0];
     assert_eq!(
@@ -264,15 +281,33 @@ fn status_reports_each_scope_with_who_engaged_it_and_whether_that_is_durable() {
 
     cli_ok(
         &proxy.config,
-        &["kill-switch", "engage", "--keystore", PREFIX, "--reason", "tenant paused"],
+        &[
+            "kill-switch",
+            "engage",
+            "--keystore",
+            PREFIX,
+            "--reason",
+            "tenant paused",
+        ],
     );
     cli_ok(
         &proxy.config,
-        &["kill-switch", "engage", "--key", KEY_NO_USAGE, "--reason", "key drill"],
+        &[
+            "kill-switch",
+            "engage",
+            "--key",
+            KEY_NO_USAGE,
+            "--reason",
+            "key drill",
+        ],
     );
     let s = status(&proxy.config);
     let ks = &s["keystores"][0];
-    assert_eq!((&ks["engaged"], &ks["durable"]), (&Value::from(true), &Value::from(true)), "{s}");
+    assert_eq!(
+        (&ks["engaged"], &ks["durable"]),
+        (&Value::from(true), &Value::from(true)),
+        "{s}"
+    );
     assert_eq!(ks["by"]["reason"], "tenant paused", "{s}");
     assert_eq!(ks["by"]["via"], "admin-socket", "{s}");
     assert_eq!(ks["by"]["by_uid"], 0, "tests run as root: {s}");
@@ -374,13 +409,19 @@ fn assert_consistent(proxy: &TestProxy, fx: &Fixture, round: usize, what: &str) 
             (400, "InvalidStateException"),
             "round {round} ({what}): status says engaged but Encrypt answered {enc:?}"
         );
-        assert_ne!(p, 200, "round {round} ({what}): status says engaged but /ping is 200");
+        assert_ne!(
+            p, 200,
+            "round {round} ({what}): status says engaged but /ping is 200"
+        );
     } else {
         assert_eq!(
             enc.0, 200,
             "round {round} ({what}): status says released but Encrypt answered {enc:?}"
         );
-        assert_eq!(p, 200, "round {round} ({what}): status says released but /ping is {p}");
+        assert_eq!(
+            p, 200,
+            "round {round} ({what}): status says released but /ping is {p}"
+        );
     }
     let file = state_file(fx);
     assert_eq!(

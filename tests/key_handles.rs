@@ -40,7 +40,11 @@ fn the_reuse_handles_fault_gives_a_new_key_the_number_of_the_destroyed_one() {
             .get_slots_with_token()
             .expect("slots")
             .into_iter()
-            .find(|s| pkcs11.get_token_info(*s).is_ok_and(|i| i.label().trim() == TOKEN_LABEL))
+            .find(|s| {
+                pkcs11
+                    .get_token_info(*s)
+                    .is_ok_and(|i| i.label().trim() == TOKEN_LABEL)
+            })
             .expect("fixture token");
         let s = pkcs11.open_rw_session(slot).expect("session");
         let pin = std::fs::read_to_string(fx.path("secrets/token.pin")).unwrap();
@@ -50,7 +54,11 @@ fn the_reuse_handles_fault_gives_a_new_key_the_number_of_the_destroyed_one() {
         s.destroy_object(a).expect("destroy");
         let b = generate_secret_key(&s, "shim-b", KeyType::AES, 32);
         assert_eq!(b, a, "the new key did not get the destroyed key's number");
-        assert_eq!(find_keys(&s, "shim-b"), vec![a], "C_FindObjects must return the reused number");
+        assert_eq!(
+            find_keys(&s, "shim-b"),
+            vec![a],
+            "C_FindObjects must return the reused number"
+        );
         assert!(find_keys(&s, "shim-a").is_empty());
         let label = s.get_attributes(a, &[AttributeType::Label]).expect("attributes");
         assert_eq!(label, vec![Attribute::Label(b"shim-b".to_vec())]);
@@ -120,11 +128,18 @@ fn pkcs11_tool_keygen(fx: &Fixture, label: &str, extra: &[&str]) {
     );
     let pin = std::fs::read_to_string(fx.path("secrets/token.pin")).expect("token.pin");
     let mut c = Command::new("pkcs11-tool");
-    c.args(["--module", SOFTHSM_MODULE, "--token-label", TOKEN_LABEL, "--login", "--pin"])
-        .arg(pin.trim_end())
-        .args(["--keygen", "--key-type", "AES:32", "--private", "--label", label])
-        .args(extra)
-        .env("SOFTHSM2_CONF", fx.path("softhsm2.conf"));
+    c.args([
+        "--module",
+        SOFTHSM_MODULE,
+        "--token-label",
+        TOKEN_LABEL,
+        "--login",
+        "--pin",
+    ])
+    .arg(pin.trim_end())
+    .args(["--keygen", "--key-type", "AES:32", "--private", "--label", label])
+    .args(extra)
+    .env("SOFTHSM2_CONF", fx.path("softhsm2.conf"));
     let (code, out, err) = run_bounded(c, WAIT);
     assert_eq!(code, Some(0), "pkcs11-tool --keygen {label}: {out}\n{err}");
 }
@@ -147,7 +162,10 @@ fn sensitivity(fx: &Fixture, label: &str) -> (bool, bool) {
                 _ => {}
             }
         }
-        (sensitive.expect("CKA_SENSITIVE"), extractable.expect("CKA_EXTRACTABLE"))
+        (
+            sensitive.expect("CKA_SENSITIVE"),
+            extractable.expect("CKA_EXTRACTABLE"),
+        )
     })
 }
 
@@ -157,7 +175,7 @@ fn keys_made_elsewhere_as_extractable_or_not_sensitive_are_refused_with_a_clear_
     pkcs11_tool_keygen(&fx, "outside-extractable", &["--sensitive", "--extractable"]);
     pkcs11_tool_keygen(&fx, "outside-not-sensitive", &[]);
     assert_eq!(sensitivity(&fx, "outside-extractable"), (true, true), "fixture");
-    assert_eq!(sensitivity(&fx, "outside-not-sensitive").0, false, "fixture");
+    assert!(!sensitivity(&fx, "outside-not-sensitive").0, "fixture");
 
     let mut cfg = fx.config();
     entry(&mut cfg, "keystores", 0).insert("key_pattern".into(), "outside-*".into());
@@ -168,8 +186,7 @@ fn keys_made_elsewhere_as_extractable_or_not_sensitive_are_refused_with_a_clear_
     let mut xks = proxy.xks(&fx);
     let sealed = xks.encrypt_ok("outside-control", b"fine", None);
     assert_eq!(
-        xks.decrypt("outside-control", &sealed.decrypt_body(None))
-            .status,
+        xks.decrypt("outside-control", &sealed.decrypt_body(None)).status,
         200
     );
 

@@ -28,7 +28,8 @@ fn proxy_state(config: &std::path::Path) -> (Option<bool>, Option<bool>, Value) 
 }
 
 #[test]
-fn engage_on_an_unwritable_state_directory_is_in_force_reported_not_durable_exits_75_and_becomes_durable_later() {
+fn engage_on_an_unwritable_state_directory_is_in_force_reported_not_durable_exits_75_and_becomes_durable_later(
+) {
     let fx = Fixture::new();
     let proxy = TestProxy::start(&fx);
     assert_eq!(encrypt_outcome(&proxy, &fx, KEY_AES).0, 200);
@@ -115,7 +116,11 @@ fn release_on_an_unwritable_state_directory_does_not_report_success_it_cannot_ke
         Some(true) => assert_eq!(enc.0, 400, "status says engaged: {s}"),
         Some(false) => {
             assert_eq!(enc.0, 200, "status says released: {s}");
-            assert_eq!(durable, Some(false), "a release not written must not be durable: {s}");
+            assert_eq!(
+                durable,
+                Some(false),
+                "a release not written must not be durable: {s}"
+            );
         }
         None => panic!("no proxy.engaged in status: {s}"),
     }
@@ -146,7 +151,12 @@ fn assert_key_refused(proxy: &TestProxy, fx: &Fixture, sealed: &Sealed, context:
         r.text()
     );
     let r = xks.encrypt(KEY_ENCRYPT_ONLY, &encrypt_body(b"x", None, false));
-    assert_eq!(r.status, 200, "{context}: another key must still serve: {}", r.text());
+    assert_eq!(
+        r.status,
+        200,
+        "{context}: another key must still serve: {}",
+        r.text()
+    );
 }
 
 #[track_caller]
@@ -170,7 +180,14 @@ fn a_key_engage_whose_token_mark_is_refused_is_enforced_locally_across_polls_rec
     set_control(&control, "refuse_data_objects");
     let (code, out, err) = cli(
         &proxy.config,
-        &["kill-switch", "engage", "--key", KEY_AES, "--reason", "mark refused"],
+        &[
+            "kill-switch",
+            "engage",
+            "--key",
+            KEY_AES,
+            "--reason",
+            "mark refused",
+        ],
     );
     assert_eq!(
         code,
@@ -227,10 +244,7 @@ fn a_key_engage_whose_token_mark_is_refused_is_enforced_locally_across_polls_rec
         &["kill-switch", "release", "--key", KEY_AES, "--reason", "done"],
     );
     let mut xks = proxy.xks(&fx);
-    assert_eq!(
-        xks.encrypt(KEY_AES, &encrypt_body(b"x", None, false)).status,
-        200
-    );
+    assert_eq!(xks.encrypt(KEY_AES, &encrypt_body(b"x", None, false)).status, 200);
     assert_eq!(xks.decrypt(KEY_AES, &sealed.decrypt_body(None)).status, 200);
     let (disabled, local, s) = token_lists(&proxy.config);
     assert!(
