@@ -23,6 +23,24 @@
  *                         login is what brings such a token back
  *   slow <ms>             sleep <ms> before forwarding each crypto call
  *   pin_incorrect         C_Login returns CKR_PIN_INCORRECT (0xA0) without reaching the token
+ *   refuse_data_objects   C_CreateObject of a CKO_DATA object (CKA_CLASS = 0 in the template)
+ *                         returns CKR_FUNCTION_FAILED (0x06) without reaching the token: a token
+ *                         that refuses the proxy's disabled-key marks and creation records.
+ *                         Other objects are created normally
+ *   reuse_handles         handle numbers are reused, as some HSMs do: each handle the shim sees
+ *                         destroyed by C_DestroyObject (while the word is set) is remembered, and
+ *                         the next objects made by C_CreateObject, C_CopyObject, C_GenerateKey,
+ *                         C_UnwrapKey or C_DeriveKey receive those numbers, oldest first
+ *
+ * Handle translation: the shim keeps a table from the handle numbers it handed out to the real
+ * module's handles. A handle never remapped is passed through unchanged (SoftHSM2 itself never
+ * reuses a number, so the two spaces do not collide). Every call taking an object handle
+ * translates it (C_DestroyObject, C_GetObjectSize, C_Get/SetAttributeValue, C_CopyObject, the
+ * *Init calls of encrypt/decrypt/sign/verify, C_DigestKey, C_WrapKey, C_UnwrapKey,
+ * C_DeriveKey), and C_FindObjects translates its results back, so the caller only ever sees the
+ * shim's numbers. Once the remembered number of a destroyed key is given to a new key, a stale
+ * handle cached by the caller silently designates the new key. The table lives as long as the
+ * process (C_Finalize does not clear it).
  *
  * Every C_Login call (refused or forwarded) appends one line to "<control>.logins", so a test
  * can count login attempts.
@@ -60,8 +78,16 @@ typedef CK_ULONG CK_STATE;
 typedef CK_RV (*CK_NOTIFY)(CK_SESSION_HANDLE, CK_ULONG, void *);
 /* Only passed through by pointer: their layout does not matter here. */
 typedef struct CK_MECHANISM CK_MECHANISM;
-typedef struct CK_ATTRIBUTE CK_ATTRIBUTE;
 typedef struct CK_TOKEN_INFO CK_TOKEN_INFO;
+
+/* Read by refuse_data_objects to find CKA_CLASS in a template. */
+typedef struct CK_ATTRIBUTE {
+    CK_ULONG type;
+    void *pValue;
+    CK_ULONG ulValueLen;
+} CK_ATTRIBUTE;
+#define CKA_CLASS 0x00UL
+#define CKO_DATA 0x00UL
 
 typedef struct {
     CK_BYTE major;
@@ -77,6 +103,7 @@ typedef struct {
 
 #define CKR_OK 0x00UL
 #define CKR_GENERAL_ERROR 0x05UL
+#define CKR_FUNCTION_FAILED 0x06UL
 #define CKR_DEVICE_ERROR 0x30UL
 #define CKR_DEVICE_REMOVED 0x32UL
 #define CKR_PIN_INCORRECT 0xA0UL
@@ -118,14 +145,14 @@ struct CK_FUNCTION_LIST {
     ANY_FN C_SetOperationState;
     CK_RV (*C_Login)(CK_SESSION_HANDLE, CK_USER_TYPE, CK_BYTE *, CK_ULONG);
     ANY_FN C_Logout;
-    ANY_FN C_CreateObject;
-    ANY_FN C_CopyObject;
-    ANY_FN C_DestroyObject;
-    ANY_FN C_GetObjectSize;
-    ANY_FN C_GetAttributeValue;
-    ANY_FN C_SetAttributeValue;
+    CK_RV (*C_CreateObject)(CK_SESSION_HANDLE, CK_ATTRIBUTE *, CK_ULONG, CK_OBJECT_HANDLE *);
+    CK_RV (*C_CopyObject)(CK_SESSION_HANDLE, CK_OBJECT_HANDLE, CK_ATTRIBUTE *, CK_ULONG, CK_OBJECT_HANDLE *);
+    CK_RV (*C_DestroyObject)(CK_SESSION_HANDLE, CK_OBJECT_HANDLE);
+    CK_RV (*C_GetObjectSize)(CK_SESSION_HANDLE, CK_OBJECT_HANDLE, CK_ULONG *);
+    CK_RV (*C_GetAttributeValue)(CK_SESSION_HANDLE, CK_OBJECT_HANDLE, CK_ATTRIBUTE *, CK_ULONG);
+    CK_RV (*C_SetAttributeValue)(CK_SESSION_HANDLE, CK_OBJECT_HANDLE, CK_ATTRIBUTE *, CK_ULONG);
     CK_RV (*C_FindObjectsInit)(CK_SESSION_HANDLE, CK_ATTRIBUTE *, CK_ULONG);
-    ANY_FN C_FindObjects;
+    CK_RV (*C_FindObjects)(CK_SESSION_HANDLE, CK_OBJECT_HANDLE *, CK_ULONG, CK_ULONG *);
     ANY_FN C_FindObjectsFinal;
     CK_RV (*C_EncryptInit)(CK_SESSION_HANDLE, CK_MECHANISM *, CK_OBJECT_HANDLE);
     CK_RV (*C_Encrypt)(CK_SESSION_HANDLE, CK_BYTE *, CK_ULONG, CK_BYTE *, CK_ULONG *);
@@ -138,29 +165,29 @@ struct CK_FUNCTION_LIST {
     ANY_FN C_DigestInit;
     ANY_FN C_Digest;
     ANY_FN C_DigestUpdate;
-    ANY_FN C_DigestKey;
+    CK_RV (*C_DigestKey)(CK_SESSION_HANDLE, CK_OBJECT_HANDLE);
     ANY_FN C_DigestFinal;
-    ANY_FN C_SignInit;
+    CK_RV (*C_SignInit)(CK_SESSION_HANDLE, CK_MECHANISM *, CK_OBJECT_HANDLE);
     ANY_FN C_Sign;
     ANY_FN C_SignUpdate;
     ANY_FN C_SignFinal;
-    ANY_FN C_SignRecoverInit;
+    CK_RV (*C_SignRecoverInit)(CK_SESSION_HANDLE, CK_MECHANISM *, CK_OBJECT_HANDLE);
     ANY_FN C_SignRecover;
-    ANY_FN C_VerifyInit;
+    CK_RV (*C_VerifyInit)(CK_SESSION_HANDLE, CK_MECHANISM *, CK_OBJECT_HANDLE);
     ANY_FN C_Verify;
     ANY_FN C_VerifyUpdate;
     ANY_FN C_VerifyFinal;
-    ANY_FN C_VerifyRecoverInit;
+    CK_RV (*C_VerifyRecoverInit)(CK_SESSION_HANDLE, CK_MECHANISM *, CK_OBJECT_HANDLE);
     ANY_FN C_VerifyRecover;
     ANY_FN C_DigestEncryptUpdate;
     ANY_FN C_DecryptDigestUpdate;
     ANY_FN C_SignEncryptUpdate;
     ANY_FN C_DecryptVerifyUpdate;
-    ANY_FN C_GenerateKey;
+    CK_RV (*C_GenerateKey)(CK_SESSION_HANDLE, CK_MECHANISM *, CK_ATTRIBUTE *, CK_ULONG, CK_OBJECT_HANDLE *);
     ANY_FN C_GenerateKeyPair;
-    ANY_FN C_WrapKey;
-    ANY_FN C_UnwrapKey;
-    ANY_FN C_DeriveKey;
+    CK_RV (*C_WrapKey)(CK_SESSION_HANDLE, CK_MECHANISM *, CK_OBJECT_HANDLE, CK_OBJECT_HANDLE, CK_BYTE *, CK_ULONG *);
+    CK_RV (*C_UnwrapKey)(CK_SESSION_HANDLE, CK_MECHANISM *, CK_OBJECT_HANDLE, CK_BYTE *, CK_ULONG, CK_ATTRIBUTE *, CK_ULONG, CK_OBJECT_HANDLE *);
+    CK_RV (*C_DeriveKey)(CK_SESSION_HANDLE, CK_MECHANISM *, CK_OBJECT_HANDLE, CK_ATTRIBUTE *, CK_ULONG, CK_OBJECT_HANDLE *);
     ANY_FN C_SeedRandom;
     CK_RV (*C_GenerateRandom)(CK_SESSION_HANDLE, CK_BYTE *, CK_ULONG);
     ANY_FN C_GetFunctionStatus;
@@ -181,6 +208,8 @@ struct fault {
     int not_logged_in;   /* not_logged_in (persistent) */
     long slow_ms;        /* slow <ms> */
     int pin_incorrect;   /* pin_incorrect */
+    int refuse_data;     /* refuse_data_objects */
+    int reuse_handles;   /* reuse_handles */
 };
 
 /* Serializes "read the file, then rewrite it to none" so a one-shot fault fires once even
@@ -211,6 +240,10 @@ static void parse(const char *line, struct fault *f)
             f->slow_ms = ms ? strtol(ms, NULL, 10) : 0;
         } else if (!strcmp(w, "pin_incorrect")) {
             f->pin_incorrect = 1;
+        } else if (!strcmp(w, "refuse_data_objects")) {
+            f->refuse_data = 1;
+        } else if (!strcmp(w, "reuse_handles")) {
+            f->reuse_handles = 1;
         }
         /* "none" and unknown words inject nothing. */
     }
@@ -299,6 +332,107 @@ static CK_RV device_gate(void)
     return f.device_rv;
 }
 
+
+/* ---- Handle translation (reuse_handles) ---- */
+
+struct handle_map {
+    CK_OBJECT_HANDLE shim;
+    CK_OBJECT_HANDLE real;
+};
+
+static pthread_mutex_t handle_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct handle_map *handle_maps;   /* shim number -> real handle, for remapped objects */
+static size_t handle_maps_len, handle_maps_cap;
+static CK_OBJECT_HANDLE *freed;          /* destroyed numbers waiting for reuse, oldest first */
+static size_t freed_len, freed_cap;
+
+static void *grow(void *p, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap)
+        return p;
+    size_t n = *cap ? *cap * 2 : 16;
+    while (n < need)
+        n *= 2;
+    void *q = realloc(p, n * elem);
+    if (!q) {
+        fprintf(stderr, "faultshim: out of memory\n");
+        abort();
+    }
+    *cap = n;
+    return q;
+}
+
+/* The real handle behind a number the caller holds. Called with handle_lock held. */
+static CK_OBJECT_HANDLE to_real_locked(CK_OBJECT_HANDLE h)
+{
+    for (size_t i = 0; i < handle_maps_len; i++)
+        if (handle_maps[i].shim == h)
+            return handle_maps[i].real;
+    return h;
+}
+
+static CK_OBJECT_HANDLE to_real(CK_OBJECT_HANDLE h)
+{
+    pthread_mutex_lock(&handle_lock);
+    CK_OBJECT_HANDLE r = to_real_locked(h);
+    pthread_mutex_unlock(&handle_lock);
+    return r;
+}
+
+/* The number the caller sees for a real handle. Called with handle_lock held. */
+static CK_OBJECT_HANDLE to_shim_locked(CK_OBJECT_HANDLE real)
+{
+    for (size_t i = 0; i < handle_maps_len; i++)
+        if (handle_maps[i].real == real)
+            return handle_maps[i].shim;
+    return real;
+}
+
+/* A new object was made with real handle *h: hand out a remembered number if there is one. */
+static void adopt_new_handle(CK_OBJECT_HANDLE *h)
+{
+    if (!h)
+        return;
+    pthread_mutex_lock(&handle_lock);
+    if (freed_len > 0) {
+        CK_OBJECT_HANDLE number = freed[0];
+        memmove(freed, freed + 1, (freed_len - 1) * sizeof *freed);
+        freed_len--;
+        /* The number may still be mapped to the destroyed object: replace that entry. */
+        size_t i = 0;
+        while (i < handle_maps_len && handle_maps[i].shim != number)
+            i++;
+        if (i == handle_maps_len) {
+            handle_maps = grow(handle_maps, &handle_maps_cap, handle_maps_len + 1, sizeof *handle_maps);
+            handle_maps_len++;
+        }
+        handle_maps[i].shim = number;
+        handle_maps[i].real = *h;
+        *h = number;
+    } else {
+        *h = to_shim_locked(*h);
+    }
+    pthread_mutex_unlock(&handle_lock);
+}
+
+/* An object was destroyed: its number becomes reusable when reuse_handles is set; its
+ * mapping (if any) is dropped, so the number alone no longer reaches the old object. */
+static void forget_handle(CK_OBJECT_HANDLE number, int remember)
+{
+    pthread_mutex_lock(&handle_lock);
+    for (size_t i = 0; i < handle_maps_len; i++) {
+        if (handle_maps[i].shim == number) {
+            handle_maps[i] = handle_maps[--handle_maps_len];
+            break;
+        }
+    }
+    if (remember) {
+        freed = grow(freed, &freed_cap, freed_len + 1, sizeof *freed);
+        freed[freed_len++] = number;
+    }
+    pthread_mutex_unlock(&handle_lock);
+}
+
 /* ---- The real module and the wrapped list ---- */
 
 static struct CK_FUNCTION_LIST *real;
@@ -375,7 +509,7 @@ static CK_RV shim_FindObjectsInit(CK_SESSION_HANDLE session, CK_ATTRIBUTE *tmpl,
 static CK_RV shim_EncryptInit(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_OBJECT_HANDLE key)
 {
     CK_RV rv = crypto_gate();
-    return rv ? rv : real->C_EncryptInit(session, mech, key);
+    return rv ? rv : real->C_EncryptInit(session, mech, to_real(key));
 }
 
 static CK_RV shim_Encrypt(CK_SESSION_HANDLE session, CK_BYTE *in, CK_ULONG in_len, CK_BYTE *out,
@@ -388,7 +522,7 @@ static CK_RV shim_Encrypt(CK_SESSION_HANDLE session, CK_BYTE *in, CK_ULONG in_le
 static CK_RV shim_DecryptInit(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_OBJECT_HANDLE key)
 {
     CK_RV rv = crypto_gate();
-    return rv ? rv : real->C_DecryptInit(session, mech, key);
+    return rv ? rv : real->C_DecryptInit(session, mech, to_real(key));
 }
 
 static CK_RV shim_Decrypt(CK_SESSION_HANDLE session, CK_BYTE *in, CK_ULONG in_len, CK_BYTE *out,
@@ -402,6 +536,142 @@ static CK_RV shim_GenerateRandom(CK_SESSION_HANDLE session, CK_BYTE *out, CK_ULO
 {
     CK_RV rv = crypto_gate();
     return rv ? rv : real->C_GenerateRandom(session, out, len);
+}
+
+/* Is this template a CKO_DATA object? */
+static int is_data_template(const CK_ATTRIBUTE *t, CK_ULONG n)
+{
+    for (CK_ULONG i = 0; t && i < n; i++) {
+        if (t[i].type == CKA_CLASS && t[i].pValue && t[i].ulValueLen == sizeof(CK_ULONG)) {
+            CK_ULONG cls;
+            memcpy(&cls, t[i].pValue, sizeof cls);
+            return cls == CKO_DATA;
+        }
+    }
+    return 0;
+}
+
+static CK_RV shim_CreateObject(CK_SESSION_HANDLE session, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                               CK_OBJECT_HANDLE *obj)
+{
+    struct fault f;
+    current_fault(&f, 0);
+    if (f.refuse_data && is_data_template(tmpl, n))
+        return CKR_FUNCTION_FAILED;
+    CK_RV rv = real->C_CreateObject(session, tmpl, n, obj);
+    if (rv == CKR_OK)
+        adopt_new_handle(obj);
+    return rv;
+}
+
+static CK_RV shim_CopyObject(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE *tmpl,
+                             CK_ULONG n, CK_OBJECT_HANDLE *out)
+{
+    CK_RV rv = real->C_CopyObject(session, to_real(obj), tmpl, n, out);
+    if (rv == CKR_OK)
+        adopt_new_handle(out);
+    return rv;
+}
+
+static CK_RV shim_DestroyObject(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE obj)
+{
+    struct fault f;
+    current_fault(&f, 0);
+    CK_RV rv = real->C_DestroyObject(session, to_real(obj));
+    if (rv == CKR_OK)
+        forget_handle(obj, f.reuse_handles);
+    return rv;
+}
+
+static CK_RV shim_GetObjectSize(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE obj, CK_ULONG *size)
+{
+    return real->C_GetObjectSize(session, to_real(obj), size);
+}
+
+static CK_RV shim_GetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE obj,
+                                    CK_ATTRIBUTE *tmpl, CK_ULONG n)
+{
+    return real->C_GetAttributeValue(session, to_real(obj), tmpl, n);
+}
+
+static CK_RV shim_SetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE obj,
+                                    CK_ATTRIBUTE *tmpl, CK_ULONG n)
+{
+    return real->C_SetAttributeValue(session, to_real(obj), tmpl, n);
+}
+
+static CK_RV shim_FindObjects(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE *out, CK_ULONG max,
+                              CK_ULONG *count)
+{
+    CK_RV rv = real->C_FindObjects(session, out, max, count);
+    if (rv == CKR_OK && out && count) {
+        pthread_mutex_lock(&handle_lock);
+        for (CK_ULONG i = 0; i < *count; i++)
+            out[i] = to_shim_locked(out[i]);
+        pthread_mutex_unlock(&handle_lock);
+    }
+    return rv;
+}
+
+static CK_RV shim_DigestKey(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE key)
+{
+    return real->C_DigestKey(session, to_real(key));
+}
+
+static CK_RV shim_SignInit(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_OBJECT_HANDLE key)
+{
+    return real->C_SignInit(session, mech, to_real(key));
+}
+
+static CK_RV shim_SignRecoverInit(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_OBJECT_HANDLE key)
+{
+    return real->C_SignRecoverInit(session, mech, to_real(key));
+}
+
+static CK_RV shim_VerifyInit(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_OBJECT_HANDLE key)
+{
+    return real->C_VerifyInit(session, mech, to_real(key));
+}
+
+static CK_RV shim_VerifyRecoverInit(CK_SESSION_HANDLE session, CK_MECHANISM *mech,
+                                    CK_OBJECT_HANDLE key)
+{
+    return real->C_VerifyRecoverInit(session, mech, to_real(key));
+}
+
+static CK_RV shim_GenerateKey(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_ATTRIBUTE *tmpl,
+                              CK_ULONG n, CK_OBJECT_HANDLE *key)
+{
+    CK_RV rv = real->C_GenerateKey(session, mech, tmpl, n, key);
+    if (rv == CKR_OK)
+        adopt_new_handle(key);
+    return rv;
+}
+
+static CK_RV shim_WrapKey(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_OBJECT_HANDLE wrapping,
+                          CK_OBJECT_HANDLE key, CK_BYTE *out, CK_ULONG *out_len)
+{
+    return real->C_WrapKey(session, mech, to_real(wrapping), to_real(key), out, out_len);
+}
+
+static CK_RV shim_UnwrapKey(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_OBJECT_HANDLE unwrapping,
+                            CK_BYTE *wrapped_key, CK_ULONG wrapped_len, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                            CK_OBJECT_HANDLE *key)
+{
+    CK_RV rv = real->C_UnwrapKey(session, mech, to_real(unwrapping), wrapped_key, wrapped_len, tmpl,
+                                 n, key);
+    if (rv == CKR_OK)
+        adopt_new_handle(key);
+    return rv;
+}
+
+static CK_RV shim_DeriveKey(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_OBJECT_HANDLE base,
+                            CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *key)
+{
+    CK_RV rv = real->C_DeriveKey(session, mech, to_real(base), tmpl, n, key);
+    if (rv == CKR_OK)
+        adopt_new_handle(key);
+    return rv;
 }
 
 /* Loads the real module once and builds the wrapped list: a copy of the real one (so
@@ -438,6 +708,22 @@ static CK_RV load_real(void)
             wrapped.C_DecryptInit = shim_DecryptInit;
             wrapped.C_Decrypt = shim_Decrypt;
             wrapped.C_GenerateRandom = shim_GenerateRandom;
+            wrapped.C_CreateObject = shim_CreateObject;
+            wrapped.C_CopyObject = shim_CopyObject;
+            wrapped.C_DestroyObject = shim_DestroyObject;
+            wrapped.C_GetObjectSize = shim_GetObjectSize;
+            wrapped.C_GetAttributeValue = shim_GetAttributeValue;
+            wrapped.C_SetAttributeValue = shim_SetAttributeValue;
+            wrapped.C_FindObjects = shim_FindObjects;
+            wrapped.C_DigestKey = shim_DigestKey;
+            wrapped.C_SignInit = shim_SignInit;
+            wrapped.C_SignRecoverInit = shim_SignRecoverInit;
+            wrapped.C_VerifyInit = shim_VerifyInit;
+            wrapped.C_VerifyRecoverInit = shim_VerifyRecoverInit;
+            wrapped.C_GenerateKey = shim_GenerateKey;
+            wrapped.C_WrapKey = shim_WrapKey;
+            wrapped.C_UnwrapKey = shim_UnwrapKey;
+            wrapped.C_DeriveKey = shim_DeriveKey;
             real = list;
         }
     }

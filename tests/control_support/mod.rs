@@ -1,0 +1,313 @@
+//! Helpers shared by the control-plane test binaries (`control_plane`, `kill_switch_durability`,
+//! `key_handles`): the operator CLI, status, the daemon's observable behaviour (signed Encrypt,
+//! `/ping`), the fault shim, the state directory's lock and a state directory on which writes
+//! fail even for root.
+//!
+//! Used next to `mod common;` (every harness name is reached as `crate::common::NAME`).
+#![allow(dead_code)]
+
+use crate::common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Exit code: could not reach the daemon or act (EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: i32 = 69;
+/// Exit code: engaged and in force, but not durable yet (EX_TEMPFAIL).
+pub const EXIT_NOT_DURABLE: i32 = 75;
+
+/// Runs `xks-bridge <args> --config <config>`: (exit code, stdout, stderr).
+pub fn cli(config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("SOFTHSM2_CONF");
+    run_bounded(cmd, WAIT)
+}
+
+/// Runs the CLI and asserts exit 0; returns stdout.
+#[track_caller]
+pub fn cli_ok(config: &Path, args: &[&str]) -> String {
+    let (code, out, err) = cli(config, args);
+    assert_eq!(code, Some(0), "xks-bridge {args:?} failed: {out}\n{err}");
+    out
+}
+
+/// `kill-switch status --json`.
+#[track_caller]
+pub fn status(config: &Path) -> Value {
+    let out = cli_ok(config, &["kill-switch", "status", "--json"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
+}
+
+/// `GET /ping` on a new connection.
+pub fn ping(proxy: &TestProxy) -> u16 {
+    proxy.client().send("GET", "/ping", &[], b"").status
+}
+
+/// One signed Encrypt under `key` on a new connection: (status, errorName or "").
+pub fn encrypt_outcome(proxy: &TestProxy, fx: &Fixture, key: &str) -> (u16, String) {
+    let r = proxy.xks(fx).encrypt(key, &encrypt_body(b"probe", None, false));
+    let name = if r.status == 200 {
+        String::new()
+    } else {
+        serde_json::from_slice::<Value>(&r.body)
+            .ok()
+            .and_then(|v| v["errorName"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("<non-JSON body: {}>", r.text()))
+    };
+    (r.status, name)
+}
+
+/// Asserts what an engaged proxy does: Encrypt answers 400 InvalidStateException and `/ping`
+/// is not 200.
+#[track_caller]
+pub fn assert_refusing(proxy: &TestProxy, fx: &Fixture, context: &str) {
+    let enc = encrypt_outcome(proxy, fx, KEY_AES);
+    assert_eq!(
+        enc,
+        (400, "InvalidStateException".to_owned()),
+        "{context}: Encrypt must be refused"
+    );
+    assert_ne!(ping(proxy), 200, "{context}: /ping must take the instance out");
+}
+
+/// Asserts a 400 InvalidStateException.
+#[track_caller]
+pub fn assert_invalid_state(r: &Resp) {
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["errorName"], "InvalidStateException", "{}", r.text());
+}
+
+/// Sends `sig` (e.g. `-USR1`) to `pid` with kill(1).
+#[track_caller]
+pub fn send_signal(sig: &str, pid: u32) {
+    let mut c = Command::new("kill");
+    c.args([sig, &pid.to_string()]);
+    let (code, out, err) = run_bounded(c, WAIT);
+    assert_eq!(code, Some(0), "kill {sig} {pid}: {out}{err}");
+}
+
+/// The fixture's state directory (`[state] directory = "state"`).
+pub fn state_dir(fx: &Fixture) -> PathBuf {
+    fx.path("state")
+}
+
+/// The daemon's lock file: `<state.directory>/xks-bridge.lock`.
+pub fn lock_file(fx: &Fixture) -> PathBuf {
+    state_dir(fx).join("xks-bridge.lock")
+}
+
+/// The kill switch state file (`<state.directory>/kill-switch.json`), parsed.
+#[track_caller]
+pub fn state_file(fx: &Fixture) -> Value {
+    let p = state_dir(fx).join("kill-switch.json");
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("state file {}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("state file is not JSON ({e}): {text}"))
+}
+
+/// The fixture's admin socket.
+pub fn admin_socket(fx: &Fixture) -> PathBuf {
+    fx.path("admin.sock")
+}
+
+/// Panics naming `tool` unless it can be run.
+#[track_caller]
+pub fn require_tool(tool: &str, why: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(found, "`{tool}` is missing: {why}");
+}
+
+/// Is an exclusive lock on `file` free? Asks flock(1) without waiting.
+#[track_caller]
+pub fn lock_is_free(file: &Path) -> bool {
+    require_tool("flock", "needed to probe the daemon's state lock (util-linux)");
+    let mut c = Command::new("flock");
+    c.args(["--nonblock", "--conflict-exit-code", "99"])
+        .arg(file)
+        .arg("true");
+    let (code, out, err) = run_bounded(c, WAIT);
+    match code {
+        Some(0) => true,
+        Some(99) => false,
+        other => panic!("flock {} exited {other:?}: {out}{err}", file.display()),
+    }
+}
+
+/// Runs `cmd` for at most `limit`. `Err` (with its output) when it was still running and had
+/// to be killed.
+pub fn run_limited(mut cmd: Command, limit: Duration) -> Result<(Option<i32>, String, String), String> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out_p = dir.path().join("out");
+    let err_p = dir.path().join("err");
+    cmd.stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_p).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_p).expect("stderr file"));
+    let mut child = cmd.spawn().expect("spawn");
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = std::fs::read_to_string(&out_p).unwrap_or_default();
+    let err = strip_ansi(&std::fs::read_to_string(&err_p).unwrap_or_default());
+    match status {
+        Some(st) => Ok((st.code(), out, err)),
+        None => Err(format!(
+            "still running after {limit:?} (killed); stdout:\n{out}\nstderr:\n{err}"
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fault shim
+// ---------------------------------------------------------------------------------------------
+
+/// `hsm-fixtures/faultshim`, compiled once per test process into a temp dir.
+pub fn shim() -> &'static Path {
+    static SHIM: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, lib) = SHIM.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("xks-faultshim-")
+            .tempdir()
+            .expect("temp dir");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("hsm-fixtures/faultshim/faultshim.c");
+        let lib = dir.path().join("libfaultshim.so");
+        require_tool(
+            "cc",
+            "a C compiler builds hsm-fixtures/faultshim (apt-get install build-essential)",
+        );
+        let mut cc = Command::new("cc");
+        cc.args(["-shared", "-fPIC", "-O2", "-Wall", "-fvisibility=hidden", "-o"])
+            .arg(&lib)
+            .arg(&src)
+            .args(["-ldl", "-lpthread"]);
+        let (code, out, err) = run_bounded(cc, Duration::from_secs(120));
+        assert_eq!(code, Some(0), "compiling the fault shim failed: {out}\n{err}");
+        (dir, lib)
+    });
+    lib
+}
+
+/// Replaces the shim's control file atomically.
+pub fn set_control(path: &Path, fault: &str) {
+    let tmp = path.with_extension("test-tmp");
+    std::fs::write(&tmp, format!("{fault}\n")).expect("write control file");
+    std::fs::rename(&tmp, path).expect("install control file");
+}
+
+/// Points `tokens[0]` at the shim, which forwards to SoftHSM2 and reads `control`.
+pub fn shim_token(cfg: &mut toml::Table, control: &Path) {
+    let token = entry(cfg, "tokens", 0);
+    token.insert("module".into(), shim().display().to_string().into());
+    let env = token
+        .entry("module_env")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .expect("module_env is a table");
+    env.insert("FAULTSHIM_REAL_MODULE".into(), SOFTHSM_MODULE.into());
+    env.insert("FAULTSHIM_CONTROL".into(), control.display().to_string().into());
+}
+
+/// The fixture config with its token behind the shim, and the shim's control file (`none`).
+pub fn shimmed_config(fx: &Fixture) -> (toml::Table, PathBuf) {
+    let control = fx.path("faultshim.control");
+    set_control(&control, "none");
+    let mut cfg = fx.config();
+    shim_token(&mut cfg, &control);
+    (cfg, control)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A directory on which writes fail, also for root
+// ---------------------------------------------------------------------------------------------
+
+/// Makes a directory immutable (`chattr +i`): no file can be created, renamed or removed in it,
+/// whoever asks (root included, unlike a 0500 mode). Undone on drop, so the temp dir can be
+/// removed.
+pub struct FrozenDir {
+    dir: PathBuf,
+    frozen: bool,
+}
+
+impl FrozenDir {
+    /// Freezes `dir` and proves that a write as this (root) user really fails; panics naming
+    /// what is missing otherwise.
+    #[track_caller]
+    pub fn freeze(dir: &Path) -> FrozenDir {
+        require_tool(
+            "chattr",
+            "needed to make the state directory unwritable for root (e2fsprogs)",
+        );
+        let mut c = Command::new("chattr");
+        c.arg("+i").arg(dir);
+        let (code, out, err) = run_bounded(c, WAIT);
+        assert_eq!(
+            code,
+            Some(0),
+            "chattr +i {} failed (the file system must support the immutable flag): {out}{err}",
+            dir.display()
+        );
+        let guard = FrozenDir {
+            dir: dir.to_owned(),
+            frozen: true,
+        };
+        let probe = dir.join("write-probe");
+        let wrote = std::fs::write(&probe, b"x");
+        if wrote.is_ok() {
+            let _ = std::fs::remove_file(&probe);
+        }
+        assert!(
+            wrote.is_err(),
+            "{} is still writable after chattr +i: the test cannot make the state file unwritable",
+            dir.display()
+        );
+        guard
+    }
+
+    /// Makes the directory writable again.
+    #[track_caller]
+    pub fn thaw(&mut self) {
+        if self.frozen {
+            let mut c = Command::new("chattr");
+            c.arg("-i").arg(&self.dir);
+            let (code, out, err) = run_bounded(c, WAIT);
+            assert_eq!(code, Some(0), "chattr -i {}: {out}{err}", self.dir.display());
+            self.frozen = false;
+        }
+    }
+}
+
+impl Drop for FrozenDir {
+    fn drop(&mut self) {
+        if self.frozen {
+            let _ = Command::new("chattr").arg("-i").arg(&self.dir).status();
+        }
+    }
+}
+
+/// Parses an RFC 3339 time (the `at` of history entries).
+pub fn parse_time(s: &str) -> time::OffsetDateTime {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("not an RFC 3339 time ({e}): {s:?}"))
+}
+
+/// The current time in the same form.
+pub fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
