@@ -721,15 +721,93 @@ fn a_keystore_added_by_reload_can_be_cut_off_at_keystore_scope() {
     );
 }
 
+/// A throw-away user and group in the system's group database (removed on drop): admin-group
+/// membership is read from the group database, as the operator's `usermod -aG` records it.
+struct SystemAccount {
+    user: String,
+    group: String,
+}
+
+impl SystemAccount {
+    fn create() -> SystemAccount {
+        assert!(
+            running_as_root(),
+            "this test creates a user and a group (useradd/groupadd) and must run as root, as CI does"
+        );
+        let tag = format!(
+            "{:x}",
+            std::process::id()
+                ^ (std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .subsec_nanos())
+        );
+        let acct = SystemAccount {
+            user: format!("xksop{tag}"),
+            group: format!("xksadm{tag}"),
+        };
+        let run = |prog: &str, args: &[&str]| {
+            let out = Command::new(prog)
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("{prog} is required (package passwd): {e}"));
+            assert!(
+                out.status.success(),
+                "{prog} {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run("groupadd", &[&acct.group]);
+        run(
+            "useradd",
+            &[
+                "-M",
+                "-N",
+                "-g",
+                "nogroup",
+                "-G",
+                &acct.group,
+                "-s",
+                "/usr/sbin/nologin",
+                &acct.user,
+            ],
+        );
+        acct
+    }
+
+    fn gid(&self) -> String {
+        let out = Command::new("getent")
+            .args(["group", &self.group])
+            .output()
+            .expect("getent");
+        String::from_utf8_lossy(&out.stdout)
+            .split(':')
+            .nth(2)
+            .expect("gid")
+            .to_owned()
+    }
+}
+
+impl Drop for SystemAccount {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.user).output();
+        let _ = Command::new("groupdel").arg(&self.group).output();
+    }
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
 #[test]
 fn supplementary_members_of_the_admin_group_may_use_the_socket() {
-    if !have_tool("setpriv") {
-        eprintln!("note: setpriv not installed; supplementary-group check not exercised");
-        return;
-    }
+    let acct = SystemAccount::create();
     let fx = Fixture::new();
     let mut cfg = fx.config();
-    section(&mut cfg, "admin").insert("group".into(), "4242".into());
+    section(&mut cfg, "admin").insert("group".into(), acct.group.clone().into());
     let proxy = TestProxy::start_with(&fx, &cfg, &[]);
     // The CLI must reach the socket and read the config as the unprivileged user.
     use std::os::unix::fs::PermissionsExt;
@@ -744,12 +822,15 @@ fn supplementary_members_of_the_admin_group_may_use_the_socket() {
         }
         dir = d.parent().map(|p| p.to_path_buf());
     }
-    let run_as = |groups: &str| {
+    let run_as = |user: &str| {
         let mut c = Command::new("setpriv");
         c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            groups,
+            &format!("--reuid={user}"),
+            "--regid=nogroup",
+            // Supplementary groups as a login would set them (initgroups from the group
+            // database); the daemon checks membership in the same database, not in /proc,
+            // which the shipped unit hides.
+            "--init-groups",
             BIN,
             "kill-switch",
             "engage",
@@ -760,9 +841,14 @@ fn supplementary_members_of_the_admin_group_may_use_the_socket() {
         .arg(&proxy.config);
         run_bounded(c, WAIT)
     };
-    let (code, out, err) = run_as("--groups=4242");
-    assert_eq!(code, Some(0), "a supplementary member was refused: {out}{err}");
-    let (code, out, err) = run_as("--clear-groups");
+    let (code, out, err) = run_as(&acct.user);
+    assert_eq!(
+        code,
+        Some(0),
+        "a supplementary member (group {}) was refused: {out}{err}",
+        acct.gid()
+    );
+    let (code, out, err) = run_as("nobody");
     assert_ne!(code, Some(0), "a non-member got through: {out}");
     assert!(
         err.contains("permission denied") || err.contains("Permission denied"),

@@ -86,10 +86,19 @@ fn engage_on_an_unwritable_state_directory_is_in_force_reported_not_durable_exit
         state_file(&fx)
     );
 
+    // The keystore release above could not be written, so it changed nothing: that keystore
+    // is still engaged (and now durable too).
+    let st = status(&proxy.config);
+    assert_eq!(st["keystores"][0]["engaged"], true, "{st}");
+
     drop(proxy);
     let proxy = TestProxy::start(&fx);
     assert_refusing(&proxy, &fx, "after a restart");
     cli_ok(&proxy.config, &["kill-switch", "release", "--reason", "done"]);
+    cli_ok(
+        &proxy.config,
+        &["kill-switch", "release", "--keystore", PREFIX, "--reason", "done"],
+    );
     assert_eq!(encrypt_outcome(&proxy, &fx, KEY_AES).0, 200);
 }
 
