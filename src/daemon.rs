@@ -6,7 +6,7 @@
 //! background and reported UNAVAILABLE meanwhile. A daemon whose proxy kill switch is engaged
 //! starts without loading any module or logging in.
 
-use crate::app::{App, Keystore};
+use crate::app::App;
 use crate::audit::{AuditEvent, AuditLog, AuditOptions, AuditRecord, FsyncPolicy, RequestEvent};
 use crate::auth::{Credential, CredentialSet};
 use crate::config::{AuditConfig, AuditFsync};
@@ -19,6 +19,7 @@ use crate::control::verbs::{Prefixes, Reload};
 use crate::control::{AdminReply, AdminRequest, Control, Scope};
 use crate::gates::Gates;
 use crate::hsm::{supervisor, Hsm, HsmError, Token};
+use crate::keystore::Keystore;
 use crate::metrics::{Counters, Metrics};
 use crate::ratelimit::TokenBucket;
 use crate::server::{tls, ConnLimits, Finished, Observer, Server};

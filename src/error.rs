@@ -7,6 +7,7 @@
 
 use crate::auth::AuthError;
 use crate::hsm::HsmError;
+pub use crate::xks::sanitize;
 use crate::xks::ErrorName;
 
 /// Everything that can end a request without a success response.
@@ -109,14 +110,6 @@ impl Error {
         };
         text.to_owned()
     }
-}
-
-/// Keeps an error message within the spec's rules: printable ASCII, under 512 characters.
-pub fn sanitize(msg: &str) -> String {
-    msg.chars()
-        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
-        .take(511)
-        .collect()
 }
 
 #[cfg(test)]

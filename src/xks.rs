@@ -285,7 +285,56 @@ fn strip_quoted(msg: &str) -> String {
             (At::Tick, _) => at,
         };
     }
-    crate::error::sanitize(&out)
+    sanitize(&out)
+}
+
+/// The four XKS operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// GetKeyMetadata
+    Metadata,
+    /// Encrypt
+    Encrypt,
+    /// Decrypt
+    Decrypt,
+    /// GetHealthStatus
+    Health,
+}
+
+impl Operation {
+    /// Spec name of the operation, for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Metadata => "GetKeyMetadata",
+            Operation::Encrypt => "Encrypt",
+            Operation::Decrypt => "Decrypt",
+            Operation::Health => "GetHealthStatus",
+        }
+    }
+}
+
+/// Is `id` a syntactically valid external key id (1-128 of `A-Za-z0-9-._`)?
+pub fn valid_key_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}
+
+/// Is `id` a valid SigV4 access key id for XKS (20-30 characters of `A-Z2-7`)?
+pub fn valid_access_key_id(id: &str) -> bool {
+    (20..=30).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+}
+
+/// Keeps an error message within the spec's rules: printable ASCII, under 512 characters.
+pub fn sanitize(msg: &str) -> String {
+    msg.chars()
+        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+        .take(511)
+        .collect()
 }
 
 #[cfg(test)]

@@ -5,8 +5,7 @@ use super::{
     ConditionRefs, Decision, Effect, Fact, Policy, PolicyError, RequestFacts, DEFAULT_RULE,
     HEALTH_EXEMPT_RULE,
 };
-use crate::config_rules::valid_access_key_id;
-use crate::server::routes::Operation;
+use crate::xks::{valid_access_key_id, Operation};
 use std::collections::HashSet;
 
 /// Operations a rule may name. `GetHealthStatus` is deliberately absent: it is exempt.

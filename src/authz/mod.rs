@@ -65,7 +65,7 @@ mod tests;
 
 pub use compiled::CompiledPolicy;
 
-use crate::server::routes::Operation;
+use crate::xks::Operation;
 use serde::Deserialize;
 
 /// Rule name reported when no rule matched and `default` decided.

@@ -127,7 +127,7 @@ pub fn resolve(args: BenchArgs) -> Result<Plan, String> {
         token_target(&args, &mut qs, &mix)?
     } else {
         // The key id is a path segment of every request.
-        if !crate::config_rules::valid_key_id(&key_id) {
+        if !crate::xks::valid_key_id(&key_id) {
             return Err(format!("--key-id: {key_id:?} is not a valid XKS key id"));
         }
         Target::Proxy(proxy_target(&args, &mut qs)?)

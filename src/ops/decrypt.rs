@@ -3,11 +3,11 @@
 
 use super::{b64, b64_capped, encode, require_aes_gcm, require_key_op_fields, RequestContext};
 use crate::aead;
-use crate::app::Keystore;
 use crate::config::Limits;
 use crate::error::Error;
 use crate::hsm::HsmError;
-use crate::server::routes::Operation;
+use crate::keystore::Keystore;
+use crate::xks::Operation;
 use crate::xks::{self, DecryptRequest, DecryptResponse};
 use zeroize::Zeroizing;
 

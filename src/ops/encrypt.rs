@@ -4,11 +4,11 @@
 
 use super::{b64_capped, encode, require_aes_gcm, require_key_op_fields, RequestContext};
 use crate::aead;
-use crate::app::Keystore;
 use crate::config::Limits;
 use crate::error::Error;
 use crate::hsm::{HsmError, Sealed};
-use crate::server::routes::Operation;
+use crate::keystore::Keystore;
+use crate::xks::Operation;
 use crate::xks::{self, EncryptRequest, EncryptResponse};
 use zeroize::Zeroizing;
 

@@ -6,9 +6,9 @@
 //! kill switch answers InvalidStateException before reaching this code.
 
 use super::RequestContext;
-use crate::app::Keystore;
 use crate::error::Error;
 use crate::hsm::TokenStatus;
+use crate::keystore::Keystore;
 use crate::xks::{self, EkmDetail, HealthResponse, MetadataOnly};
 
 /// Parses a GetHealthStatus body. Side-effect free apart from filling `ctx`; [`handle`] runs

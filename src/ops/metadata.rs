@@ -1,9 +1,9 @@
 //! GetKeyMetadata: the key's spec, usages and status, read from the token's attributes.
 
 use super::{require_key_op_fields, RequestContext};
-use crate::app::Keystore;
 use crate::error::Error;
-use crate::server::routes::Operation;
+use crate::keystore::Keystore;
+use crate::xks::Operation;
 use crate::xks::{self, KeyMetadataResponse, MetadataOnly};
 
 /// Parses and validates a GetKeyMetadata body: every check before the key lookup and the token

@@ -1,33 +1,9 @@
 //! Routing: method + path -> (keystore, operation, key id), or the precise XKS error.
 //! Prefixes are matched exactly; `/kms/xks/v1` is never searched for inside arbitrary paths.
 
-use crate::config_rules::valid_key_id;
 use crate::error::Error;
-
-/// The four XKS operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    /// GetKeyMetadata
-    Metadata,
-    /// Encrypt
-    Encrypt,
-    /// Decrypt
-    Decrypt,
-    /// GetHealthStatus
-    Health,
-}
-
-impl Operation {
-    /// Spec name of the operation, for logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Operation::Metadata => "GetKeyMetadata",
-            Operation::Encrypt => "Encrypt",
-            Operation::Decrypt => "Decrypt",
-            Operation::Health => "GetHealthStatus",
-        }
-    }
-}
+use crate::xks::valid_key_id;
+pub use crate::xks::Operation;
 
 /// A routed request.
 #[derive(Debug, PartialEq, Eq)]

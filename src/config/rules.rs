@@ -1,23 +1,8 @@
 //! Validation rules for [`Config`]; each failure names the field it is about.
 
-use crate::config::{Config, KeystoreConfig, TokenConfig, SPEC_MIN_AAD, SPEC_MIN_PLAINTEXT};
+use super::{Config, KeystoreConfig, TokenConfig, SPEC_MIN_AAD, SPEC_MIN_PLAINTEXT};
+use crate::xks::{valid_access_key_id, valid_key_id};
 use std::collections::HashSet;
-
-/// Is `id` a syntactically valid external key id (1-128 of `A-Za-z0-9-._`)?
-pub fn valid_key_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-}
-
-/// Is `id` a valid SigV4 access key id for XKS (20-30 characters of `A-Z2-7`)?
-pub fn valid_access_key_id(id: &str) -> bool {
-    (20..=30).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
-}
 
 pub(crate) fn validate(cfg: &Config) -> Result<(), String> {
     if cfg.server.listen.is_empty() {

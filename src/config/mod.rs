@@ -2,8 +2,10 @@
 //! read. Every validation message starts with the path of the offending field
 //! (`keystores[0].uri_prefix: ...`), and the process exits 64 (EX_USAGE) on a bad config.
 
-pub use crate::config_rules::group_id;
+mod rules;
+
 use crate::secret::SecretSource;
+pub use rules::group_id;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -414,7 +416,7 @@ impl Config {
 
     /// Checks every rule that does not need the token; the message names the bad field.
     pub fn validate(&self) -> Result<(), String> {
-        crate::config_rules::validate(self)
+        rules::validate(self)
     }
 
     /// The token a keystore refers to (validated to exist).
