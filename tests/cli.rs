@@ -294,12 +294,7 @@ fn fixture_keys_are_sensitive_non_extractable_private_token_objects() {
 }
 
 fn check_config(path: &Path) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("check-config")
-        .arg("--config")
-        .arg(path)
-        .env_remove("RUST_LOG");
-    run_bounded(cmd, Duration::from_secs(30))
+    cli(path, &["check-config"])
 }
 
 #[test]
