@@ -37,11 +37,7 @@ impl TestProxy {
     /// Like [`TestProxy::start_with`] but returns the failure.
     pub fn try_start(fx: &Fixture, cfg: &toml::Table, env: &[(&str, &str)]) -> Result<TestProxy, String> {
         let config = fx.write_config(cfg);
-        let mut cmd = Command::new(BIN);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Self::start_command(fx, config, cmd)
+        Self::start_command(fx, config, Command::new(BIN), env)
     }
 
     /// Serves `cfg` as the unprivileged user [`NOBODY`] (through `setpriv`): the whole fixture
@@ -49,16 +45,25 @@ impl TestProxy {
     pub fn start_as_nobody(fx: &Fixture, cfg: &toml::Table) -> TestProxy {
         let config = fx.write_config(cfg);
         give_to_nobody(&fx.dir);
-        Self::start_command(fx, config, as_nobody(BIN, None))
+        Self::start_command(fx, config, as_nobody(BIN, None), &[])
             .unwrap_or_else(|e| panic!("daemon did not start as user {NOBODY}: {e}"))
     }
 
-    /// Runs `cmd` (the binary, or a wrapper that runs it) with `serve --config <config>`.
-    fn start_command(fx: &Fixture, config: PathBuf, mut cmd: Command) -> Result<TestProxy, String> {
+    /// Runs `cmd` (the binary, or a wrapper that runs it) with `serve --config <config>`, without
+    /// the caller's `RUST_LOG`, with `env` set.
+    fn start_command(
+        fx: &Fixture,
+        config: PathBuf,
+        mut cmd: Command,
+        env: &[(&str, &str)],
+    ) -> Result<TestProxy, String> {
         cmd.arg("serve")
             .arg("--config")
             .arg(&config)
             .env_remove("RUST_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let proc = Spawned::start(cmd)?;
         let line = proc.first_line().to_owned();
         let addr = line
