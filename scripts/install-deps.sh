@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages xks-bridge needs on Debian/Ubuntu when they are missing:
-# SoftHSM2 (the embedded default token), OpenSC's pkcs11-tool (used by tests to create keys the
-# proxy itself refuses to create), curl, and a C toolchain for crates that build C code.
+# SoftHSM2 (the embedded default token), OpenSC's pkcs11-tool, curl, and a C toolchain for crates
+# that build C code and for the tests' fault-injection shim. Every tool a test uses is installed
+# here: a test whose tool is missing fails and names it.
 set -euo pipefail
 need=()
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
@@ -11,6 +12,12 @@ command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)   # tests verify the unit file
 command -v openssl >/dev/null 2>&1 || need+=(openssl)           # tests check that TLS 1.1 is refused
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)        # tests run commands as an unprivileged user
+type -P kill >/dev/null 2>&1 || need+=(procps)                    # tests send the daemon signals (kill(1), not the shell builtin)
+command -v flock >/dev/null 2>&1 || need+=(util-linux)          # tests hold the daemon's state lock from outside
+command -v chattr >/dev/null 2>&1 || need+=(e2fsprogs)          # tests make the state directory unwritable, even for root
+command -v useradd >/dev/null 2>&1 || need+=(passwd)            # tests create an admin-group member in the group database
+command -v getent >/dev/null 2>&1 || need+=(libc-bin)           # tests look the group up
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo_cmd=""

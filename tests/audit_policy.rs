@@ -112,9 +112,7 @@ fn an_invalid_policy_is_refused_at_start_naming_the_field() {
     let fx = Fixture::new();
     let cfg = with_policy(&fx, "[policy]\ndefault = \"allow\"\n[[policy.rules]]\nname = \"r\"\neffect = \"deny\"\nkey_ids = [\"[\"]\n");
     let config = fx.write_config(&cfg);
-    let mut c = Command::new(BIN);
-    c.args(["check-config", "--config"]).arg(&config);
-    let (code, _, err) = run_bounded(c, WAIT);
+    let (code, _, err) = cli(&config, &["check-config"]);
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("policy.rules[0].key_ids[0]"), "{err}");
 }
@@ -217,9 +215,7 @@ fn operator_actions_join_the_chain_and_tampering_is_reported_at_the_edited_line(
         vec!["keys", "create", "--id", "audited-key"],
         vec!["keys", "disable", "audited-key", "--reason", "retire"],
     ] {
-        let mut c = Command::new(BIN);
-        c.args(&args).arg("--config").arg(&proxy.config);
-        assert_eq!(run_bounded(c, WAIT).0, Some(0), "{args:?}");
+        cli_ok(&proxy.config, &args);
     }
     // Operator actions are flushed before the command returns: visible without stopping.
     let lines = audit_lines(&fx);
@@ -337,10 +333,7 @@ fn reload_under_load_fails_no_request() {
         })
         .collect();
     for _ in 0..5 {
-        let mut c = Command::new(BIN);
-        c.args(["reload", "--config"]).arg(&proxy.config);
-        let (code, out, err) = run_bounded(c, WAIT);
-        assert_eq!(code, Some(0), "{out}{err}");
+        cli_ok(&proxy.config, &["reload"]);
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     stop.store(true, Ordering::SeqCst);

@@ -14,6 +14,16 @@ const BIN: &str = env!("CARGO_BIN_EXE_xks-bridge");
 /// Bound on every wait: the quickstart's first start (token and key generation) and each run.
 const WAIT: Duration = Duration::from_secs(120);
 
+/// Fails the test unless the SoftHSM2 module the quickstart uses is installed.
+#[track_caller]
+fn require_softhsm() {
+    assert!(
+        xks_bridge::tokensetup::find_softhsm_module().is_some(),
+        "this test needs the SoftHSM2 PKCS#11 module (Debian package softhsm2); \
+         scripts/install-deps.sh installs it"
+    );
+}
+
 /// Kills the child when the test ends, passed or not.
 struct Guard(Child);
 
@@ -43,11 +53,8 @@ struct Quickstart {
 }
 
 impl Quickstart {
-    fn start() -> Option<Quickstart> {
-        if xks_bridge::tokensetup::find_softhsm_module().is_none() {
-            eprintln!("SoftHSM2 is not installed; skipping");
-            return None;
-        }
+    fn start() -> Quickstart {
+        require_softhsm();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut child = Guard(
             Command::new(BIN)
@@ -76,7 +83,7 @@ impl Quickstart {
                 Err(_) => panic!("quickstart did not print its banner within {WAIT:?}"),
             }
         }
-        Some(Quickstart { _child: child, dir })
+        Quickstart { _child: child, dir }
     }
 
     fn json(&self) -> PathBuf {
@@ -144,7 +151,7 @@ fn micros(v: &Value, key: &str) -> f64 {
 
 #[test]
 fn a_mixed_run_counts_every_request_and_verifies_every_answer() {
-    let Some(qs) = Quickstart::start() else { return };
+    let qs = Quickstart::start();
     let qs_json = qs.json();
     let run = bench(
         &[
@@ -175,7 +182,7 @@ fn a_mixed_run_counts_every_request_and_verifies_every_answer() {
 
 #[test]
 fn failures_are_counted_by_error_name_and_fail_the_run() {
-    let Some(qs) = Quickstart::start() else { return };
+    let qs = Quickstart::start();
     let qs_json = qs.json();
     let qs_json = qs_json.to_str().expect("utf-8 path");
     let common = [
@@ -211,10 +218,7 @@ fn failures_are_counted_by_error_name_and_fail_the_run() {
 
 #[test]
 fn raw_token_mode_measures_the_token_directly() {
-    if xks_bridge::tokensetup::find_softhsm_module().is_none() {
-        eprintln!("SoftHSM2 is not installed; skipping");
-        return;
-    }
+    require_softhsm();
     // A token nobody else uses: SoftHSM2's file store is not built for two busy processes.
     let dir = tempfile::tempdir().expect("temp dir");
     let mut setup = Command::new(BIN)

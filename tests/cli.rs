@@ -89,6 +89,7 @@ fn curl_post_with(qs: &Value, suffix: &str, body: &Value, scratch: &Path, extra:
 /// curl SigV4 request (checklist 30), and a second run reuses the directory.
 #[test]
 fn quickstart_serves_publishes_its_files_answers_curl_and_reuses_its_directory() {
+    require_tool("curl", "curl");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("qs");
     let mut first = start_quickstart(&dir);
@@ -146,48 +147,44 @@ fn quickstart_serves_publishes_its_files_answers_curl_and_reuses_its_directory()
         })
     );
 
-    if have_tool("curl") {
-        let (status, v) = curl_post(
-            &qs,
-            "/health",
-            &health_body("curl-1", "KmsHealthCheck"),
-            tmp.path(),
-        );
-        assert_eq!(status, 200, "{v}");
-        assert_eq!(v["ekmFleetDetails"][0]["healthStatus"], "ACTIVE", "{v}");
-        // Checklist 39: a client offering h2 falls back to HTTP/1.1 and works.
-        let body = health_body("curl-h2", "KmsHealthCheck");
-        let (status, v) = curl_post_with(&qs, "/health", &body, tmp.path(), &["--http2"]);
-        assert_eq!(status, 200, "{v}");
-        // A maximal Encrypt and its Decrypt through curl's signer too.
-        let plaintext = vec![0x33u8; 4300];
-        let aad = vec![0x44u8; 8192];
-        let (status, enc) = curl_post(
-            &qs,
-            &format!("/keys/{KEY_AES}/encrypt"),
-            &encrypt_body(&plaintext, Some(&aad), true),
-            tmp.path(),
-        );
-        assert_eq!(status, 200, "{enc}");
-        let mut dec = json!({
-            "requestMetadata": key_op_metadata("curl-dec", "Decrypt"),
-            "encryptionAlgorithm": "AES_GCM",
-            "additionalAuthenticatedData": b64(&aad),
-        });
-        for f in [
-            "ciphertext",
-            "initializationVector",
-            "authenticationTag",
-            "ciphertextMetadata",
-        ] {
-            dec[f] = enc[f].clone();
-        }
-        let (status, v) = curl_post(&qs, &format!("/keys/{KEY_AES}/decrypt"), &dec, tmp.path());
-        assert_eq!(status, 200, "{v}");
-        assert_eq!(v["plaintext"], json!(b64(&plaintext)));
-    } else {
-        println!("NOTE: curl not installed; skipped the curl --aws-sigv4 requests");
+    let (status, v) = curl_post(
+        &qs,
+        "/health",
+        &health_body("curl-1", "KmsHealthCheck"),
+        tmp.path(),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["ekmFleetDetails"][0]["healthStatus"], "ACTIVE", "{v}");
+    // Checklist 39: a client offering h2 falls back to HTTP/1.1 and works.
+    let body = health_body("curl-h2", "KmsHealthCheck");
+    let (status, v) = curl_post_with(&qs, "/health", &body, tmp.path(), &["--http2"]);
+    assert_eq!(status, 200, "{v}");
+    // A maximal Encrypt and its Decrypt through curl's signer too.
+    let plaintext = vec![0x33u8; 4300];
+    let aad = vec![0x44u8; 8192];
+    let (status, enc) = curl_post(
+        &qs,
+        &format!("/keys/{KEY_AES}/encrypt"),
+        &encrypt_body(&plaintext, Some(&aad), true),
+        tmp.path(),
+    );
+    assert_eq!(status, 200, "{enc}");
+    let mut dec = json!({
+        "requestMetadata": key_op_metadata("curl-dec", "Decrypt"),
+        "encryptionAlgorithm": "AES_GCM",
+        "additionalAuthenticatedData": b64(&aad),
+    });
+    for f in [
+        "ciphertext",
+        "initializationVector",
+        "authenticationTag",
+        "ciphertextMetadata",
+    ] {
+        dec[f] = enc[f].clone();
     }
+    let (status, v) = curl_post(&qs, &format!("/keys/{KEY_AES}/decrypt"), &dec, tmp.path());
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["plaintext"], json!(b64(&plaintext)));
     first.stop();
 
     // Second run: same directory, same credential, fresh port.
@@ -206,103 +203,98 @@ fn quickstart_serves_publishes_its_files_answers_curl_and_reuses_its_directory()
         .unwrap()
         .to_owned();
     assert_eq!(qs2["endpoint"], json!(format!("https://{addr2}")));
-    if have_tool("curl") {
-        let (status, v) = curl_post(
-            &qs2,
-            "/health",
-            &health_body("curl-2", "KmsHealthCheck"),
-            tmp.path(),
-        );
-        assert_eq!(status, 200, "{v}");
-        assert_eq!(v["ekmFleetDetails"][0]["healthStatus"], "ACTIVE", "{v}");
-    }
+    let (status, v) = curl_post(
+        &qs2,
+        "/health",
+        &health_body("curl-2", "KmsHealthCheck"),
+        tmp.path(),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["ekmFleetDetails"][0]["healthStatus"], "ACTIVE", "{v}");
 }
 
 /// Digest section 12: the external keys are AES-256, sensitive, never extractable, persistent
 /// and private on the token, with exactly the usages their names say.
 #[test]
 fn fixture_keys_are_sensitive_non_extractable_private_token_objects() {
-    use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+    token_test(|| {
+        use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 
-    let fx = Fixture::new();
-    with_token_session(&fx, |session| {
-        let keys = session
-            .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
-            .unwrap();
-        assert_eq!(keys.len(), 4, "the fixture has four secret keys");
-        let mut seen = Vec::new();
-        for key in keys {
-            use AttributeType as A;
-            let wanted = [
-                A::Label,
-                A::KeyType,
-                A::ValueLen,
-                A::Token,
-                A::Private,
-                A::Sensitive,
-                A::Extractable,
-                A::AlwaysSensitive,
-                A::NeverExtractable,
-                A::Encrypt,
-                A::Decrypt,
-                A::Value,
-            ];
-            let attrs = session.get_attributes(key, &wanted).unwrap();
-            let mut label = String::new();
-            let (mut token, mut private, mut sensitive, mut extractable) = (None, None, None, None);
-            let (mut always_sensitive, mut never_extractable) = (None, None);
-            let (mut encrypt, mut decrypt, mut key_type, mut len) = (None, None, None, None);
-            for a in attrs {
-                match a {
-                    Attribute::Label(l) => label = String::from_utf8(l).unwrap(),
-                    Attribute::KeyType(t) => key_type = Some(t),
-                    Attribute::ValueLen(l) => len = Some(u64::from(l)),
-                    Attribute::Token(b) => token = Some(b),
-                    Attribute::Private(b) => private = Some(b),
-                    Attribute::Sensitive(b) => sensitive = Some(b),
-                    Attribute::Extractable(b) => extractable = Some(b),
-                    Attribute::AlwaysSensitive(b) => always_sensitive = Some(b),
-                    Attribute::NeverExtractable(b) => never_extractable = Some(b),
-                    Attribute::Encrypt(b) => encrypt = Some(b),
-                    Attribute::Decrypt(b) => decrypt = Some(b),
-                    Attribute::Value(_) => panic!("the value of key {label:?} is readable"),
-                    _ => {}
+        let fx = Fixture::new();
+        with_token_session(&fx, |session| {
+            let keys = session
+                .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+                .unwrap();
+            assert_eq!(keys.len(), 4, "the fixture has four secret keys");
+            let mut seen = Vec::new();
+            for key in keys {
+                use AttributeType as A;
+                let wanted = [
+                    A::Label,
+                    A::KeyType,
+                    A::ValueLen,
+                    A::Token,
+                    A::Private,
+                    A::Sensitive,
+                    A::Extractable,
+                    A::AlwaysSensitive,
+                    A::NeverExtractable,
+                    A::Encrypt,
+                    A::Decrypt,
+                    A::Value,
+                ];
+                let attrs = session.get_attributes(key, &wanted).unwrap();
+                let mut label = String::new();
+                let (mut token, mut private, mut sensitive, mut extractable) = (None, None, None, None);
+                let (mut always_sensitive, mut never_extractable) = (None, None);
+                let (mut encrypt, mut decrypt, mut key_type, mut len) = (None, None, None, None);
+                for a in attrs {
+                    match a {
+                        Attribute::Label(l) => label = String::from_utf8(l).unwrap(),
+                        Attribute::KeyType(t) => key_type = Some(t),
+                        Attribute::ValueLen(l) => len = Some(u64::from(l)),
+                        Attribute::Token(b) => token = Some(b),
+                        Attribute::Private(b) => private = Some(b),
+                        Attribute::Sensitive(b) => sensitive = Some(b),
+                        Attribute::Extractable(b) => extractable = Some(b),
+                        Attribute::AlwaysSensitive(b) => always_sensitive = Some(b),
+                        Attribute::NeverExtractable(b) => never_extractable = Some(b),
+                        Attribute::Encrypt(b) => encrypt = Some(b),
+                        Attribute::Decrypt(b) => decrypt = Some(b),
+                        Attribute::Value(_) => panic!("the value of key {label:?} is readable"),
+                        _ => {}
+                    }
                 }
+                assert_eq!(key_type, Some(KeyType::AES), "{label}");
+                assert_eq!(len, Some(32), "{label}");
+                assert_eq!(token, Some(true), "{label}: CKA_TOKEN");
+                assert_eq!(private, Some(true), "{label}: CKA_PRIVATE");
+                assert_eq!(sensitive, Some(true), "{label}: CKA_SENSITIVE");
+                assert_eq!(extractable, Some(false), "{label}: CKA_EXTRACTABLE");
+                assert_eq!(always_sensitive, Some(true), "{label}: CKA_ALWAYS_SENSITIVE");
+                assert_eq!(never_extractable, Some(true), "{label}: CKA_NEVER_EXTRACTABLE");
+                let expected = match label.as_str() {
+                    KEY_AES => (true, true),
+                    KEY_ENCRYPT_ONLY => (true, false),
+                    KEY_DECRYPT_ONLY => (false, true),
+                    KEY_NO_USAGE => (false, false),
+                    other => panic!("unexpected key {other:?}"),
+                };
+                assert_eq!(
+                    (encrypt, decrypt),
+                    (Some(expected.0), Some(expected.1)),
+                    "{label}"
+                );
+                seen.push(label);
             }
-            assert_eq!(key_type, Some(KeyType::AES), "{label}");
-            assert_eq!(len, Some(32), "{label}");
-            assert_eq!(token, Some(true), "{label}: CKA_TOKEN");
-            assert_eq!(private, Some(true), "{label}: CKA_PRIVATE");
-            assert_eq!(sensitive, Some(true), "{label}: CKA_SENSITIVE");
-            assert_eq!(extractable, Some(false), "{label}: CKA_EXTRACTABLE");
-            assert_eq!(always_sensitive, Some(true), "{label}: CKA_ALWAYS_SENSITIVE");
-            assert_eq!(never_extractable, Some(true), "{label}: CKA_NEVER_EXTRACTABLE");
-            let expected = match label.as_str() {
-                KEY_AES => (true, true),
-                KEY_ENCRYPT_ONLY => (true, false),
-                KEY_DECRYPT_ONLY => (false, true),
-                KEY_NO_USAGE => (false, false),
-                other => panic!("unexpected key {other:?}"),
-            };
-            assert_eq!(
-                (encrypt, decrypt),
-                (Some(expected.0), Some(expected.1)),
-                "{label}"
-            );
-            seen.push(label);
-        }
-        seen.sort();
-        assert_eq!(seen, [KEY_AES, KEY_DECRYPT_ONLY, KEY_ENCRYPT_ONLY, KEY_NO_USAGE]);
+            seen.sort();
+            assert_eq!(seen, [KEY_AES, KEY_DECRYPT_ONLY, KEY_ENCRYPT_ONLY, KEY_NO_USAGE]);
+        });
     });
 }
 
 fn check_config(path: &Path) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("check-config")
-        .arg("--config")
-        .arg(path)
-        .env_remove("RUST_LOG");
-    run_bounded(cmd, Duration::from_secs(30))
+    cli(path, &["check-config"])
 }
 
 #[test]

@@ -98,7 +98,7 @@ struct LockHolder(std::process::Child);
 
 impl LockHolder {
     fn hold(lock: &std::path::Path) -> LockHolder {
-        require_tool("flock", "needed to hold the state lock from outside (util-linux)");
+        require_tool("flock", "util-linux");
         let child = Command::new("sh")
             .args([
                 "-c",
@@ -550,7 +550,7 @@ fn sigusr1_engage_racing_a_socket_release_leaves_status_behaviour_and_state_file
             let sig = s.spawn(move || {
                 std::thread::sleep(s_delay);
                 let sent = now();
-                send_signal("-USR1", pid);
+                send_signal(pid, "USR1");
                 sent
             });
             let r = s.spawn(move || {

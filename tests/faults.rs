@@ -33,18 +33,13 @@ fn shim() -> &'static Path {
             .expect("temp dir");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("hsm-fixtures/faultshim/faultshim.c");
         let lib = dir.path().join("libfaultshim.so");
+        // The fault tests build the shim with the system C compiler.
+        require_tool("cc", "build-essential");
         let mut cc = Command::new("cc");
         cc.args(["-shared", "-fPIC", "-O2", "-Wall", "-fvisibility=hidden", "-o"])
             .arg(&lib)
             .arg(&src)
             .args(["-ldl", "-lpthread"]);
-        if cc.output().is_err() {
-            panic!(
-                "the fault tests need a C compiler (`cc`) to build {}; install one \
-                 (apt-get install build-essential), as CI does",
-                src.display()
-            );
-        }
         let (code, out, err) = run_bounded(cc, Duration::from_secs(120));
         assert_eq!(code, Some(0), "compiling the fault shim failed: {out}\n{err}");
         (dir, lib)
@@ -155,10 +150,6 @@ fn health_status(xks: &mut Xks) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("no healthStatus in {v}"))
         .to_owned()
-}
-
-fn ping(proxy: &TestProxy) -> u16 {
-    proxy.client().send("GET", "/ping", &[], b"").status
 }
 
 /// A device-class fault: requests fail with InternalException, health never says ACTIVE while
@@ -396,9 +387,7 @@ fn healthy_session(proxy: &TestProxy) -> Xks {
 
 #[test]
 fn slow_token_answers_dependency_timeout_while_ping_and_another_token_stay_healthy() {
-    if !have_tool("softhsm2-util") {
-        panic!("this test needs softhsm2-util (package softhsm2) to create its second token");
-    }
+    require_tool("softhsm2-util", "softhsm2");
     let mut f = Faulty::start_with(add_healthy_token);
     let mut healthy = healthy_session(&f.proxy);
     let sealed = healthy.encrypt_ok(HEALTHY_KEY, b"healthy", None);

@@ -122,10 +122,7 @@ fn a_destroyed_key_whose_handle_number_went_to_a_new_key_answers_key_not_found_a
 
 /// Generates an AES-256 key on the fixture's token with OpenSC's pkcs11-tool.
 fn pkcs11_tool_keygen(fx: &Fixture, label: &str, extra: &[&str]) {
-    require_tool(
-        "pkcs11-tool",
-        "OpenSC's pkcs11-tool makes keys the way software other than xks-bridge would (apt-get install opensc)",
-    );
+    require_tool("pkcs11-tool", "opensc");
     let pin = std::fs::read_to_string(fx.path("secrets/token.pin")).expect("token.pin");
     let mut c = Command::new("pkcs11-tool");
     c.args([

@@ -11,35 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Runs `xks-bridge <args> --config <config>` and returns (exit code, stdout, stderr).
-fn cli(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .arg("--config")
-        .arg(config)
-        .env_remove("SOFTHSM2_CONF");
-    run_bounded(cmd, WAIT)
-}
-
-fn cli_ok(config: &std::path::Path, args: &[&str]) -> String {
-    let (code, out, err) = cli(config, args);
-    assert_eq!(code, Some(0), "xks-bridge {args:?} failed: {out}\n{err}");
-    out
-}
-
-fn status(config: &std::path::Path) -> Value {
-    serde_json::from_str(&cli_ok(config, &["kill-switch", "status", "--json"])).expect("status JSON")
-}
-
-fn assert_invalid_state(r: &Resp) {
-    assert_eq!(r.status, 400, "{}", r.text());
-    assert_eq!(r.json()["errorName"], "InvalidStateException", "{}", r.text());
-}
-
-fn ping(proxy: &TestProxy) -> u16 {
-    proxy.client().send("GET", "/ping", &[], b"").status
-}
-
 #[test]
 fn engage_under_concurrent_load_refuses_every_request_sent_after_engage_returned() {
     let fx = Fixture::new();
@@ -104,14 +75,14 @@ fn engaged_proxy_refuses_all_four_operations_takes_ping_out_and_holds_no_session
     assert_eq!(ping(&proxy), 503, "a load balancer must take the instance out");
 
     let disconnected = wait_until(WAIT, || {
-        let s = status(&proxy.config);
+        let s = kill_switch_status(&proxy.config);
         let t = &s["tokens"][0];
         t["connected"] == false && t["open_sessions"] == 0
     });
     assert!(
         disconnected,
         "token still connected or sessions open: {}",
-        status(&proxy.config)
+        kill_switch_status(&proxy.config)
     );
     assert!(
         proxy.wait_for_log("module finalized"),
@@ -145,7 +116,7 @@ fn restart_while_engaged_stays_engaged_without_logging_in_until_released() {
         "logged in while engaged:\n{}",
         proxy.logs()
     );
-    assert_eq!(status(&proxy.config)["tokens"][0]["connected"], false);
+    assert_eq!(kill_switch_status(&proxy.config)["tokens"][0]["connected"], false);
 
     cli_ok(&proxy.config, &["kill-switch", "release"]);
     let mut xks = proxy.xks(&fx);
@@ -167,7 +138,7 @@ fn sigusr1_engages_the_whole_proxy_and_is_recorded() {
     );
     assert_eq!(code, Some(0));
     assert!(wait_until(WAIT, || ping(&proxy) == 503));
-    let s = status(&proxy.config);
+    let s = kill_switch_status(&proxy.config);
     assert_eq!(s["proxy"]["engaged"], true);
     assert_eq!(s["proxy"]["by"]["via"], "signal SIGUSR1");
     assert_invalid_state(&proxy.xks(&fx).health());
@@ -313,7 +284,10 @@ fn every_engage_and_release_is_recorded_with_uid_time_scope_and_reason() {
         &proxy.config,
         &["kill-switch", "engage", "--key", KEY_NO_USAGE, "--reason", "r3"],
     );
-    let h = status(&proxy.config)["history"].as_array().cloned().unwrap();
+    let h = kill_switch_status(&proxy.config)["history"]
+        .as_array()
+        .cloned()
+        .unwrap();
     let got: Vec<(String, String, String)> = h
         .iter()
         .map(|e| {
@@ -361,28 +335,19 @@ fn admin_socket_is_private_and_checks_peer_credentials() {
     let meta = std::fs::metadata(&sock).expect("admin socket exists");
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-    if !have_tool("setpriv") {
-        eprintln!("note: setpriv not installed; peer-credential refusal not exercised");
-        return;
-    }
-    // Open the file mode so only SO_PEERCRED stands between an unprivileged user and the API.
+    // Open the socket's file mode, and let the unprivileged user read the config, so only the
+    // peer-credential check (SO_PEERCRED) stands between it and the API.
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let mut c = Command::new("setpriv");
-    c.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        BIN,
-        "kill-switch",
-        "engage",
-        "--config",
-    ])
-    .arg(&proxy.config);
+    std::fs::set_permissions(&fx.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&proxy.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    open_path_to(&fx.dir);
+    let mut c = as_nobody(BIN, None);
+    c.args(["kill-switch", "engage", "--config"]).arg(&proxy.config);
     let (code, out, err) = run_bounded(c, WAIT);
     assert_ne!(code, Some(0), "an unprivileged user engaged the switch: {out}");
     assert!(
-        err.contains("permission denied") || err.contains("Permission denied"),
-        "{err}"
+        err.contains("permission denied: not the daemon's user, root or the admin group"),
+        "refused, but not by the peer-credential check: {err}"
     );
     assert_eq!(ping(&proxy), 200, "the refused request must change nothing");
 }
@@ -710,7 +675,7 @@ fn a_keystore_added_by_reload_can_be_cut_off_at_keystore_scope() {
     other.base = "/other/kms/xks/v1".into();
     assert_invalid_state(&other.health());
     assert_eq!(proxy.xks(&fx).health().status, 200);
-    let s = status(&proxy.config);
+    let s = kill_switch_status(&proxy.config);
     assert!(
         s["keystores"]
             .as_array()
@@ -730,10 +695,7 @@ struct SystemAccount {
 
 impl SystemAccount {
     fn create() -> SystemAccount {
-        assert!(
-            running_as_root(),
-            "this test creates a user and a group (useradd/groupadd) and must run as root, as CI does"
-        );
+        require_root("it creates a user and a group (useradd/groupadd)");
         let tag = format!(
             "{:x}",
             std::process::id()
@@ -795,15 +757,9 @@ impl Drop for SystemAccount {
     }
 }
 
-fn running_as_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
 #[test]
 fn supplementary_members_of_the_admin_group_may_use_the_socket() {
+    require_tool("setpriv", "util-linux");
     let acct = SystemAccount::create();
     let fx = Fixture::new();
     let mut cfg = fx.config();
@@ -815,13 +771,7 @@ fn supplementary_members_of_the_admin_group_may_use_the_socket() {
         let mode = if p.is_dir() { 0o755 } else { 0o644 };
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
-    let mut dir = fx.dir.parent().map(|p| p.to_path_buf());
-    while let Some(d) = dir {
-        if d.starts_with("/tmp") && d != std::path::Path::new("/tmp") {
-            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        dir = d.parent().map(|p| p.to_path_buf());
-    }
+    open_path_to(&fx.dir);
     let run_as = |user: &str| {
         let mut c = Command::new("setpriv");
         c.args([
@@ -850,6 +800,7 @@ fn supplementary_members_of_the_admin_group_may_use_the_socket() {
     );
     let (code, out, err) = run_as("nobody");
     assert_ne!(code, Some(0), "a non-member got through: {out}");
+    // Refused by the socket's group file mode or by the peer-credential check.
     assert!(
         err.contains("permission denied") || err.contains("Permission denied"),
         "{err}"

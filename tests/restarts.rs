@@ -65,15 +65,7 @@ fn sigterm_under_load_finishes_every_accepted_request_and_exits_zero() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let (code, _, _) = run_bounded(
-        {
-            let mut c = Command::new("kill");
-            c.args(["-TERM", &proc.pid().to_string()]);
-            c
-        },
-        WAIT,
-    );
-    assert_eq!(code, Some(0));
+    send_signal(proc.pid(), "TERM");
     let status = proc
         .wait_exit(Duration::from_secs(20))
         .expect("daemon exits after SIGTERM");
@@ -115,10 +107,28 @@ fn stored_proxy_state(fx: &Fixture) -> Option<bool> {
     Some(!v["proxy"].is_null())
 }
 
+/// Replaces the fixture's token directory with `from` (a copy made with `cp -a`).
+fn restore_token_dir(fx: &Fixture, from: &std::path::Path) {
+    let tokens = fx.path("tokens");
+    std::fs::remove_dir_all(&tokens).expect("remove the token directory");
+    let mut cp = Command::new("cp");
+    cp.arg("-a").arg(from).arg(&tokens);
+    let (code, out, err) = run_bounded(cp, WAIT);
+    assert_eq!(code, Some(0), "cp -a {}: {out}{err}", from.display());
+}
+
 #[test]
 fn kill_9_during_engage_and_release_never_tears_or_loses_the_kill_switch_state() {
     let fx = Fixture::new();
     let config = fx.path("config.toml");
+    // SoftHSM2 runs inside the daemon and rewrites its token file in place (at login, for
+    // example), so a kill -9 can leave the emulated token empty, which a separate HSM never is.
+    // The subject here is the kill switch state: every round starts from the intact token.
+    let pristine = fx.path("tokens.pristine");
+    let mut cp = Command::new("cp");
+    cp.arg("-a").arg(fx.path("tokens")).arg(&pristine);
+    let (code, out, err) = run_bounded(cp, WAIT);
+    assert_eq!(code, Some(0), "cp -a tokens: {out}{err}");
     let mut rounds = 0;
     let mut kills_mid_command = 0;
     for i in 0..16u64 {
@@ -158,6 +168,7 @@ fn kill_9_during_engage_and_release_never_tears_or_loses_the_kill_switch_state()
         stop.store(true, Ordering::SeqCst);
         let _ = proc.wait_exit(WAIT);
         driver.join().unwrap();
+        restore_token_dir(&fx, &pristine);
 
         let stored = stored_proxy_state(&fx).unwrap_or(false);
         let confirmed = *confirmed.lock().unwrap();

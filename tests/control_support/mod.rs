@@ -18,34 +18,11 @@ pub const EXIT_UNAVAILABLE: i32 = 69;
 /// Exit code: engaged and in force, but not durable yet (EX_TEMPFAIL).
 pub const EXIT_NOT_DURABLE: i32 = 75;
 
-/// Runs `xks-bridge <args> --config <config>`: (exit code, stdout, stderr).
-pub fn cli(config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .arg("--config")
-        .arg(config)
-        .env_remove("SOFTHSM2_CONF");
-    run_bounded(cmd, WAIT)
-}
-
-/// Runs the CLI and asserts exit 0; returns stdout.
-#[track_caller]
-pub fn cli_ok(config: &Path, args: &[&str]) -> String {
-    let (code, out, err) = cli(config, args);
-    assert_eq!(code, Some(0), "xks-bridge {args:?} failed: {out}\n{err}");
-    out
-}
-
 /// `kill-switch status --json`.
 #[track_caller]
 pub fn status(config: &Path) -> Value {
     let out = cli_ok(config, &["kill-switch", "status", "--json"]);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
-}
-
-/// `GET /ping` on a new connection.
-pub fn ping(proxy: &TestProxy) -> u16 {
-    proxy.client().send("GET", "/ping", &[], b"").status
 }
 
 /// One signed Encrypt under `key` on a new connection: (status, errorName or "").
@@ -75,22 +52,6 @@ pub fn assert_refusing(proxy: &TestProxy, fx: &Fixture, context: &str) {
     assert_ne!(ping(proxy), 200, "{context}: /ping must take the instance out");
 }
 
-/// Asserts a 400 InvalidStateException.
-#[track_caller]
-pub fn assert_invalid_state(r: &Resp) {
-    assert_eq!(r.status, 400, "{}", r.text());
-    assert_eq!(r.json()["errorName"], "InvalidStateException", "{}", r.text());
-}
-
-/// Sends `sig` (e.g. `-USR1`) to `pid` with kill(1).
-#[track_caller]
-pub fn send_signal(sig: &str, pid: u32) {
-    let mut c = Command::new("kill");
-    c.args([sig, &pid.to_string()]);
-    let (code, out, err) = run_bounded(c, WAIT);
-    assert_eq!(code, Some(0), "kill {sig} {pid}: {out}{err}");
-}
-
 /// The fixture's state directory (`[state] directory = "state"`).
 pub fn state_dir(fx: &Fixture) -> PathBuf {
     fx.path("state")
@@ -114,22 +75,10 @@ pub fn admin_socket(fx: &Fixture) -> PathBuf {
     fx.path("admin.sock")
 }
 
-/// Panics naming `tool` unless it can be run.
-#[track_caller]
-pub fn require_tool(tool: &str, why: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(found, "`{tool}` is missing: {why}");
-}
-
 /// Is an exclusive lock on `file` free? Asks flock(1) without waiting.
 #[track_caller]
 pub fn lock_is_free(file: &Path) -> bool {
-    require_tool("flock", "needed to probe the daemon's state lock (util-linux)");
+    require_tool("flock", "util-linux");
     let mut c = Command::new("flock");
     c.args(["--nonblock", "--conflict-exit-code", "99"])
         .arg(file)
@@ -188,10 +137,7 @@ pub fn shim() -> &'static Path {
             .expect("temp dir");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("hsm-fixtures/faultshim/faultshim.c");
         let lib = dir.path().join("libfaultshim.so");
-        require_tool(
-            "cc",
-            "a C compiler builds hsm-fixtures/faultshim (apt-get install build-essential)",
-        );
+        require_tool("cc", "build-essential");
         let mut cc = Command::new("cc");
         cc.args(["-shared", "-fPIC", "-O2", "-Wall", "-fvisibility=hidden", "-o"])
             .arg(&lib)
@@ -250,10 +196,7 @@ impl FrozenDir {
     /// what is missing otherwise.
     #[track_caller]
     pub fn freeze(dir: &Path) -> FrozenDir {
-        require_tool(
-            "chattr",
-            "needed to make the state directory unwritable for root (e2fsprogs)",
-        );
+        require_tool("chattr", "e2fsprogs");
         let mut c = Command::new("chattr");
         c.arg("+i").arg(dir);
         let (code, out, err) = run_bounded(c, WAIT);

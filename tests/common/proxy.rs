@@ -1,0 +1,162 @@
+//! The daemon under test: [`TestProxy`] runs `xks-bridge serve --config FILE` on an ephemeral
+//! 127.0.0.1 port; [`Harness`] is a fixture + a daemon + a signed session in one value.
+
+use crate::common::client::{tls_config, Client};
+use crate::common::fixture::{Fixture, BASE};
+use crate::common::host::{as_nobody, give_to_nobody, NOBODY};
+use crate::common::process::{Spawned, BIN, WAIT};
+use crate::common::xks::Xks;
+use rustls::ClientConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+/// A running `xks-bridge serve --config FILE`.
+pub struct TestProxy {
+    proc: Spawned,
+    /// The bound address (127.0.0.1, ephemeral port).
+    pub addr: SocketAddr,
+    /// The fixture CA, for clients.
+    pub ca: PathBuf,
+    /// The config file the daemon runs with.
+    pub config: PathBuf,
+}
+
+impl TestProxy {
+    /// Serves the fixture's own config.
+    pub fn start(fx: &Fixture) -> TestProxy {
+        Self::start_with(fx, &fx.config(), &[])
+    }
+
+    /// Serves `cfg` (written into the fixture dir) with extra environment variables.
+    pub fn start_with(fx: &Fixture, cfg: &toml::Table, env: &[(&str, &str)]) -> TestProxy {
+        Self::try_start(fx, cfg, env).unwrap_or_else(|e| panic!("daemon did not start: {e}"))
+    }
+
+    /// Like [`TestProxy::start_with`] but returns the failure.
+    pub fn try_start(fx: &Fixture, cfg: &toml::Table, env: &[(&str, &str)]) -> Result<TestProxy, String> {
+        let config = fx.write_config(cfg);
+        Self::start_command(fx, config, Command::new(BIN), env)
+    }
+
+    /// Serves `cfg` as the unprivileged user [`NOBODY`] (through `setpriv`): the whole fixture
+    /// directory is handed to that user first. Needs root.
+    pub fn start_as_nobody(fx: &Fixture, cfg: &toml::Table) -> TestProxy {
+        let config = fx.write_config(cfg);
+        give_to_nobody(&fx.dir);
+        Self::start_command(fx, config, as_nobody(BIN, None), &[])
+            .unwrap_or_else(|e| panic!("daemon did not start as user {NOBODY}: {e}"))
+    }
+
+    /// Runs `cmd` (the binary, or a wrapper that runs it) with `serve --config <config>`, without
+    /// the caller's `RUST_LOG`, with `env` set.
+    fn start_command(
+        fx: &Fixture,
+        config: PathBuf,
+        mut cmd: Command,
+        env: &[(&str, &str)],
+    ) -> Result<TestProxy, String> {
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let proc = Spawned::start(cmd)?;
+        let line = proc.first_line().to_owned();
+        let addr = line
+            .strip_prefix("xks-bridge listening on https://")
+            .ok_or_else(|| format!("unexpected first line {line:?}"))?
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("{line:?}: {e}"))?;
+        assert!(addr.ip().is_loopback(), "daemon must bind 127.0.0.1 only: {addr}");
+        Ok(TestProxy {
+            proc,
+            addr,
+            ca: fx.ca_pem(),
+            config,
+        })
+    }
+
+    /// A new keep-alive HTTPS connection trusting the fixture CA (TLS 1.2/1.3, no ALPN).
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr, tls_config(&self.ca, None, None, &[])).expect("connect to daemon")
+    }
+
+    /// A new connection with a specific TLS client config.
+    pub fn client_with(&self, tls: Arc<ClientConfig>) -> std::io::Result<Client> {
+        Client::connect(self.addr, tls)
+    }
+
+    /// A signed-request session against the fixture's keystore, with the fixture's credential.
+    pub fn xks(&self, fx: &Fixture) -> Xks {
+        Xks {
+            client: self.client(),
+            signer: fx.signer(),
+            base: BASE.to_owned(),
+        }
+    }
+
+    /// The daemon's logs (stderr) so far.
+    pub fn logs(&self) -> String {
+        self.proc.stderr_text()
+    }
+
+    /// The daemon's process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Every stdout line so far (the listening line, then e.g. the metrics address).
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.proc.stdout_lines()
+    }
+
+    /// Polls (bounded) until the logs contain `needle`.
+    pub fn wait_for_log(&self, needle: &str) -> bool {
+        self.proc.wait_for_stderr(needle, WAIT)
+    }
+
+    /// Stops the daemon and returns its complete logs.
+    pub fn stop(mut self) -> String {
+        self.proc.stop();
+        self.proc.stderr_text()
+    }
+}
+
+/// A fixture, a daemon serving it and a signed session. Fields drop in order: the connection,
+/// then the daemon, then the fixture's temp dir.
+pub struct Harness {
+    pub xks: Xks,
+    pub proxy: TestProxy,
+    pub fx: Fixture,
+}
+
+impl Harness {
+    /// The fixture's own config.
+    pub fn start() -> Harness {
+        Self::start_with(|_, _| {}, &[])
+    }
+
+    /// The fixture's config edited by `edit`, with extra environment variables for the daemon.
+    pub fn start_with(edit: impl FnOnce(&mut toml::Table, &Fixture), env: &[(&str, &str)]) -> Harness {
+        let fx = Fixture::new();
+        let mut cfg = fx.config();
+        edit(&mut cfg, &fx);
+        let proxy = TestProxy::start_with(&fx, &cfg, env);
+        let xks = proxy.xks(&fx);
+        Harness { xks, proxy, fx }
+    }
+
+    /// A second connection with the fixture's credential.
+    pub fn session(&self) -> Xks {
+        self.proxy.xks(&self.fx)
+    }
+}
+
+/// `GET /ping` on a new connection; the status.
+pub fn ping(proxy: &TestProxy) -> u16 {
+    proxy.client().send("GET", "/ping", &[], b"").status
+}
