@@ -15,7 +15,6 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)           # tests check th
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)        # tests run commands as an unprivileged user
 type -P kill >/dev/null 2>&1 || need+=(procps)                    # tests send the daemon signals (kill(1), not the shell builtin)
 command -v flock >/dev/null 2>&1 || need+=(util-linux)          # tests hold the daemon's state lock from outside
-command -v chattr >/dev/null 2>&1 || need+=(e2fsprogs)          # tests make the state directory unwritable, even for root
 command -v useradd >/dev/null 2>&1 || need+=(passwd)            # tests create an admin-group member in the group database
 command -v getent >/dev/null 2>&1 || need+=(libc-bin)           # tests look the group up
 if [ ${#need[@]} -gt 0 ]; then

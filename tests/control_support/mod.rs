@@ -183,54 +183,46 @@ pub fn shimmed_config(fx: &Fixture) -> (toml::Table, PathBuf) {
 // A directory on which writes fail, also for root
 // ---------------------------------------------------------------------------------------------
 
-/// Makes a directory immutable (`chattr +i`): no file can be created, renamed or removed in it,
+/// A directory whose path no longer leads to a directory: nothing can be created under it,
 /// whoever asks (root included, unlike a 0500 mode). Undone on drop, so the temp dir can be
 /// removed.
 pub struct FrozenDir {
     dir: PathBuf,
+    aside: PathBuf,
     frozen: bool,
 }
 
 impl FrozenDir {
-    /// Freezes `dir` and proves that a write as this (root) user really fails; panics naming
-    /// what is missing otherwise.
+    /// Moves `dir` aside and puts a regular file in its place, so every write under the path
+    /// fails with ENOTDIR, for root too and on any file system (tmpfs included); processes
+    /// keep what they already hold open (the daemon's lock). Proves a write really fails.
     #[track_caller]
     pub fn freeze(dir: &Path) -> FrozenDir {
-        require_tool("chattr", "e2fsprogs");
-        let mut c = Command::new("chattr");
-        c.arg("+i").arg(dir);
-        let (code, out, err) = run_bounded(c, WAIT);
-        assert_eq!(
-            code,
-            Some(0),
-            "chattr +i {} failed (the file system must support the immutable flag): {out}{err}",
-            dir.display()
-        );
+        let aside = dir.with_extension("aside");
+        std::fs::rename(dir, &aside).unwrap_or_else(|e| panic!("move {} aside: {e}", dir.display()));
+        std::fs::write(dir, b"not a directory: writes under this path fail")
+            .unwrap_or_else(|e| panic!("plant a file at {}: {e}", dir.display()));
         let guard = FrozenDir {
             dir: dir.to_owned(),
+            aside,
             frozen: true,
         };
-        let probe = dir.join("write-probe");
-        let wrote = std::fs::write(&probe, b"x");
-        if wrote.is_ok() {
-            let _ = std::fs::remove_file(&probe);
-        }
+        let wrote = std::fs::write(dir.join("write-probe"), b"x");
         assert!(
             wrote.is_err(),
-            "{} is still writable after chattr +i: the test cannot make the state file unwritable",
+            "{} is still writable: the test cannot make the state file unwritable",
             dir.display()
         );
         guard
     }
 
-    /// Makes the directory writable again.
+    /// Puts the directory back.
     #[track_caller]
     pub fn thaw(&mut self) {
         if self.frozen {
-            let mut c = Command::new("chattr");
-            c.arg("-i").arg(&self.dir);
-            let (code, out, err) = run_bounded(c, WAIT);
-            assert_eq!(code, Some(0), "chattr -i {}: {out}{err}", self.dir.display());
+            std::fs::remove_file(&self.dir).unwrap_or_else(|e| panic!("remove {}: {e}", self.dir.display()));
+            std::fs::rename(&self.aside, &self.dir)
+                .unwrap_or_else(|e| panic!("restore {}: {e}", self.dir.display()));
             self.frozen = false;
         }
     }
@@ -239,7 +231,8 @@ impl FrozenDir {
 impl Drop for FrozenDir {
     fn drop(&mut self) {
         if self.frozen {
-            let _ = Command::new("chattr").arg("-i").arg(&self.dir).status();
+            let _ = std::fs::remove_file(&self.dir);
+            let _ = std::fs::rename(&self.aside, &self.dir);
         }
     }
 }
