@@ -244,7 +244,9 @@ fn operator_actions_join_the_chain_and_tampering_is_reported_at_the_edited_line(
                 format!("keystore:{PREFIX}")
             ),
             ("key_lifecycle".into(), "create".into(), "key:audited-key".into()),
-            ("key_lifecycle".into(), "disable".into(), "key:audited-key".into()),
+            // `keys disable` is the key-scope kill switch: the same verb, the same record as
+            // `kill-switch engage --key`.
+            ("key_lifecycle".into(), "engage".into(), "key:audited-key".into()),
         ]
     );
     assert!(lines

@@ -103,7 +103,8 @@ pub struct RequestEvent {
 /// An operator action (kill switch or key lifecycle).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdminEvent {
-    /// `engage`, `release`, `create`, `import`, `enable`, `disable`, `delete`, ...
+    /// `engage`, `release` (every scope, `keys disable`/`enable` included), `create`, `import`,
+    /// `destroy`; `-failed` or `-superseded` appended when it did not take effect.
     pub action: String,
     /// `proxy`, `keystore:<prefix>` or `key:<id>`, as in the kill switch state file.
     pub scope: String,
