@@ -144,7 +144,10 @@ fn the_checker_sees_a_planted_cycle() {
     g.entry("a".into()).or_default().insert("b".into());
     g.entry("b".into()).or_default().insert("a".into());
     g.entry("c".into()).or_default().insert("a".into());
-    assert_eq!(cycle_through(&g, "a"), Some(vec!["a".into(), "b".into(), "a".into()]));
+    assert_eq!(
+        cycle_through(&g, "a"),
+        Some(vec!["a".into(), "b".into(), "a".into()])
+    );
     assert_eq!(cycle_through(&g, "c"), None);
     assert_eq!(
         crate_refs("use crate::hsm::Token; // crate::metrics\nlet x = crate::xks::Operation::Health;"),

@@ -11,13 +11,14 @@ mod control_support;
 use common::*;
 use control_support::*;
 use std::process::Command;
-use std::sync::Mutex;
-
-/// SoftHSM2 (directly or through the shim) is loaded at most once at a time in this process.
-static IN_PROCESS_TOKEN: Mutex<()> = Mutex::new(());
 
 #[test]
 fn the_reuse_handles_fault_gives_a_new_key_the_number_of_the_destroyed_one() {
+    token_test(reuse_handles_in_process);
+}
+
+/// Loads the shim in this (child) process, whose environment `token_test` set.
+fn reuse_handles_in_process() {
     // The fixture the next test relies on: without it, that test could pass vacuously.
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::object::{Attribute, AttributeType, KeyType};
@@ -25,12 +26,8 @@ fn the_reuse_handles_fault_gives_a_new_key_the_number_of_the_destroyed_one() {
     use cryptoki::types::AuthPin;
 
     let fx = Fixture::new();
-    let control = fx.path("faultshim.control");
+    let (_conf, control) = token_child_files(&fx);
     set_control(&control, "reuse_handles");
-    let _guard = IN_PROCESS_TOKEN.lock().unwrap_or_else(|p| p.into_inner());
-    std::env::set_var("SOFTHSM2_CONF", fx.path("softhsm2.conf"));
-    std::env::set_var("FAULTSHIM_REAL_MODULE", SOFTHSM_MODULE);
-    std::env::set_var("FAULTSHIM_CONTROL", &control);
     let pkcs11 = Pkcs11::new(shim()).expect("load the shim");
     pkcs11
         .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
@@ -65,7 +62,6 @@ fn the_reuse_handles_fault_gives_a_new_key_the_number_of_the_destroyed_one() {
         let _ = s.logout();
     }
     pkcs11.finalize().expect("C_Finalize");
-    std::env::remove_var("FAULTSHIM_CONTROL");
 }
 
 #[test]
@@ -144,8 +140,6 @@ fn pkcs11_tool_keygen(fx: &Fixture, label: &str, extra: &[&str]) {
 /// (CKA_SENSITIVE, CKA_EXTRACTABLE) of the key labelled `label`, read from the token directly.
 fn sensitivity(fx: &Fixture, label: &str) -> (bool, bool) {
     use cryptoki::object::{Attribute, AttributeType};
-    let _guard = IN_PROCESS_TOKEN.lock().unwrap_or_else(|p| p.into_inner());
-    std::env::remove_var("FAULTSHIM_CONTROL");
     with_token_session(fx, |s| {
         let h = *find_keys(s, label).first().expect("key on the token");
         let (mut sensitive, mut extractable) = (None, None);
@@ -168,6 +162,10 @@ fn sensitivity(fx: &Fixture, label: &str) -> (bool, bool) {
 
 #[test]
 fn keys_made_elsewhere_as_extractable_or_not_sensitive_are_refused_with_a_clear_error_and_never_encrypt() {
+    token_test(weak_keys_are_refused);
+}
+
+fn weak_keys_are_refused() {
     let fx = Fixture::new();
     pkcs11_tool_keygen(&fx, "outside-extractable", &["--sensitive", "--extractable"]);
     pkcs11_tool_keygen(&fx, "outside-not-sensitive", &[]);

@@ -42,12 +42,27 @@ pub fn token_test(body: impl FnOnce()) {
     let mut cmd = Command::new(std::env::current_exe().expect("the test binary's path"));
     cmd.args(["--exact", name, "--nocapture", "--test-threads", "1"])
         .env(TOKEN_CHILD, dir.path())
-        .env("SOFTHSM2_CONF", &conf);
+        .env("SOFTHSM2_CONF", &conf)
+        // For tests that load the fault shim in-process: it forwards to SoftHSM2 and reads its
+        // control file, which the test writes (see `token_child_file`).
+        .env("FAULTSHIM_REAL_MODULE", SOFTHSM_MODULE)
+        .env("FAULTSHIM_CONTROL", dir.path().join("faultshim.control"));
     let (code, out, err) = run_bounded(cmd, TOKEN_CHILD_LIMIT);
     assert!(
         code == Some(0) && out.contains("test result: ok. 1 passed"),
         "{name} in its token process: exit {code:?}\n{out}\n{err}"
     );
+}
+
+/// Inside [`token_test`]: the child's `SOFTHSM2_CONF` file, pointed at `fx`'s token, and its
+/// `FAULTSHIM_CONTROL` file, for a test that loads a module itself.
+pub fn token_child_files(fx: &Fixture) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::var_os(TOKEN_CHILD)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("token_child_files runs only inside token_test(|| ...)"));
+    let conf = dir.join("softhsm2.conf");
+    std::fs::copy(fx.path("softhsm2.conf"), &conf).expect("point the child's softhsm2.conf at the fixture");
+    (conf, dir.join("faultshim.control"))
 }
 
 static PKCS11_LOCK: Mutex<()> = Mutex::new(());
