@@ -5,10 +5,9 @@
 //! shared with the CLI's direct (no daemon) mode live here too.
 
 use crate::control::Control;
-use crate::keyadmin::{self, Usage};
+use crate::hsm::{KeyAdmin, Usage};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use cryptoki::session::Session;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -180,39 +179,55 @@ impl AdminResponse {
     }
 }
 
-/// Runs a key operation other than disable/enable on a logged-in read-write session.
-pub fn run_key_op(s: &Session, op: &KeyOp) -> Result<Value, String> {
+/// Runs a key operation through the token's key administration (in the daemon, disable and
+/// enable go through the key-scope kill switch instead; here they are the offline form).
+pub fn run_key_op(k: &KeyAdmin<'_>, op: &KeyOp) -> Result<Value, String> {
     let b64 = |what: &str, v: &str| {
         STANDARD
             .decode(v)
             .map_err(|_| format!("{what} is not valid Base64"))
     };
     match op {
-        KeyOp::Create { id, usage } => keyadmin::create(s, id, *usage).map(|_| json!({ "created": id })),
+        KeyOp::Create { id, usage } => k.create(id, *usage).map(|_| json!({ "created": id })),
         KeyOp::CreateKek { id, material } => {
             let m = zeroize::Zeroizing::new(b64("KEK material", material)?);
             let arr: &[u8; 32] = m
                 .as_slice()
                 .try_into()
                 .map_err(|_| "KEK material must be 32 bytes".to_owned())?;
-            keyadmin::create_kek(s, id, arr).map(|_| json!({ "created": id }))
+            k.create_kek(id, arr).map(|_| json!({ "created": id }))
         }
         KeyOp::Import {
             id,
             kek,
             wrapped,
             usage,
-        } => keyadmin::import(s, id, kek, &b64("wrapped key", wrapped)?, *usage)
+        } => k
+            .import(id, kek, &b64("wrapped key", wrapped)?, *usage)
             .map(|_| json!({ "imported": id })),
-        KeyOp::List => keyadmin::list(s).map(|l| json!(l)),
-        KeyOp::Show { id } => keyadmin::show(s, id).map(|k| json!(k)),
-        KeyOp::Destroy { id } => keyadmin::destroy(s, id).map(|_| json!({ "destroyed": id })),
+        KeyOp::List => k.list().map(|l| json!(l)),
+        KeyOp::Show { id } => k.show(id).map(|e| json!(e)),
+        KeyOp::Destroy { id } => k.destroy(id).map(|_| json!({ "destroyed": id })),
         KeyOp::Disable { id, reason } => {
             let record =
                 json!({ "reason": reason, "via": "offline", "at": crate::kill_switch::now_rfc3339() });
-            keyadmin::disable(s, id, &record.to_string()).map(|_| json!({ "disabled": id }))
+            k.disable(id, &record.to_string())
+                .map(|_| json!({ "disabled": id }))
         }
-        KeyOp::Enable { id, .. } => keyadmin::enable(s, id).map(|_| json!({ "enabled": id })),
+        KeyOp::Enable { id, .. } => k.enable(id).map(|_| json!({ "enabled": id })),
+    }
+    .map_err(|e| key_op_error(op, e))
+}
+
+/// The operator's wording of a key operation's failure.
+fn key_op_error(op: &KeyOp, e: crate::hsm::HsmError) -> String {
+    use crate::hsm::HsmError;
+    match (e, op.id()) {
+        (HsmError::KeyNotFound, Some(id)) => format!("no key with id {id:?} on the token"),
+        (HsmError::AmbiguousKey(n), Some(id)) => {
+            format!("{n} keys carry the id {id:?}; resolve the duplicate on the token")
+        }
+        (e, _) => e.to_string(),
     }
 }
 

@@ -92,7 +92,7 @@ impl Keystore {
 
     /// Key-scope kill switch: a disabled key refuses Encrypt and Decrypt.
     pub fn check_enabled(&self, key_id: &str) -> Result<(), Error> {
-        if self.hsm.token().is_disabled(key_id) {
+        if self.hsm.token().is_refused(key_id) {
             Err(Error::InvalidState("the external key is disabled".into()))
         } else {
             Ok(())

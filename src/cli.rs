@@ -7,9 +7,9 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use xks_bridge::admin::{self, AdminRequest, AdminResponse, ClientError, KeyOp, Scope};
 use xks_bridge::config::{Config, EXIT_BAD_CONFIG};
-use xks_bridge::keyadmin::Usage;
+use xks_bridge::hsm::setup;
+use xks_bridge::hsm::Usage;
 use xks_bridge::kill_switch::{now_rfc3339, Engagement, KillSwitch};
-use xks_bridge::tokensetup;
 
 type CliResult = Result<(), (i32, String)>;
 const EXIT_FAILED: i32 = 1;
@@ -448,13 +448,14 @@ fn offline_keys(
         std::env::set_var(k, v);
     }
     let pin = t.pin.load().map_err(|e| (EXIT_BAD_CONFIG, format!("pin: {e}")))?;
-    let p = tokensetup::load(&t.module).map_err(fail)?;
+    let p = setup::load(&t.module).map_err(|e| fail(e.to_string()))?;
     let out = {
-        let s = tokensetup::open_user_session(&p, &t.token_label, secrecy::ExposeSecret::expose_secret(&pin))
-            .map_err(fail)?;
-        admin::run_key_op(&s, op).map_err(fail)?
+        let s = p
+            .open_user_session(&t.token_label, &pin)
+            .map_err(|e| fail(e.to_string()))?;
+        admin::run_key_op(&s.key_admin(), op).map_err(fail)?
     };
-    let _ = p.finalize();
+    p.finalize();
     if !matches!(op, KeyOp::List | KeyOp::Show { .. }) {
         let action = match op {
             KeyOp::Disable { .. } => "engage",

@@ -4,8 +4,7 @@
 
 use crate::admin::{AdminRequest, AdminResponse, KeyOp, Scope};
 use crate::audit::{AdminEvent, AuditEvent, AuditLog, AuditRecord};
-use crate::hsm::{Token, IDLE_CHECK};
-use crate::keyadmin;
+use crate::hsm::{HsmError, MarkOutcome, Token, IDLE_CHECK};
 use crate::kill_switch::{now_rfc3339, Engagement, KillSwitch};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -160,23 +159,19 @@ impl Control {
                 let record = serde_json::to_string(&by).unwrap_or_default();
                 let id2 = id.clone();
                 let t = token.clone();
-                let written = tokio::task::spawn_blocking(move || {
-                    t.with_disabled_sync(|| {
-                        t.set_disabled(&id2, true);
-                        let r = t
-                            .admin_session()
-                            .map_err(|e| e.to_string())
-                            .and_then(|s| keyadmin::disable(&s.session, &id2, &record));
-                        if r.as_ref().is_err_and(|e| e.contains("no key with id")) {
-                            t.set_disabled(&id2, false);
-                        }
-                        r
-                    })
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-                written?;
+                let written = tokio::task::spawn_blocking(move || t.disable_key(&id2, &record))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let outcome = written.map_err(|e| key_error(id, e))?;
                 self.kill.record_key_event("engage", id, by)?;
+                if let MarkOutcome::LocalOnly { reason } = outcome {
+                    return Ok(json!({
+                        "engaged": scope.to_string(),
+                        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+                        "mark": "local-only",
+                        "warning": format!("the token refused the disabled-key mark ({reason}); only this process refuses the key"),
+                    }));
+                }
             }
         }
         Ok(json!({ "engaged": scope.to_string(), "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0 }))
@@ -218,20 +213,10 @@ impl Control {
             Scope::Key(id) => {
                 let token = self.token_for(token)?;
                 let id2 = id.clone();
-                tokio::task::spawn_blocking(move || {
-                    token.with_disabled_sync(|| {
-                        let r = token
-                            .admin_session()
-                            .map_err(|e| e.to_string())
-                            .and_then(|s| keyadmin::enable(&s.session, &id2));
-                        if r.is_ok() {
-                            token.set_disabled(&id2, false);
-                        }
-                        r
-                    })
-                })
-                .await
-                .map_err(|e| e.to_string())??;
+                tokio::task::spawn_blocking(move || token.enable_key(&id2))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| key_error(id, e))?;
                 self.kill.record_key_event("release", id, by)?;
             }
         }
@@ -279,7 +264,7 @@ impl Control {
         let tokens: Vec<Value> = self
             .tokens
             .iter()
-            .map(|t| json!({ "name": t.name, "connected": t.is_connected(), "open_sessions": t.open_sessions(), "disabled_keys": t.disabled_keys() }))
+            .map(|t| json!({ "name": t.name, "connected": t.is_connected(), "open_sessions": t.open_sessions(), "disabled_keys": t.refused_keys() }))
             .collect();
         json!({
             "proxy": { "engaged": self.kill.proxy_engaged(), "by": st.proxy },
@@ -303,11 +288,12 @@ impl Control {
         let t2 = self.token_for(token)?;
         let op2 = op.clone();
         let out = tokio::task::spawn_blocking(move || {
-            let s = t2.admin_session().map_err(|e| e.to_string())?;
-            let out = crate::admin::run_key_op(&s.session, &op2);
-            if let (Ok(_), KeyOp::Destroy { id }) = (&out, &op2) {
-                t2.set_disabled(id, false);
-            }
+            let mut out = Err(String::new());
+            let session = t2.key_admin(|k| {
+                out = crate::admin::run_key_op(k, &op2);
+                Ok(())
+            });
+            session.map_err(|e| e.to_string())?;
             out
         })
         .await
@@ -354,5 +340,13 @@ impl Control {
             (None, [t]) => Ok(t.clone()),
             (None, _) => Err("several tokens are configured; name one with --token".into()),
         }
+    }
+}
+
+/// The operator's wording of a key-scope failure.
+fn key_error(id: &str, e: HsmError) -> String {
+    match e {
+        HsmError::KeyNotFound => format!("no key with id {id:?} on the token"),
+        e => e.to_string(),
     }
 }

@@ -1,7 +1,7 @@
 //! Kill switch state for the two scopes the proxy owns (whole proxy, one keystore): an
 //! in-memory flag that flips first, and a state file written atomically (temp file, fsync,
 //! rename, fsync of the directory) before the command returns, so an engaged switch survives
-//! restarts and crashes. The key scope lives on the token itself (see [`crate::keyadmin`]),
+//! restarts and crashes. The key scope lives on the token itself (see [`crate::hsm::marks`]),
 //! where every instance sharing the token sees it.
 
 use serde::{Deserialize, Serialize};

@@ -44,7 +44,7 @@ struct Quickstart {
 
 impl Quickstart {
     fn start() -> Option<Quickstart> {
-        if xks_bridge::tokensetup::find_softhsm_module().is_none() {
+        if xks_bridge::hsm::setup::find_softhsm_module().is_none() {
             eprintln!("SoftHSM2 is not installed; skipping");
             return None;
         }
@@ -211,7 +211,7 @@ fn failures_are_counted_by_error_name_and_fail_the_run() {
 
 #[test]
 fn raw_token_mode_measures_the_token_directly() {
-    if xks_bridge::tokensetup::find_softhsm_module().is_none() {
+    if xks_bridge::hsm::setup::find_softhsm_module().is_none() {
         eprintln!("SoftHSM2 is not installed; skipping");
         return;
     }
