@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 const WEAK_EXTRACTABLE: &str = "weak-extractable";
 const WEAK_NOT_SENSITIVE: &str = "weak-not-sensitive";
 const WEAK_PUBLIC: &str = "weak-public";
+const WEAK_TOOL: &str = "weak-pkcs11-tool";
 
 /// Runs `xks-bridge <args> --config <config>` against the running daemon.
 fn cli_ok(config: &std::path::Path, args: &[&str]) -> String {
@@ -66,7 +67,24 @@ fn keys_with_weak_attributes_are_refused_naming_the_attribute() {
                 weak_key(s, WEAK_NOT_SENSITIVE, Attribute::Sensitive(false));
                 weak_key(s, WEAK_PUBLIC, Attribute::Private(false));
             });
-            allow(cfg, &[WEAK_EXTRACTABLE, WEAK_NOT_SENSITIVE, WEAK_PUBLIC]);
+            // The way an operator would make such a key by hand: OpenSC's pkcs11-tool.
+            let pin = std::fs::read_to_string(fx.path("secrets/token.pin")).expect("token.pin");
+            let out = Command::new("pkcs11-tool")
+                .args(["--module", SOFTHSM_MODULE, "--login", "--pin", pin.trim_end()])
+                .args(["--token-label", TOKEN_LABEL, "--keygen", "--key-type", "AES:32"])
+                .args(["--label", WEAK_TOOL, "--extractable", "--sensitive", "--private"])
+                .env("SOFTHSM2_CONF", fx.path("softhsm2.conf"))
+                .output()
+                .expect("pkcs11-tool runs (OpenSC installed)");
+            assert!(
+                out.status.success(),
+                "pkcs11-tool: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            allow(
+                cfg,
+                &[WEAK_EXTRACTABLE, WEAK_NOT_SENSITIVE, WEAK_PUBLIC, WEAK_TOOL],
+            );
         },
         &[],
     );
@@ -75,6 +93,7 @@ fn keys_with_weak_attributes_are_refused_naming_the_attribute() {
         (WEAK_EXTRACTABLE, "CKA_EXTRACTABLE=true"),
         (WEAK_NOT_SENSITIVE, "CKA_SENSITIVE=false"),
         (WEAK_PUBLIC, "CKA_PRIVATE=false"),
+        (WEAK_TOOL, "CKA_EXTRACTABLE=true"),
     ] {
         assert_error(&h.xks.metadata(key), 400, "InvalidKeyUsageException");
         let r = h.xks.encrypt(key, &encrypt_body(b"x", None, false));

@@ -110,7 +110,10 @@ impl KeyState {
     /// Installs marks read while the lifecycle lock was held (connect): no local change to the
     /// marks can have overlapped the read.
     pub(super) fn install_marks(&self, marks: HashSet<String>) {
-        self.write().marks = marks;
+        let mut s = self.write();
+        // A poll that read the previous connection's marks must not install them over these.
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        s.marks = marks;
     }
 
     /// Installs marks read from the token, unless a local change happened since `seen` (then
