@@ -271,3 +271,55 @@ impl Token {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token() -> Token {
+        let cfg: TokenConfig = toml::from_str(
+            r#"
+            name = "t"
+            module = "/nonexistent/module.so"
+            token_label = "t"
+            pin = { file = "/nonexistent/pin" }
+            "#,
+        )
+        .expect("token config");
+        Token::new(&cfg, SecretString::from("0000"), Arc::new(AtomicBool::new(false)))
+    }
+
+    /// The checks a worker makes before each call: a refused key, a closed caller gate, a
+    /// replaced connection and the proxy kill switch each stop the call.
+    #[test]
+    fn admission_checks_refusal_gate_generation_and_kill_switch() {
+        let t = token();
+        let g = t.generation();
+        assert!(t.admit(g, "k", None).is_ok());
+        let gate: Gate = Arc::new(AtomicBool::new(false));
+        assert!(t.admit(g, "k", Some(&gate)).is_ok());
+        gate.store(true, Ordering::SeqCst);
+        assert!(matches!(t.admit(g, "k", Some(&gate)), Err(HsmError::GateClosed)));
+        t.deny_locally("k");
+        assert!(matches!(t.admit(g, "k", None), Err(HsmError::KeyDisabled)));
+        assert_eq!(t.local_denies(), ["k"]);
+        assert_eq!(t.refused_keys(), ["k"]);
+        t.lift_local("k");
+        assert!(t.admit(g, "k", None).is_ok());
+        t.begin_disconnect();
+        assert!(
+            t.admit(g, "k", None).is_err(),
+            "a session of the old generation is refused"
+        );
+    }
+
+    /// A disable on a token that cannot be reached still refuses the key, in this process.
+    #[test]
+    fn disable_without_a_token_connection_is_local_only() {
+        let t = token();
+        let outcome = t.disable_key("k", "{}").expect("refused locally");
+        assert!(matches!(outcome, MarkOutcome::LocalOnly { .. }), "{outcome:?}");
+        assert!(t.is_refused("k"));
+        assert_eq!(t.local_denies(), ["k"]);
+    }
+}
