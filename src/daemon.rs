@@ -117,7 +117,10 @@ impl Daemon {
                 }
             }
             supervisor::spawn(token.clone());
-            pools.insert(t.name.clone(), Hsm::start(token.clone(), t));
+            pools.insert(
+                t.name.clone(),
+                Hsm::start(token.clone(), t, crate::metrics::latency_histogram()),
+            );
             tokens.push(token);
         }
         let (app, tls) = build_app(cfg, &pools, &gates)?;
@@ -478,7 +481,14 @@ fn build_app(
             .cloned()
             .ok_or_else(|| config_error(format!("keystores[{i}].token: unknown")))?;
         let set = CredentialSet::new(creds, k.allowed_regions.clone());
-        let mut ks = Keystore::new(k.uri_prefix.clone(), set, hsm, k.allowed_keys.clone(), pattern);
+        let mut ks = Keystore::new(
+            k.uri_prefix.clone(),
+            set,
+            hsm,
+            k.allowed_keys.clone(),
+            pattern,
+            gates.keystore(&k.uri_prefix),
+        );
         ks.quota = k.rate_limit.as_ref().map(TokenBucket::new);
         keystores.push(ks);
     }

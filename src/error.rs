@@ -64,7 +64,8 @@ impl Error {
             Error::Internal(_) => ErrorName::Internal,
             Error::Hsm(e) => match e {
                 HsmError::KeyNotFound => ErrorName::KeyNotFound,
-                HsmError::KeyUsage(_) => ErrorName::InvalidKeyUsage,
+                HsmError::KeyUsage(_) | HsmError::WeakKey(_) => ErrorName::InvalidKeyUsage,
+                HsmError::KeyDisabled | HsmError::GateClosed => ErrorName::InvalidState,
                 HsmError::InvalidCiphertext => ErrorName::InvalidCiphertext,
                 HsmError::Busy => ErrorName::Throttling,
                 HsmError::Timeout => ErrorName::DependencyTimeout,
@@ -73,6 +74,9 @@ impl Error {
                 | HsmError::Unavailable(_)
                 | HsmError::LoginRefused(_)
                 | HsmError::Device { .. }
+                | HsmError::KeyExists(_)
+                | HsmError::StaleHandle
+                | HsmError::Refused(_)
                 | HsmError::Internal(_) => ErrorName::Internal,
             },
         }
@@ -93,6 +97,11 @@ impl Error {
             Error::Auth(_) => "request signature could not be verified",
             Error::MethodNotAllowed => "only POST is allowed on XKS API URIs",
             Error::Hsm(HsmError::KeyUsage(_)) => "the key does not permit this operation",
+            Error::Hsm(HsmError::WeakKey(_)) => {
+                "the key is extractable, not sensitive or not private; it is not used as an external key"
+            }
+            Error::Hsm(HsmError::KeyDisabled) => "the external key is disabled",
+            Error::Hsm(HsmError::GateClosed) => "the kill switch is engaged",
             Error::Hsm(HsmError::InvalidCiphertext) => {
                 "ciphertext, IV, tag, AAD or ciphertext metadata failed authentication"
             }
@@ -101,9 +110,11 @@ impl Error {
             Error::Hsm(HsmError::Disconnected) => "the proxy kill switch is engaged",
             Error::Hsm(HsmError::AmbiguousKey(_)) => "the key id matches more than one key",
             Error::Hsm(HsmError::Unavailable(_) | HsmError::LoginRefused(_)) => "the HSM is unavailable",
-            Error::Hsm(HsmError::Device { .. }) | Error::Hsm(HsmError::Internal(_)) => {
-                "the HSM failed to process the request"
-            }
+            Error::Hsm(HsmError::Device { .. })
+            | Error::Hsm(HsmError::Internal(_))
+            | Error::Hsm(HsmError::KeyExists(_))
+            | Error::Hsm(HsmError::StaleHandle)
+            | Error::Hsm(HsmError::Refused(_)) => "the HSM failed to process the request",
             Error::Hsm(HsmError::KeyNotFound) | Error::KeyNotFound => "external key not found",
             Error::Internal(_) => "internal error",
             other => return sanitize(&other.to_string()),

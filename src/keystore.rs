@@ -4,6 +4,7 @@
 use crate::auth::CredentialSet;
 use crate::authz::{CompiledPolicy, RequestFacts};
 use crate::error::Error;
+use crate::gates::Gate;
 use crate::hsm::Hsm;
 use crate::ratelimit::TokenBucket;
 use crate::request::RequestContext;
@@ -27,6 +28,8 @@ pub struct Keystore {
     pub quota: Option<TokenBucket>,
     /// Secondary authorization, if configured (shared by all keystores).
     pub policy: Option<Arc<CompiledPolicy>>,
+    /// This keystore's kill switch; the HSM workers check it again right before each call.
+    pub gate: Gate,
 }
 
 impl Keystore {
@@ -37,6 +40,7 @@ impl Keystore {
         hsm: Hsm,
         allowed: Vec<String>,
         pattern: Option<glob::Pattern>,
+        gate: Gate,
     ) -> Keystore {
         let api_base = format!("{prefix}/kms/xks/v1");
         Keystore {
@@ -48,6 +52,7 @@ impl Keystore {
             pattern,
             quota: None,
             policy: None,
+            gate,
         }
     }
 
@@ -89,7 +94,7 @@ impl Keystore {
 
     /// Key-scope kill switch: a disabled key refuses Encrypt and Decrypt.
     pub fn check_enabled(&self, key_id: &str) -> Result<(), Error> {
-        if self.hsm.token().is_disabled(key_id) {
+        if self.hsm.token().is_refused(key_id) {
             Err(Error::InvalidState("the external key is disabled".into()))
         } else {
             Ok(())

@@ -5,8 +5,7 @@
 //! are (re)written so scripts can drive the instance.
 
 use crate::config::Config;
-use crate::keyadmin::{self, Usage};
-use crate::tokensetup;
+use crate::hsm::{setup, Usage};
 use serde_json::json;
 use std::fs;
 use std::io::Write;
@@ -101,7 +100,7 @@ pub fn ensure_setup(layout: &Layout, listen: SocketAddr) -> Result<PathBuf, Stri
             layout.dir.display()
         ));
     }
-    let module = tokensetup::find_softhsm_module()
+    let module = setup::find_softhsm_module()
         .ok_or("SoftHSM2 is not installed (libsofthsm2.so not found); install the softhsm2 package")?;
     for sub in ["tokens", "secrets", "tls"] {
         fs::DirBuilder::new()
@@ -121,15 +120,20 @@ pub fn ensure_setup(layout: &Layout, listen: SocketAddr) -> Result<PathBuf, Stri
     let (so_pin, user_pin) = (random_hex(16)?, random_hex(16)?);
     write_private(&layout.secret("so.pin"), so_pin.as_bytes())?;
     write_private(&layout.secret("token.pin"), user_pin.as_bytes())?;
-    let p = tokensetup::load(&module)?;
-    tokensetup::init_softhsm_token(&p, TOKEN_LABEL, &so_pin, &user_pin)?;
+    let p = setup::load(&module).map_err(|e| e.to_string())?;
+    p.init_softhsm_token(TOKEN_LABEL, &so_pin, &user_pin)
+        .map_err(|e| e.to_string())?;
     {
-        let s = tokensetup::open_user_session(&p, TOKEN_LABEL, &user_pin)?;
+        let s = p
+            .open_user_session(TOKEN_LABEL, &secrecy::SecretString::from(user_pin.clone()))
+            .map_err(|e| e.to_string())?;
         for (_, label, usage) in KEYS {
-            keyadmin::create(&s, label, usage)?;
+            s.key_admin()
+                .create(label, usage)
+                .map_err(|e| format!("key {label:?}: {e}"))?;
         }
     }
-    let _ = p.finalize();
+    p.finalize();
 
     write_tls(layout)?;
     let access_key_id = random_access_key_id()?;

@@ -18,7 +18,7 @@ const WAIT: Duration = Duration::from_secs(120);
 #[track_caller]
 fn require_softhsm() {
     assert!(
-        xks_bridge::tokensetup::find_softhsm_module().is_some(),
+        xks_bridge::hsm::setup::find_softhsm_module().is_some(),
         "this test needs the SoftHSM2 PKCS#11 module (Debian package softhsm2); \
          scripts/install-deps.sh installs it"
     );

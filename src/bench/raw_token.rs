@@ -12,25 +12,8 @@ use super::stats::Tally;
 use super::workload::{random, POOL_SIZE};
 use super::{Outcome, EXIT_BAD_ARGS, EXIT_FAILED};
 use crate::config::{Config, TokenConfig};
-use crate::tokensetup;
-use cryptoki::context::Pkcs11;
-use cryptoki::mechanism::aead::GcmParams;
-use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
-use cryptoki::session::Session;
-use cryptoki::slot::Slot;
-use secrecy::ExposeSecret;
+use crate::hsm::raw::{self, RawSession, RawToken};
 use std::time::Instant;
-
-const TAG_BITS: u64 = 128;
-
-/// The logged-in token and the key under test.
-struct Token {
-    pkcs11: Pkcs11,
-    slot: Slot,
-    key: ObjectHandle,
-    description: String,
-}
 
 /// A ciphertext made during setup.
 struct Sealed {
@@ -44,9 +27,13 @@ struct Sealed {
 pub fn run(plan: &Plan, t: &TokenTarget) -> Result<Outcome, (i32, String)> {
     // Login belongs to the application, not to a session: `login` keeps it alive while the
     // workers open their own sessions.
-    let (token, login) = open(t, &plan.key_id)?;
+    let (token, description) = open(t, &plan.key_id)?;
     let aad = random(plan.aad_bytes).map_err(|e| (EXIT_FAILED, e))?;
-    let pool = seal_pool(&login, token.key, plan.payload_bytes, &aad).map_err(|e| (EXIT_FAILED, e))?;
+    let setup = token
+        .session()
+        .map_err(|e| (EXIT_FAILED, format!("C_OpenSession: {e}")))?;
+    let pool = seal_pool(&setup, plan.payload_bytes, &aad).map_err(|e| (EXIT_FAILED, e))?;
+    drop(setup);
     let cycle = plan.mix.cycle();
     let schedule = Schedule::start(plan.warmup, plan.stop);
     let live = std::sync::Arc::new(Live::default());
@@ -75,7 +62,7 @@ pub fn run(plan: &Plan, t: &TokenTarget) -> Result<Outcome, (i32, String)> {
     for r in results {
         tally.merge(&r.map_err(|e| (EXIT_FAILED, e))?);
     }
-    let _ = login.logout();
+    token.close();
     let elapsed = tally
         .last_end
         .map(|end| end.saturating_duration_since(schedule.measure_start()))
@@ -84,12 +71,12 @@ pub fn run(plan: &Plan, t: &TokenTarget) -> Result<Outcome, (i32, String)> {
         tally,
         elapsed,
         mode: "raw-token",
-        target: token.description,
+        target: description,
         concurrency: ("threads", t.threads),
     })
 }
 
-fn open(t: &TokenTarget, key_label: &str) -> Result<(Token, Session), (i32, String)> {
+fn open(t: &TokenTarget, key_label: &str) -> Result<(RawToken, String), (i32, String)> {
     let cfg = Config::load(&t.config).map_err(|e| (EXIT_BAD_ARGS, e))?;
     let tc: &TokenConfig = cfg
         .keystores
@@ -108,54 +95,24 @@ fn open(t: &TokenTarget, key_label: &str) -> Result<(Token, Session), (i32, Stri
         .pin
         .load()
         .map_err(|e| (EXIT_BAD_ARGS, format!("token {:?} pin: {e}", tc.name)))?;
-    let failed = |e: String| (EXIT_FAILED, e);
-    let pkcs11 = tokensetup::load(&tc.module).map_err(failed)?;
-    let login =
-        tokensetup::open_user_session(&pkcs11, &tc.token_label, pin.expose_secret()).map_err(failed)?;
-    let slot = login
-        .get_session_info()
-        .map_err(|e| failed(format!("C_GetSessionInfo: {e}")))?
-        .slot_id();
-    let found = login
-        .find_objects(&[
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::Label(key_label.as_bytes().to_vec()),
-        ])
-        .map_err(|e| failed(format!("C_FindObjects: {e}")))?;
-    let key = match found.as_slice() {
-        [k] => *k,
-        [] => {
-            return Err(failed(format!(
-                "no secret key labelled {key_label:?} on token {:?}",
-                tc.token_label
-            )))
-        }
-        many => {
-            return Err(failed(format!(
-                "{} secret keys are labelled {key_label:?}",
-                many.len()
-            )))
-        }
-    };
-    let token = Token {
-        pkcs11,
-        slot,
-        key,
-        description: format!("token {:?} via {}", tc.token_label, tc.module.display()),
-    };
-    Ok((token, login))
+    let token = raw::open(&tc.module, &tc.token_label, &pin, key_label).map_err(|e| {
+        (
+            EXIT_FAILED,
+            format!("token {:?}, key {key_label:?}: {e}", tc.token_label),
+        )
+    })?;
+    Ok((
+        token,
+        format!("token {:?} via {}", tc.token_label, tc.module.display()),
+    ))
 }
 
-fn seal_pool(
-    session: &Session,
-    key: ObjectHandle,
-    payload_bytes: usize,
-    aad: &[u8],
-) -> Result<Vec<Sealed>, String> {
+fn seal_pool(session: &RawSession<'_>, payload_bytes: usize, aad: &[u8]) -> Result<Vec<Sealed>, String> {
     (0..POOL_SIZE)
         .map(|_| {
             let plaintext = random(payload_bytes)?;
-            let (iv, ciphertext_and_tag) = encrypt(session, key, aad, &plaintext)
+            let (iv, ciphertext_and_tag) = session
+                .encrypt(aad, &plaintext)
                 .map_err(|e| format!("setup encrypt (to make ciphertexts for decrypt) failed: {e}"))?;
             Ok(Sealed {
                 plaintext,
@@ -166,30 +123,10 @@ fn seal_pool(
         .collect()
 }
 
-fn ck_name(e: cryptoki::error::Error) -> String {
-    match e {
-        cryptoki::error::Error::Pkcs11(rv, f) => format!("C_{f:?}:{rv:?}"),
-        other => format!("Pkcs11:{other}"),
-    }
-}
-
-fn encrypt(s: &Session, key: ObjectHandle, aad: &[u8], pt: &[u8]) -> Result<([u8; 12], Vec<u8>), String> {
-    let mut iv = [0u8; 12];
-    s.generate_random_slice(&mut iv).map_err(ck_name)?;
-    let params = GcmParams::new(&mut iv, aad, TAG_BITS.into()).map_err(ck_name)?;
-    let out = s.encrypt(&Mechanism::AesGcm(params), key, pt).map_err(ck_name)?;
-    if out.len() != pt.len() + 16 {
-        return Err("WrongCiphertextLength".into());
-    }
-    Ok((iv, out))
-}
-
-fn decrypt(s: &Session, key: ObjectHandle, aad: &[u8], sealed: &Sealed) -> Result<(), String> {
-    let mut iv = sealed.iv;
-    let params = GcmParams::new(&mut iv, aad, TAG_BITS.into()).map_err(ck_name)?;
+fn decrypt(s: &RawSession<'_>, aad: &[u8], sealed: &Sealed) -> Result<(), String> {
     let pt = s
-        .decrypt(&Mechanism::AesGcm(params), key, &sealed.ciphertext_and_tag)
-        .map_err(ck_name)?;
+        .decrypt(&sealed.iv, aad, &sealed.ciphertext_and_tag)
+        .map_err(|e| e.to_string())?;
     if pt == sealed.plaintext {
         Ok(())
     } else {
@@ -199,7 +136,7 @@ fn decrypt(s: &Session, key: ObjectHandle, aad: &[u8], sealed: &Sealed) -> Resul
 
 /// What one token thread shares with the others.
 struct Worker<'a> {
-    token: &'a Token,
+    token: &'a RawToken,
     pool: &'a [Sealed],
     aad: &'a [u8],
     cycle: &'a [Op],
@@ -209,11 +146,7 @@ struct Worker<'a> {
 
 impl Worker<'_> {
     fn run(&self, index: usize) -> Result<Tally, String> {
-        let session = self
-            .token
-            .pkcs11
-            .open_ro_session(self.token.slot)
-            .map_err(|e| format!("C_OpenSession: {e}"))?;
+        let session = self.token.session().map_err(|e| format!("C_OpenSession: {e}"))?;
         let mut tally = Tally::default();
         let mut seq = index;
         loop {
@@ -226,8 +159,11 @@ impl Worker<'_> {
             seq += 1;
             let start = Instant::now();
             let result = match op {
-                Op::Encrypt => encrypt(&session, self.token.key, self.aad, &sealed.plaintext).map(|_| ()),
-                Op::Decrypt => decrypt(&session, self.token.key, self.aad, sealed),
+                Op::Encrypt => session
+                    .encrypt(self.aad, &sealed.plaintext)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Op::Decrypt => decrypt(&session, self.aad, sealed),
                 Op::Metadata | Op::Health => Err("UnsupportedInRawMode".into()),
             };
             let latency = start.elapsed();

@@ -3,22 +3,21 @@
 
 use super::protocol::{AdminReply, KeyInfo, KeyOp};
 use super::state_file::Engagement;
-use crate::hsm::Token;
-use crate::keyadmin;
+pub use crate::hsm::MarkOutcome;
+use crate::hsm::{HsmError, KeyEntry, Token};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use std::sync::Arc;
 
-/// Where a key-scope engage landed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MarkOutcome {
-    /// The token holds the disabled-key mark: every instance sharing it refuses the key.
-    OnToken,
-    /// The token refused the mark; this instance refuses the key on its own.
-    LocalOnly {
-        /// The token's refusal.
-        reason: String,
-    },
+/// The operator's wording of a key command's failure.
+fn key_error(id: Option<&str>, e: HsmError) -> String {
+    match (e, id) {
+        (HsmError::KeyNotFound, Some(id)) => format!("no key with id {id:?} on the token"),
+        (HsmError::AmbiguousKey(n), Some(id)) => {
+            format!("{n} keys carry the id {id:?}; resolve the duplicate on the token")
+        }
+        (e, _) => e.to_string(),
+    }
 }
 
 /// Runs `f` on a blocking thread, connecting the token first when asked (offline commands).
@@ -48,21 +47,7 @@ pub async fn disable(
     let record = serde_json::to_string(by).unwrap_or_default();
     let id = id.to_owned();
     blocking(t, connect_first, move |t| {
-        t.with_disabled_sync(|| {
-            t.set_disabled(&id, true);
-            let written = t
-                .admin_session()
-                .map_err(|e| e.to_string())
-                .and_then(|s| keyadmin::disable(&s.session, &id, &record));
-            match written {
-                Ok(()) => Ok(MarkOutcome::OnToken),
-                Err(e) if e.contains("no key with id") => {
-                    t.set_disabled(&id, false);
-                    Err(e)
-                }
-                Err(reason) => Ok(MarkOutcome::LocalOnly { reason }),
-            }
-        })
+        t.disable_key(&id, &record).map_err(|e| key_error(Some(&id), e))
     })
     .await
 }
@@ -71,13 +56,7 @@ pub async fn disable(
 pub async fn enable(t: &Arc<Token>, id: &str, connect_first: bool) -> Result<(), String> {
     let id = id.to_owned();
     blocking(t, connect_first, move |t| {
-        t.with_disabled_sync(|| {
-            t.admin_session()
-                .map_err(|e| e.to_string())
-                .and_then(|s| keyadmin::enable(&s.session, &id))?;
-            t.set_disabled(&id, false);
-            Ok(())
-        })
+        t.enable_key(&id).map_err(|e| key_error(Some(&id), e))
     })
     .await
 }
@@ -85,11 +64,11 @@ pub async fn enable(t: &Arc<Token>, id: &str, connect_first: bool) -> Result<(),
 /// Reinstalls keys refused locally (from the state file) at start.
 pub fn install_local_denies<'a>(t: &Token, ids: impl IntoIterator<Item = &'a String>) {
     for id in ids {
-        t.set_disabled(id, true);
+        t.deny_locally(id);
     }
 }
 
-fn info(e: keyadmin::KeyEntry) -> KeyInfo {
+fn info(e: KeyEntry) -> KeyInfo {
     KeyInfo {
         id: e.id,
         key_spec: e.key_spec,
@@ -105,40 +84,40 @@ fn info(e: keyadmin::KeyEntry) -> KeyInfo {
 pub async fn run(t: &Arc<Token>, op: &KeyOp, connect_first: bool) -> AdminReply {
     let op = op.clone();
     let out = blocking(t, connect_first, move |t| {
-        let s = t.admin_session().map_err(|e| e.to_string())?;
-        let s = &s.session;
         let b64 = |what: &str, v: &str| {
             STANDARD
                 .decode(v)
-                .map_err(|_| format!("{what} is not valid Base64"))
+                .map_err(|_| HsmError::Refused(format!("{what} is not valid Base64")))
         };
         let done = |action: &str, id: &str| AdminReply::KeyChanged {
             action: action.to_owned(),
             id: id.to_owned(),
         };
-        match &op {
-            KeyOp::Create { id, usage } => keyadmin::create(s, id, *usage).map(|_| done("created", id)),
+        t.key_admin(|k| match &op {
+            KeyOp::Create { id, usage } => k.create(id, *usage).map(|_| done("created", id)),
             KeyOp::CreateKek { id, material } => {
                 let m = zeroize::Zeroizing::new(b64("KEK material", material)?);
                 let arr: &[u8; 32] = m
                     .as_slice()
                     .try_into()
-                    .map_err(|_| "KEK material must be 32 bytes".to_owned())?;
-                keyadmin::create_kek(s, id, arr).map(|_| done("created", id))
+                    .map_err(|_| HsmError::Refused("KEK material must be 32 bytes".into()))?;
+                k.create_kek(id, arr).map(|_| done("created", id))
             }
             KeyOp::Import {
                 id,
                 kek,
                 wrapped,
                 usage,
-            } => keyadmin::import(s, id, kek, &b64("wrapped key", wrapped)?, *usage)
+            } => k
+                .import(id, kek, &b64("wrapped key", wrapped)?, *usage)
                 .map(|_| done("imported", id)),
-            KeyOp::List => keyadmin::list(s).map(|l| AdminReply::KeyList {
+            KeyOp::List => k.list().map(|l| AdminReply::KeyList {
                 keys: l.into_iter().map(info).collect(),
             }),
-            KeyOp::Show { id } => keyadmin::show(s, id).map(|k| AdminReply::KeyShown { key: info(k) }),
-            KeyOp::Destroy { id } => keyadmin::destroy(s, id).map(|_| done("destroyed", id)),
-        }
+            KeyOp::Show { id } => k.show(id).map(|e| AdminReply::KeyShown { key: info(e) }),
+            KeyOp::Destroy { id } => k.destroy(id).map(|_| done("destroyed", id)),
+        })
+        .map_err(|e| key_error(op.id(), e))
     })
     .await;
     out.unwrap_or_else(AdminReply::failed)

@@ -3,7 +3,7 @@
 //! nothing reads JSON by string keys. One JSON line each way per connection.
 
 use super::state_file::{Engagement, Event};
-pub use crate::keyadmin::Usage;
+pub use crate::hsm::Usage;
 use serde::{Deserialize, Serialize};
 
 /// Kill switch scope.

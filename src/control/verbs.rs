@@ -386,7 +386,7 @@ impl Control {
                 name: t.name.clone(),
                 connected: t.is_connected(),
                 open_sessions: t.open_sessions(),
-                disabled_keys: t.disabled_keys(),
+                disabled_keys: t.refused_keys(),
                 local_denies: local
                     .get(&t.name)
                     .map(|m| m.keys().cloned().collect())

@@ -7,6 +7,31 @@ use super::HsmError;
 use cryptoki::context::Function;
 use cryptoki::error::{Error, RvError};
 
+/// `C_Login` answers that mean "this PIN will not do": retrying them counts against the
+/// token's retry counter, so every login site of the crate turns them into
+/// [`HsmError::LoginRefused`] through [`login_error`].
+fn refused_pin(rv: RvError) -> bool {
+    matches!(
+        rv,
+        RvError::PinIncorrect
+            | RvError::PinInvalid
+            | RvError::PinLenRange
+            | RvError::PinExpired
+            | RvError::PinLocked
+    )
+}
+
+/// Classifies a failed `C_Login` on the token labelled `label`: a refused PIN is
+/// [`HsmError::LoginRefused`], anything else [`HsmError::Unavailable`].
+pub(crate) fn login_error(label: &str, err: Error) -> HsmError {
+    match err {
+        Error::Pkcs11(rv, _) if refused_pin(rv) => HsmError::LoginRefused(format!(
+            "login to token {label:?} refused: {rv:?}; check the configured PIN"
+        )),
+        e => HsmError::Unavailable(format!("C_Login: {e}")),
+    }
+}
+
 /// Classifies a cryptoki error.
 pub fn classify(err: Error) -> HsmError {
     match err {
@@ -44,10 +69,11 @@ impl HsmError {
     pub fn stale_handle(&self) -> bool {
         matches!(
             self,
-            HsmError::Device {
-                rv: RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid,
-                ..
-            }
+            HsmError::StaleHandle
+                | HsmError::Device {
+                    rv: RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid,
+                    ..
+                }
         )
     }
 
@@ -96,6 +122,26 @@ mod tests {
         assert!(matches!(
             classify_rv(RvError::KeyTypeInconsistent, Function::DecryptInit),
             HsmError::KeyUsage(_)
+        ));
+    }
+
+    #[test]
+    fn every_pin_refusal_is_one_login_refused() {
+        for rv in [
+            RvError::PinIncorrect,
+            RvError::PinLenRange,
+            RvError::PinExpired,
+            RvError::PinLocked,
+            RvError::PinInvalid,
+        ] {
+            assert!(matches!(
+                login_error("t", Error::Pkcs11(rv, Function::Login)),
+                HsmError::LoginRefused(_)
+            ));
+        }
+        assert!(matches!(
+            login_error("t", Error::Pkcs11(RvError::DeviceError, Function::Login)),
+            HsmError::Unavailable(_)
         ));
     }
 

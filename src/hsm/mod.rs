@@ -2,16 +2,37 @@
 //! (`worker`), each owning one logged-in PKCS#11 session of one [`token::Token`]; PKCS#11 is
 //! blocking FFI and never runs on a tokio worker. A full queue answers [`HsmError::Busy`], a
 //! missed deadline [`HsmError::Timeout`]. Nothing here knows about XKS.
+//!
+//! Every PKCS#11 call of the crate lives under this module: the daemon's workers and
+//! supervisor, key lifecycle ([`lifecycle`], [`marks`]), token setup for the quickstart and
+//! the offline CLI ([`setup`]) and the benchmark's raw-token ceiling ([`raw`]).
 
+mod cache;
 mod classify;
+mod connection;
 mod crypto;
+pub mod health;
+pub mod keyspec;
+pub mod keystate;
+pub mod lifecycle;
+pub mod marks;
+pub mod raw;
+pub mod setup;
 pub mod supervisor;
 pub mod token;
 mod worker;
 
 pub use classify::classify;
-pub use token::{CountedSession, KeyInfo, Token, TokenHealth, TokenStatus};
+pub use health::{TokenHealth, TokenStatus};
+pub use keyspec::KeySpec;
+pub use keystate::MarkOutcome;
+pub use lifecycle::{KeyAdmin, KeyEntry, Usage};
+pub use token::{KeyInfo, Token};
 pub use worker::IDLE_CHECK;
+
+/// A caller's own refusal switch for one job (for example a keystore kill switch owned above
+/// this module): the worker refuses the job's next PKCS#11 call once it reads `true`.
+pub type Gate = std::sync::Arc<std::sync::atomic::AtomicBool>;
 
 use crate::config::TokenConfig;
 use crossbeam_channel::{Sender, TrySendError};
@@ -45,9 +66,30 @@ pub enum HsmError {
     /// The token is not connected (absent, wrong PIN, recovering); the reason says which.
     #[error("token unavailable: {0}")]
     Unavailable(String),
-    /// The token refused the PIN (incorrect, locked, expired). Never retried in a loop.
+    /// The token refused the PIN (incorrect, wrong length, expired, locked). Never retried in
+    /// a loop: HSMs lock PINs.
     #[error("{0}")]
     LoginRefused(String),
+    /// The key is disabled (a mark on the token, or refused by this process alone).
+    #[error("the key is disabled")]
+    KeyDisabled,
+    /// The caller's gate closed while the job was queued or between two calls of one job.
+    #[error("the caller's gate closed")]
+    GateClosed,
+    /// The key's attributes are weaker than an external key's (extractable, not sensitive or
+    /// not private): it could have left the HSM, so it is never used.
+    #[error("key attributes are too weak for an external key: {0}")]
+    WeakKey(String),
+    /// A key with this id already exists (create, import).
+    #[error("a key with id {0:?} already exists")]
+    KeyExists(String),
+    /// A cached key handle was found before a lifecycle change and may now name another
+    /// object; the worker finds the key again by label before any use.
+    #[error("cached key handle is stale")]
+    StaleHandle,
+    /// A lifecycle request the token state or its own arguments rule out.
+    #[error("{0}")]
+    Refused(String),
     /// The proxy kill switch disconnected the token on purpose.
     #[error("token disconnected by the kill switch")]
     Disconnected,
@@ -76,11 +118,13 @@ pub struct Sealed {
 pub(crate) enum Op {
     Encrypt {
         label: String,
+        gate: Option<Gate>,
         aad: Vec<u8>,
         plaintext: Zeroizing<Vec<u8>>,
     },
     Decrypt {
         label: String,
+        gate: Option<Gate>,
         iv: Vec<u8>,
         aad: Vec<u8>,
         ciphertext_and_tag: Vec<u8>,
@@ -119,8 +163,13 @@ pub struct Hsm {
 
 impl Hsm {
     /// Starts the worker pool for a token. The token should already be connected (or be
-    /// retried by its supervisor); workers open their sessions lazily.
-    pub fn start(token: Arc<Token>, cfg: &TokenConfig) -> Hsm {
+    /// retried by its supervisor); workers open their sessions lazily. `call_latency` is the
+    /// histogram each job's latency goes to (the metrics layer owns its buckets).
+    pub fn start(
+        token: Arc<Token>,
+        cfg: &TokenConfig,
+        call_latency: prometheus_client::metrics::histogram::Histogram,
+    ) -> Hsm {
         let (tx, rx) = crossbeam_channel::bounded(cfg.queue_depth);
         for i in 0..cfg.workers {
             worker::spawn(format!("hsm-{}-{i}", cfg.name), token.clone(), rx.clone());
@@ -129,7 +178,7 @@ impl Hsm {
             token,
             jobs: tx,
             timeout: Duration::from_millis(cfg.request_timeout_ms),
-            call_latency: crate::metrics::latency_histogram(),
+            call_latency,
         }
     }
 
@@ -171,15 +220,18 @@ impl Hsm {
     }
 
     /// AES-256-GCM encryption under the key labelled `label`, with the already-framed AAD.
+    /// `gate`, when given, is re-read by the worker before each PKCS#11 call of the job.
     pub async fn encrypt(
         &self,
         label: &str,
         aad: Vec<u8>,
         plaintext: Zeroizing<Vec<u8>>,
+        gate: Option<Gate>,
     ) -> Result<Sealed, HsmError> {
         match self
             .submit(Op::Encrypt {
                 label: label.to_owned(),
+                gate,
                 aad,
                 plaintext,
             })
@@ -191,15 +243,18 @@ impl Hsm {
     }
 
     /// AES-256-GCM decryption; `ciphertext_and_tag` is the ciphertext followed by the tag.
+    /// `gate` as for [`Hsm::encrypt`].
     pub async fn decrypt(
         &self,
         label: &str,
         iv: Vec<u8>,
         aad: Vec<u8>,
         ciphertext_and_tag: Vec<u8>,
+        gate: Option<Gate>,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         let op = Op::Decrypt {
             label: label.to_owned(),
+            gate,
             iv,
             aad,
             ciphertext_and_tag,

@@ -20,8 +20,9 @@
 //! until the daemon restarts (or the proxy kill switch is released, which reconnects once).
 //! Requests and health checks never log in; while the PIN is refused they answer "unavailable".
 
-use super::token::{CountedSession, Token};
-use super::HsmError;
+use super::connection::{logged_in, CountedSession};
+use super::token::Token;
+use super::{marks, HsmError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -123,10 +124,16 @@ fn run(token: &Token) {
     }
 }
 
+/// Reads the disabled-key marks and installs them unless a local disable/enable overlapped
+/// the read (then the next tick tries again). A session that is not logged in sees no private
+/// object, so its "no marks" is never installed: the previous marks stay.
 fn refresh_disabled<'t>(token: &'t Token, poller: &mut Option<CountedSession<'t>>) {
-    if poller
-        .as_ref()
-        .is_some_and(|p| p.generation != token.generation())
+    let seen = token.key_state_changes();
+    let _call = token.conn.enter();
+    if token.killed()
+        || poller
+            .as_ref()
+            .is_some_and(|p| p.generation != token.generation())
     {
         *poller = None;
     }
@@ -139,9 +146,24 @@ fn refresh_disabled<'t>(token: &'t Token, poller: &mut Option<CountedSession<'t>
         }
     }
     let Some(p) = poller.as_ref() else { return };
-    let _guard = token.disabled_sync.lock().unwrap_or_else(|e| e.into_inner());
-    match crate::keyadmin::disabled_set(&p.session) {
-        Ok(set) => *token.disabled.write().unwrap_or_else(|e| e.into_inner()) = set,
+    match logged_in(p.session()) {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(token = %token.name, "poll session is not logged in; disabled-key marks kept as last read");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(token = %token.name, error = %e, "cannot check the poll session's login");
+            *poller = None;
+            return;
+        }
+    }
+    match marks::disabled_set(p.session()) {
+        Ok(set) => {
+            if !token.install_polled_marks(seen, set) {
+                tracing::debug!(token = %token.name, "marks read during a local key-state change discarded");
+            }
+        }
         Err(e) => {
             tracing::warn!(token = %token.name, error = %e, "cannot read disabled-key marks");
             *poller = None;

@@ -6,11 +6,16 @@
 //! does not fix (the token forgot the login), hands the token to the supervisor with
 //! [`Token::mark_failed`]: the request fails, the supervisor reconnects and logs in again. A
 //! worker never logs in itself, so a refused PIN can never turn into one attempt per request.
+//!
+//! A job runs inside the connection's call guard, so `C_Finalize` waits for it; the checks
+//! that decide whether the token may still be used (kill switch, generation, the key's refusal,
+//! the caller's gate) run immediately before each crypto call, not once per job.
 
-use super::token::{CountedSession, Token};
+use super::connection::CountedSession;
+use super::crypto::On;
+use super::token::Token;
 use super::{HsmError, Job, Op, Reply};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use cryptoki::session::Session;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,6 +73,7 @@ fn drop_if_stale(token: &Token, session: &mut Option<CountedSession<'_>>) {
 }
 
 fn serve<'t>(token: &'t Token, slot: &mut Option<CountedSession<'t>>, op: &Op) -> Result<Reply, HsmError> {
+    let _call = token.conn.enter();
     for attempt in 0..2 {
         drop_if_stale(token, slot);
         if slot.is_none() {
@@ -82,7 +88,11 @@ fn serve<'t>(token: &'t Token, slot: &mut Option<CountedSession<'t>>, op: &Op) -
             }
         }
         let Some(s) = slot.as_ref() else { continue };
-        match execute(token, &s.session, op) {
+        let on = On {
+            session: s.session(),
+            generation: s.generation,
+        };
+        match execute(token, &on, op) {
             // Re-running is safe for every op: Encrypt simply draws a fresh IV.
             Err(e) if e.session_lost() && attempt == 0 => *slot = None,
             // A fresh session is lost too: the login is gone, only a reconnect brings it back.
@@ -97,23 +107,27 @@ fn serve<'t>(token: &'t Token, slot: &mut Option<CountedSession<'t>>, op: &Op) -
     Err(HsmError::Unavailable("session lost twice in a row".into()))
 }
 
-fn execute(token: &Token, s: &Session, op: &Op) -> Result<Reply, HsmError> {
+fn execute(token: &Token, on: &On<'_>, op: &Op) -> Result<Reply, HsmError> {
     match op {
         Op::Encrypt {
             label,
+            gate,
             aad,
             plaintext,
-        } => token.encrypt(s, label, aad, plaintext).map(Reply::Sealed),
+        } => token
+            .encrypt(on, label, gate.as_ref(), aad, plaintext)
+            .map(Reply::Sealed),
         Op::Decrypt {
             label,
+            gate,
             iv,
             aad,
             ciphertext_and_tag,
         } => token
-            .decrypt(s, label, iv, aad, ciphertext_and_tag)
+            .decrypt(on, label, gate.as_ref(), iv, aad, ciphertext_and_tag)
             .map(Reply::Plain),
-        Op::KeyInfo { label } => token.key_info(s, label).map(Reply::KeyInfo),
-        Op::Health => token.probe(s).map(Reply::Health),
+        Op::KeyInfo { label } => token.key_info(on.session, label).map(Reply::KeyInfo),
+        Op::Health => token.probe(on.session).map(Reply::Health),
         Op::Ping => Ok(Reply::Pong),
     }
 }

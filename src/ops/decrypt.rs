@@ -94,7 +94,10 @@ pub async fn handle(
     let gcm_aad =
         aead::gcm_aad(&aad, &metadata).ok_or_else(|| Error::Internal("AAD too long to frame".into()))?;
     ciphertext.extend_from_slice(&tag);
-    let plaintext = ks.hsm.decrypt(key_id, iv, gcm_aad, ciphertext).await?;
+    let plaintext = ks
+        .hsm
+        .decrypt(key_id, iv, gcm_aad, ciphertext, Some(ks.gate.flag()))
+        .await?;
     let resp = DecryptResponse {
         plaintext: Zeroizing::new(encode(&plaintext)),
     };

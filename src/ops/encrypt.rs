@@ -79,7 +79,10 @@ pub async fn handle(
         aead::gcm_aad(&aad, &metadata).ok_or_else(|| Error::Internal("AAD too long to frame".into()))?;
     // One retry of the whole encrypt if the verification decrypt fails (spec Appendix C, step 4).
     for _ in 0..2 {
-        let sealed = ks.hsm.encrypt(key_id, gcm_aad.clone(), plaintext.clone()).await?;
+        let sealed = ks
+            .hsm
+            .encrypt(key_id, gcm_aad.clone(), plaintext.clone(), Some(ks.gate.flag()))
+            .await?;
         let (ct, tag) = split(&sealed)?;
         let cdiv = with_cdiv.then(|| aead::integrity_value(&aad, &metadata, &sealed.iv, ct, tag));
         if with_cdiv {
@@ -90,6 +93,7 @@ pub async fn handle(
                     sealed.iv.to_vec(),
                     gcm_aad.clone(),
                     sealed.ciphertext_and_tag.clone(),
+                    None,
                 )
                 .await;
             match verified {

@@ -27,7 +27,7 @@ pub async fn handle(
     let info = ks.hsm.key_info(key_id).await?;
     let mut key_usage = info.usages;
     key_usage.truncate(10); // spec maximum
-    let key_status = if ks.hsm.token().is_disabled(key_id) {
+    let key_status = if ks.hsm.token().is_refused(key_id) {
         "DISABLED"
     } else {
         "ENABLED"
