@@ -442,7 +442,7 @@ fn release_and_engage_racing_over_the_socket_leave_status_behaviour_and_state_fi
     let mut outcomes = [0usize; 2];
     for round in 0..ROUNDS {
         let gap = rng.gap();
-        let engage_first = rng.next() % 2 == 0;
+        let engage_first = rng.next().is_multiple_of(2);
         let (e_delay, r_delay) = if engage_first {
             (Duration::ZERO, gap)
         } else {
@@ -539,7 +539,7 @@ fn sigusr1_engage_racing_a_socket_release_leaves_status_behaviour_and_state_file
     let mut outcomes = [0usize; 2];
     for round in 0..ROUNDS {
         let gap = rng.gap();
-        let signal_first = rng.next() % 2 == 0;
+        let signal_first = rng.next().is_multiple_of(2);
         let (s_delay, r_delay) = if signal_first {
             (Duration::ZERO, gap)
         } else {
