@@ -16,18 +16,6 @@ const WEAK_NOT_SENSITIVE: &str = "weak-not-sensitive";
 const WEAK_PUBLIC: &str = "weak-public";
 const WEAK_TOOL: &str = "weak-pkcs11-tool";
 
-/// Runs `xks-bridge <args> --config <config>` against the running daemon.
-fn cli_ok(config: &std::path::Path, args: &[&str]) -> String {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .arg("--config")
-        .arg(config)
-        .env_remove("SOFTHSM2_CONF");
-    let (code, out, err) = run_bounded(cmd, WAIT);
-    assert_eq!(code, Some(0), "xks-bridge {args:?} failed: {out}\n{err}");
-    out
-}
-
 /// An AES-256 encrypt/decrypt key made outside the proxy, with one protection attribute weak.
 fn weak_key(s: &cryptoki::session::Session, label: &str, weakness: Attribute) {
     let mut template = vec![
@@ -60,6 +48,10 @@ fn allow(cfg: &mut toml::Table, extra: &[&str]) {
 /// attribute; good keys on the same token keep working.
 #[test]
 fn keys_with_weak_attributes_are_refused_naming_the_attribute() {
+    token_test(weak_keys_refused);
+}
+
+fn weak_keys_refused() {
     let mut h = Harness::start_with(
         |cfg, fx| {
             with_token_session(fx, |s| {
@@ -113,6 +105,10 @@ fn keys_with_weak_attributes_are_refused_naming_the_attribute() {
 /// false), and can still be destroyed.
 #[test]
 fn created_keys_are_unmodifiable_uncopyable_and_still_destroyable() {
+    token_test(created_keys_hardened);
+}
+
+fn created_keys_hardened() {
     let fx = Fixture::new();
     let proxy = TestProxy::start(&fx);
     cli_ok(&proxy.config, &["keys", "create", "--id", "hardened"]);
