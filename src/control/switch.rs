@@ -283,6 +283,12 @@ impl Switch {
         Epoch(self.lock().epochs.get(scope).copied().unwrap_or(0))
     }
 
+    /// Does the state file hold the state in force?
+    pub fn is_durable(&self) -> bool {
+        let inner = self.lock();
+        inner.mem == inner.disk
+    }
+
     /// Is the whole proxy engaged (gate closed)?
     pub fn proxy_engaged(&self) -> bool {
         self.gates.proxy().is_closed()

@@ -83,19 +83,26 @@ pub struct Server {
     limits: ConnLimits,
     next_id: AtomicU64,
     connections: Arc<Semaphore>,
-    observer: RwLock<Option<Observer>>,
+    /// Called for every finished request (audit record, metrics); fixed at construction.
+    observer: Option<Observer>,
 }
 
 impl Server {
-    /// A server for `app`; `tls` is `None` only when plain HTTP was explicitly allowed.
-    pub fn new(app: Arc<App>, tls: Option<TlsAcceptor>, limits: ConnLimits) -> Arc<Server> {
+    /// A server for `app`; `tls` is `None` only when plain HTTP was explicitly allowed;
+    /// `observer` sees every finished request.
+    pub fn new(
+        app: Arc<App>,
+        tls: Option<TlsAcceptor>,
+        limits: ConnLimits,
+        observer: Option<Observer>,
+    ) -> Arc<Server> {
         Arc::new(Server {
             app: RwLock::new(app),
             tls: RwLock::new(tls),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             limits,
             next_id: AtomicU64::new(1),
-            observer: RwLock::new(None),
+            observer,
         })
     }
 
@@ -109,11 +116,6 @@ impl Server {
     pub fn swap(&self, app: Arc<App>, tls: Option<TlsAcceptor>) {
         *self.app.write().unwrap_or_else(|p| p.into_inner()) = app;
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
-    }
-
-    /// Installs the observer called for every finished request.
-    pub fn set_observer(&self, o: Observer) {
-        *self.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(o);
     }
 
     /// Accepts connections until `shutdown` flips, then waits up to `grace` for open
@@ -247,7 +249,7 @@ impl Server {
             latency_us: start.elapsed().as_micros() as u64,
         };
         log_request(&done);
-        if let Some(o) = self.observer.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(o) = &self.observer {
             o(&done);
         }
         match result {
