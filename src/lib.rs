@@ -13,6 +13,19 @@
 //!    HTTP status lives in [`error`].
 //!
 //! `ops` knows nothing of HTTP; `hsm` knows nothing of XKS.
+//!
+//! The layers, top to bottom; a module imports only modules below it (checked by
+//! `tests/architecture.rs`, which fails on any import cycle between top-level modules and on
+//! `cryptoki` outside [`hsm`]):
+//!
+//! | Layer | Modules |
+//! |---|---|
+//! | assembly | [`daemon`] (start sequence, reload, signals), [`quickstart`], [`mod@bench`] |
+//! | operator side | [`control`]: kill-switch state machine, state file, admin protocol, socket, key verbs, instance lock |
+//! | request path | [`server`] → [`app`] → [`ops`] → [`keystore`], [`auth`], [`authz`], [`ratelimit`], [`request`] |
+//! | sinks | [`metrics`], [`audit`], [`logging`] |
+//! | token | [`hsm`]: the only module that calls PKCS#11 |
+//! | foundations | [`config`], [`secret`], [`gates`] (kill-switch flags as the request path reads them), [`error`], [`xks`] (wire types, operation names, id syntax), [`aead`], [`clock`], [`exit`] |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
