@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use xks_bridge::admin::{self, AdminRequest, AdminResponse, ClientError, KeyOp, Scope};
-use xks_bridge::config::{Config, EXIT_BAD_CONFIG};
+use xks_bridge::config::{Config, TokenConfig, EXIT_BAD_CONFIG};
 use xks_bridge::keyadmin::Usage;
 use xks_bridge::kill_switch::{now_rfc3339, Engagement, KillSwitch};
 use xks_bridge::tokensetup;
@@ -317,6 +317,7 @@ fn emit(s: &str) {
 /// Sends to the daemon; when none runs, performs the request directly.
 fn send_or_offline(cfg: &Config, req: AdminRequest) -> Result<Value, (i32, String)> {
     let Some(admin_cfg) = &cfg.admin else {
+        offline_module_env(cfg, &req)?;
         eprintln!("warning: no [admin] socket configured; acting directly. A running daemon will not notice until it restarts (send it SIGUSR1 to engage the proxy switch now).");
         return offline(cfg, req);
     };
@@ -328,6 +329,7 @@ fn send_or_offline(cfg: &Config, req: AdminRequest) -> Result<Value, (i32, Strin
         Ok(AdminResponse { ok: true, data, .. }) => Ok(data),
         Ok(AdminResponse { error, .. }) => Err((EXIT_FAILED, error.unwrap_or_else(|| "failed".into()))),
         Err(ClientError::NoDaemon(p)) => {
+            offline_module_env(cfg, &req)?;
             eprintln!(
                 "note: no daemon answers on {}; acting directly on the state file / token",
                 p.display()
@@ -425,6 +427,42 @@ fn known_prefix(cfg: &Config, p: &str) -> Result<(), (i32, String)> {
     }
 }
 
+/// The token an offline key operation works on: the one named, or the only one configured.
+fn offline_token<'a>(cfg: &'a Config, token: Option<&str>) -> Result<&'a TokenConfig, (i32, String)> {
+    match (token, cfg.tokens.as_slice()) {
+        (Some(n), ts) => ts
+            .iter()
+            .find(|t| t.name == n)
+            .ok_or_else(|| (EXIT_FAILED, format!("no token named {n:?}"))),
+        (None, [t]) => Ok(t),
+        (None, _) => Err((
+            EXIT_FAILED,
+            "several tokens are configured; name one with --token".into(),
+        )),
+    }
+}
+
+/// Puts the module environment of the token an offline request will load in place. It may
+/// restart the process, so it runs before the note that the request is performed directly.
+fn offline_module_env(cfg: &Config, req: &AdminRequest) -> Result<(), (i32, String)> {
+    let token = match req {
+        AdminRequest::Keys { token, .. }
+        | AdminRequest::Engage {
+            scope: Scope::Key(_),
+            token,
+            ..
+        }
+        | AdminRequest::Release {
+            scope: Scope::Key(_),
+            token,
+            ..
+        } => token.as_deref(),
+        _ => return Ok(()),
+    };
+    let t = offline_token(cfg, token)?;
+    xks_bridge::module_env::ensure(&t.module_env).map_err(|e| (EXIT_BAD_CONFIG, e))
+}
+
 fn offline_keys(
     cfg: &Config,
     token: Option<&str>,
@@ -432,21 +470,9 @@ fn offline_keys(
     ks: &KillSwitch,
 ) -> Result<Value, (i32, String)> {
     let fail = |e: String| (EXIT_FAILED, e);
-    let t = match (token, cfg.tokens.as_slice()) {
-        (Some(n), ts) => ts
-            .iter()
-            .find(|t| t.name == n)
-            .ok_or_else(|| fail(format!("no token named {n:?}")))?,
-        (None, [t]) => t,
-        (None, _) => {
-            return Err(fail(
-                "several tokens are configured; name one with --token".into(),
-            ))
-        }
-    };
-    for (k, v) in &t.module_env {
-        std::env::set_var(k, v);
-    }
+    let t = offline_token(cfg, token)?;
+    // A no-op after send_or_offline's call; kept so the module never loads without it.
+    xks_bridge::module_env::ensure(&t.module_env).map_err(|e| (EXIT_BAD_CONFIG, e))?;
     let pin = t.pin.load().map_err(|e| (EXIT_BAD_CONFIG, format!("pin: {e}")))?;
     let p = tokensetup::load(&t.module).map_err(fail)?;
     let out = {

@@ -33,6 +33,7 @@ pub mod keyadmin;
 pub mod kill_switch;
 pub mod logging;
 pub mod metrics;
+pub mod module_env;
 pub mod ops;
 pub mod quickstart;
 pub mod ratelimit;
