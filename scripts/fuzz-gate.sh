@@ -7,9 +7,12 @@
 #   2. runs a bounded coverage-guided search: a fixed number of executions (RUNS below),
 #      libFuzzer seed 1, one process, starting from exactly those seeds, in an empty working
 #      directory (fuzz/gate/<target>, wiped first), never from what earlier runs found, and
-#      without comparison-guided mutations (-use_cmp=0): those feed the values of compared
-#      pointers back into inputs, and addresses differ from run to run (ASLR) and from machine
-#      to machine (environment size, libc), which made the search itself differ.
+#      with address space randomisation off for the fuzzing process (setarch -R), and without
+#      comparison-guided mutations (-use_cmp=0). Which code runs, and so what the search keeps,
+#      depended on addresses, and comparison-guided mutations copy compared pointers into
+#      inputs; addresses differ from run to run (ASLR) and, for pointers into the stack, with
+#      the size of the environment and the arguments, so the search also runs in an empty
+#      environment with paths relative to the repository.
 #
 # Fails if any input crashes (a panic, including a broken invariant), hangs (FUZZ_TIMEOUT s,
 # default 10) or exceeds FUZZ_RSS_MB (default 2048). Prints, per target, the time taken, the
@@ -80,6 +83,14 @@ seeds() {
     fi | LC_ALL=C sort
 }
 
+# personality(ADDR_NO_RANDOMIZE); some container sandboxes refuse it.
+norand=(setarch "$(uname -m)" -R)
+if ! "${norand[@]}" true 2>/dev/null; then
+    echo "WARNING: cannot turn address space randomisation off (setarch -R refused): the searches" >&2
+    echo "WARNING: run the same number of executions, but what they explore can differ between runs" >&2
+    norand=()
+fi
+
 mkdir -p fuzz/logs fuzz/gate
 failed=()
 summary=()
@@ -117,7 +128,7 @@ for t in "${targets[@]}"; do
     if [ "$rc" -eq 0 ]; then
         echo "== search: $runs executions, seed 1" >>"$log"
         # -reload=0: never re-read the working directory on a timer (wall-clock dependent).
-        "$bin" -runs="$runs" -seed=1 -use_cmp=0 -reload=0 -timeout="$timeout" -rss_limit_mb="$rss" \
+        env -i RUST_BACKTRACE=1 "${norand[@]}" "$bin" -runs="$runs" -seed=1 -use_cmp=0 -reload=0 -timeout="$timeout" -rss_limit_mb="$rss" \
             -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" \
             "${seed_flag[@]}" "$work" >>"$log" 2>&1 || rc=$?
     fi
