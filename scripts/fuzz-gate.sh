@@ -128,9 +128,9 @@ for t in "${targets[@]}"; do
     if [ "$rc" -eq 0 ]; then
         echo "== search: $runs executions, seed 1" >>"$log"
         # -reload=0: never re-read the working directory on a timer (wall-clock dependent).
-        env -i RUST_BACKTRACE=1 "${norand[@]}" "$bin" -runs="$runs" -seed=1 -use_cmp=0 -reload=0 -timeout="$timeout" -rss_limit_mb="$rss" \
-            -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" \
-            "${seed_flag[@]}" "$work" >>"$log" 2>&1 || rc=$?
+        env -i RUST_BACKTRACE=1 "${norand[@]}" "$bin" -runs="$runs" -seed=1 -use_cmp=0 -reload=0 \
+            -timeout="$timeout" -rss_limit_mb="$rss" -print_final_stats=1 \
+            -artifact_prefix="fuzz/artifacts/$t/" "${seed_flag[@]}" "$work" >>"$log" 2>&1 || rc=$?
     fi
     if [ "$rc" -eq 0 ] && [ "$nonempty" -gt 0 ] &&
         ! grep -q "INFO: seed corpus: files: $nonempty " "$log"; then
