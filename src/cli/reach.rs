@@ -177,13 +177,10 @@ fn offline(
     );
     let mut tokens = Vec::new();
     if let Some(t) = token {
-        let pin = t
-            .pin
-            .load()
-            .map_err(|e| {
-                let i = cfg.tokens.iter().position(|c| c.name == t.name).unwrap_or(0);
-                (EXIT_BAD_CONFIG, format!("tokens[{i}].pin: {e}"))
-            })?;
+        let pin = t.pin.load().map_err(|e| {
+            let i = cfg.tokens.iter().position(|c| c.name == t.name).unwrap_or(0);
+            (EXIT_BAD_CONFIG, format!("tokens[{i}].pin: {e}"))
+        })?;
         // An operator's offline key command is not the daemon serving KMS: it runs even
         // while the whole-proxy switch is engaged, as it always has.
         tokens.push(Arc::new(Token::new(t, pin, Arc::new(AtomicBool::new(false)))));
