@@ -74,6 +74,8 @@
 //! write a trail.
 
 pub mod checkpoint;
+#[cfg(test)]
+mod checkpoint_tests;
 mod record;
 mod recover;
 #[cfg(test)]
