@@ -96,8 +96,15 @@ mod tests {
             ..RequestContext::default()
         }
         .capped();
-        assert_eq!(ctx.principal.unwrap().chars().count(), MAX_ARN_CHARS + TRUNCATED_MARKER.chars().count());
+        assert_eq!(
+            ctx.principal.unwrap().chars().count(),
+            MAX_ARN_CHARS + TRUNCATED_MARKER.chars().count()
+        );
         assert!(ctx.kms_request_id.unwrap().ends_with(TRUNCATED_MARKER));
-        assert_eq!(ctx.access_key_id.unwrap().len(), 300, "configured values are kept");
+        assert_eq!(
+            ctx.access_key_id.unwrap().len(),
+            300,
+            "configured values are kept"
+        );
     }
 }

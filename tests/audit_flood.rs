@@ -117,9 +117,15 @@ fn twenty_thousand_unauthenticated_requests_write_no_audit_record_and_few_log_li
     let metrics = scrape(&proxy);
     let logs = proxy.stop();
     let records = audit_requests(&fx);
-    assert_eq!(records.len(), 2, "unauthenticated requests were audited: {records:#?}");
+    assert_eq!(
+        records.len(),
+        2,
+        "unauthenticated requests were audited: {records:#?}"
+    );
     assert_eq!(records[1]["kms_request_id"], "after-flood");
-    assert!(records.iter().all(|r| r["access_key_id"] == fx.access_key_id.as_str()));
+    assert!(records
+        .iter()
+        .all(|r| r["access_key_id"] == fx.access_key_id.as_str()));
 
     let new_lines: Vec<&str> = logs.lines().skip(lines_before).collect();
     assert!(
@@ -136,7 +142,10 @@ fn twenty_thousand_unauthenticated_requests_write_no_audit_record_and_few_log_li
         let series = format!("xks_bridge_unauthenticated_requests_total{{reason=\"{reason}\"}} 5000");
         assert!(metrics.contains(&series), "missing {series:?} in:\n{metrics}");
     }
-    assert!(metrics.contains("xks_bridge_audit_records_dropped_total 0"), "{metrics}");
+    assert!(
+        metrics.contains("xks_bridge_audit_records_dropped_total 0"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -193,11 +202,21 @@ fn an_unauthenticated_flood_does_not_cost_a_signed_request_its_audit_record() {
     let records = audit_requests(&fx);
     let audited = audited_ids(&fx);
     let missing: Vec<_> = expected.difference(&audited).collect();
-    assert!(missing.is_empty(), "signed requests without a record: {missing:?}");
-    assert_eq!(records.len(), expected.len(), "only the signed requests are audited");
+    assert!(
+        missing.is_empty(),
+        "signed requests without a record: {missing:?}"
+    );
+    assert_eq!(
+        records.len(),
+        expected.len(),
+        "only the signed requests are audited"
+    );
     let text = std::fs::read_to_string(audit_path(&fx)).unwrap();
     assert!(!text.contains("\"event\":\"lost\""), "records were dropped");
-    assert!(metrics.contains("xks_bridge_audit_records_dropped_total 0"), "{metrics}");
+    assert!(
+        metrics.contains("xks_bridge_audit_records_dropped_total 0"),
+        "{metrics}"
+    );
     eprintln!(
         "{} signed requests audited alongside {flooded} unauthenticated ones",
         expected.len()
@@ -232,7 +251,11 @@ fn a_10_kib_principal_arn_is_capped_in_the_audit_record_and_the_log_line() {
         "the log line holds {} characters of the ARN",
         line.matches('Q').count()
     );
-    assert!(line.chars().count() < 2048 + 1024, "log line of {} chars", line.chars().count());
+    assert!(
+        line.chars().count() < 2048 + 1024,
+        "log line of {} chars",
+        line.chars().count()
+    );
 }
 
 fn sha256_hex(line: &str) -> String {
@@ -260,7 +283,11 @@ fn verify_checks_the_start_anchors_and_the_daemons_checkpoints_and_states_its_li
         md["requestMetadata"]["kmsRequestId"] = json!(format!("chk-{i}"));
         assert_eq!(xks.post("/health", &md).status, 200);
     }
-    assert!(wait_until(WAIT, || proxy.logs().matches("audit checkpoint").count() == 4));
+    assert!(wait_until(WAIT, || proxy
+        .logs()
+        .matches("audit checkpoint")
+        .count()
+        == 4));
     let logs = proxy.stop();
     // The daemon's stderr, as the journal would hold it, is the checkpoint list.
     let journal = fx.path("journal.txt");
@@ -302,10 +329,17 @@ fn verify_checks_the_start_anchors_and_the_daemons_checkpoints_and_states_its_li
     rechain(&mut forged, 8);
     std::fs::write(&path, forged.join("\n") + "\n").unwrap();
     let (code, out) = verify(&["--require-start"], &path);
-    assert_eq!(code, Some(0), "a recomputed chain verifies without checkpoints: {out}");
+    assert_eq!(
+        code,
+        Some(0),
+        "a recomputed chain verifies without checkpoints: {out}"
+    );
     let (code, out) = verify(&checkpoints, &path);
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("1 of 4 checkpoints match"), "seq 5 precedes the rewrite: {out}");
+    assert!(
+        out.contains("1 of 4 checkpoints match"),
+        "seq 5 precedes the rewrite: {out}"
+    );
     assert!(out.contains("checkpoint seq 10: MISMATCH"), "{out}");
 
     // A cut that removes a checkpointed record is detected (one after the last checkpoint
@@ -314,4 +348,55 @@ fn verify_checks_the_start_anchors_and_the_daemons_checkpoints_and_states_its_li
     let (code, out) = verify(&checkpoints, &path);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("checkpoint seq 20: NOT REACHED"), "{out}");
+}
+
+#[test]
+fn an_operator_reason_cannot_forge_a_log_line() {
+    let fx = Fixture::new();
+    let proxy = TestProxy::start(&fx);
+    let reason = "drill\n2026-01-01T00:00:00Z  INFO xks_bridge: kill switch RELEASE forged";
+    cli_ok(
+        &proxy.config,
+        &["kill-switch", "engage", "--keystore", PREFIX, "--reason", reason],
+    );
+    assert!(proxy.wait_for_log("kill switch ENGAGE"));
+    let logs = proxy.stop();
+    assert!(
+        !logs
+            .lines()
+            .any(|l| l.contains("RELEASE forged") && !l.contains("ENGAGE")),
+        "the reason's newline started a new log line:\n{logs}"
+    );
+    assert!(
+        logs.contains(r"drill\n2026"),
+        "the reason is logged escaped:\n{logs}"
+    );
+}
+
+#[test]
+fn checkpoint_settings_are_validated_naming_the_field() {
+    let fx = Fixture::new();
+    for (field, value, needle) in [
+        (
+            "checkpoint_every_records",
+            toml::Value::from(0),
+            "audit.checkpoint_every_records",
+        ),
+        (
+            "checkpoint_interval_ms",
+            toml::Value::from(10),
+            "audit.checkpoint_interval_ms",
+        ),
+        (
+            "checkpoint_syslog",
+            toml::Value::from("dev/log"),
+            "audit.checkpoint_syslog",
+        ),
+    ] {
+        let mut cfg = fx.config();
+        section(&mut cfg, "audit").insert(field.into(), value);
+        let (code, _, err) = cli(&fx.write_config(&cfg), &["check-config"]);
+        assert_eq!(code, Some(64), "{field}: {err}");
+        assert!(err.contains(needle), "{field}: {err}");
+    }
 }

@@ -103,7 +103,12 @@ pub fn parse_checkpoints(text: &str) -> Result<Vec<Checkpoint>, String> {
             let hash = field(line, "hash");
             match seq.zip(hash).and_then(|(s, h)| checkpoint(s, h)) {
                 Some(c) => out.push(c),
-                None => return Err(format!("line {}: a checkpoint line without a readable seq and hash", n + 1)),
+                None => {
+                    return Err(format!(
+                        "line {}: a checkpoint line without a readable seq and hash",
+                        n + 1
+                    ))
+                }
             }
         }
     }

@@ -16,7 +16,11 @@ fn request(n: u64) -> AuditRecord {
 }
 
 fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap().lines().map(String::from).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
 }
 
 /// Rewrites line `index` with `edit` and recomputes every later `prev`, as someone with the
@@ -67,7 +71,10 @@ fn checkpoints_are_sent_to_syslog_every_n_records_and_at_close_and_match_the_tra
     assert_eq!(points.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![4, 8, 10]);
     let (report, checks) = verify_points(&[path], &points);
     assert!(report.is_intact() && report.anchored);
-    assert!(checks.iter().all(|c| c.outcome == PointOutcome::Matched), "{checks:?}");
+    assert!(
+        checks.iter().all(|c| c.outcome == PointOutcome::Matched),
+        "{checks:?}"
+    );
 }
 
 #[test]
@@ -112,9 +119,15 @@ fn checkpoint_lists_are_read_from_plain_text_json_and_journal_lines() {
         h.to_uppercase()
     );
     let points = parse_checkpoints(&text).unwrap();
-    assert_eq!(points.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
+    assert_eq!(
+        points.iter().map(|p| p.seq).collect::<Vec<_>>(),
+        vec![7, 8, 9, 10]
+    );
     assert!(points.iter().all(|p| p.hash == h));
-    assert!(parse_checkpoints("nothing here\n").is_err(), "an empty list must not pass");
+    assert!(
+        parse_checkpoints("nothing here\n").is_err(),
+        "an empty list must not pass"
+    );
     assert!(parse_checkpoints("audit checkpoint seq=x hash=y\n").is_err());
     assert!("12:abc".parse::<Checkpoint>().is_err());
 }
@@ -142,8 +155,14 @@ fn a_recomputed_chain_passes_verify_alone_but_not_against_checkpoints() {
     let (_, checks) = verify_points(std::slice::from_ref(&path), &points);
     let outcomes: Vec<_> = checks.iter().map(|c| &c.outcome).collect();
     assert_eq!(outcomes[0], &PointOutcome::Matched, "before the rewrite");
-    assert!(matches!(outcomes[1], PointOutcome::Mismatch { .. }), "{outcomes:?}");
-    assert!(matches!(outcomes[2], PointOutcome::Mismatch { .. }), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[1], PointOutcome::Mismatch { .. }),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(outcomes[2], PointOutcome::Mismatch { .. }),
+        "{outcomes:?}"
+    );
 
     // Cutting the tail after a checkpoint is caught; cutting it after the last one is not.
     std::fs::write(&path, original[..10].join("\n") + "\n").unwrap();

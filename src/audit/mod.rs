@@ -83,12 +83,14 @@ mod tests;
 mod verify;
 mod writer;
 
+pub use checkpoint::{parse_checkpoints, Checkpoint, CheckpointOptions};
 pub use record::{
     now_rfc3339_nanos, AdminEvent, AuditEvent, AuditLine, AuditRecord, RequestEvent, GENESIS_PREV,
 };
-pub use checkpoint::{parse_checkpoints, Checkpoint, CheckpointOptions};
 pub use recover::trail_files;
-pub use verify::{verify, verify_points, Break, BreakReason, Location, PointCheck, PointOutcome, VerifyReport};
+pub use verify::{
+    verify, verify_points, Break, BreakReason, Location, PointCheck, PointOutcome, VerifyReport,
+};
 
 use crossbeam_channel::Sender;
 use std::path::{Path, PathBuf};

@@ -458,7 +458,10 @@ fn bad_options_are_refused() {
             ..AuditOptions::default()
         },
     ] {
-        assert!(AuditLog::open_with(&path, options.clone()).is_err(), "{options:?}");
+        assert!(
+            AuditLog::open_with(&path, options.clone()).is_err(),
+            "{options:?}"
+        );
     }
     assert!(AuditLog::open(&dir.path().join("missing/audit.log"), FsyncPolicy::Never).is_err());
 }

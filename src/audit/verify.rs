@@ -23,8 +23,8 @@
 
 use super::checkpoint::Checkpoint;
 use super::record::{ChainHead, GENESIS_PREV};
-use std::collections::BTreeMap;
 use super::recover::{line_hash, parse_head};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{BufRead, BufReader};

@@ -23,7 +23,11 @@ const MAX_SOURCES: usize = 4096;
 
 /// Builds the observer; `alarms` also need a periodic [`Alarms::tick`] so that the last
 /// counts of a burst are reported even if no request follows.
-pub(super) fn observer(audit: Option<Arc<AuditLog>>, metrics: Option<Arc<Metrics>>, alarms: Arc<Alarms>) -> Observer {
+pub(super) fn observer(
+    audit: Option<Arc<AuditLog>>,
+    metrics: Option<Arc<Metrics>>,
+    alarms: Arc<Alarms>,
+) -> Observer {
     Arc::new(move |d: &Finished| {
         if let Some(m) = &metrics {
             m.observe(d);
