@@ -1,6 +1,7 @@
 //! HTTP(S) front end: accept loop with a connection cap, TLS (swappable on reload), hyper
 //! HTTP/1.1 with keep-alive and timeouts, the body cap, and the single exit point where every
-//! response is built, logged and (through [`Finished`]) handed to whoever records it.
+//! response is built and (through [`Finished`]) handed to whoever records it; authenticated
+//! requests also get their log line there (`finished.rs` says what refused ones get).
 
 mod finished;
 pub mod mtls;
