@@ -79,7 +79,19 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Serve { config } => load(&config).and_then(|cfg| serve(cfg, &config, None)),
         Command::KillSwitch(cmd) => cli::kill_switch(cmd),
-        Command::Audit(cli::AuditCmd::Verify { files }) => cli::audit_verify(&files),
+        Command::Audit(cli::AuditCmd::Verify {
+            require_start,
+            anchor,
+            checkpoints,
+            files,
+        }) => cli::audit_verify(
+            &files,
+            &cli::VerifyChecks {
+                require_start,
+                anchors: anchor,
+                checkpoints,
+            },
+        ),
         Command::Reload { config } => cli::reload(&config),
         Command::Keys(cmd) => cli::keys(cmd),
         Command::Quickstart {
