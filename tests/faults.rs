@@ -374,7 +374,7 @@ fn add_healthy_token(cfg: &mut toml::Table, fx: &Fixture) {
 }
 
 fn healthy_secret() -> String {
-    "healthy-keystore-secret-0123456789abcdef".to_owned()
+    "aGVhbHRoeS1rZXlzdG9yZS1zZWNyZXQtMDEyMzQ1Njc4OWFiY2RlZg==".to_owned()
 }
 
 fn healthy_session(proxy: &TestProxy) -> Xks {

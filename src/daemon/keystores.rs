@@ -26,8 +26,7 @@ pub(super) fn build_app(
         let mut creds = Vec::new();
         for (j, c) in k.credentials.iter().enumerate() {
             let secret = c
-                .secret
-                .load()
+                .load_secret()
                 .map_err(|e| config_error(format!("keystores[{i}].credentials[{j}].secret: {e}")))?;
             creds.push(Credential::new(c.access_key_id.clone(), secret));
         }

@@ -11,7 +11,7 @@ use rcgen::ExtendedKeyUsagePurpose;
 
 /// A second SigV4 credential for the fixture keystore (26 characters of A-Z2-7).
 const SECOND_ACCESS_KEY_ID: &str = "HARDENINGSECONDCREDENTIAL2";
-const SECOND_SECRET: &str = "second-credential-secret-4f1c9a0e7b2d";
+const SECOND_SECRET: &str = "c2Vjb25kLWNyZWRlbnRpYWwtc2VjcmV0LTRmMWM5YTBlN2IyZA";
 
 /// Adds a second credential (secret in `secrets/sigv4-secret-2`) to `keystores[0]`.
 fn add_second_credential(fx: &Fixture, cfg: &mut toml::Table) -> Signer {
