@@ -161,7 +161,7 @@ mod tests {
             SecretString::from("0000"),
             Arc::new(AtomicBool::new(false)),
         ));
-        let latency = prometheus_client::metrics::histogram::Histogram::new([1.0].into_iter());
+        let latency = prometheus_client::metrics::histogram::Histogram::new([1.0]);
         let hsm = Hsm::start(token, &cfg, latency);
         let first = hsm.progress();
         let deadline = Instant::now() + Duration::from_secs(30);
