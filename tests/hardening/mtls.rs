@@ -258,6 +258,64 @@ fn mtls_sessions_resume_but_not_for_a_client_whose_name_a_reload_removed() {
     }
 }
 
+/// A resumed session skips rustls' certificate verifier; the server checks the chain again,
+/// so a session made while the client certificate was valid is not served once it expired.
+#[test]
+fn mtls_session_made_before_the_client_certificate_expired_is_not_resumed_after() {
+    let m = Mtls::start();
+    let not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(5);
+    let cert = m.client_ca.issue_until(
+        LeafSpec {
+            cn: Some(KMS_CLIENT_NAME),
+            sans: &[],
+            eku: ExtendedKeyUsagePurpose::ClientAuth,
+            expired: false,
+        },
+        not_after,
+    );
+    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+    let configs: Vec<_> = versions
+        .iter()
+        .map(|v| client_tls(&m.proxy.ca, v, Some(&cert)))
+        .collect();
+    for (v, c) in versions.iter().zip(&configs) {
+        let mut first = RawTls::connect(m.proxy.addr, c.clone()).expect("first connection");
+        assert_eq!(raw_ping(&mut first), Ok(200), "{v:?}");
+        let mut second = RawTls::connect(m.proxy.addr, c.clone()).expect("second connection");
+        assert_eq!(raw_ping(&mut second), Ok(200), "{v:?}: resumed session refused");
+        assert_eq!(
+            second.stream.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed),
+            "{v:?}: the second connection did not resume the first one's session"
+        );
+    }
+    // Certificate times have one-second resolution: wait until the end of validity is behind.
+    let expired_at = std::time::SystemTime::UNIX_EPOCH
+        + std::time::Duration::from_secs(not_after.unix_timestamp() as u64 + 2);
+    while std::time::SystemTime::now() < expired_at {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for (v, c) in versions.iter().zip(&configs) {
+        if let Ok(mut conn) = RawTls::connect(m.proxy.addr, c.clone()) {
+            let kind = conn.stream.conn.handshake_kind();
+            if let Ok(status) = raw_ping(&mut conn) {
+                panic!("{v:?}: served {status} with an expired client certificate (handshake {kind:?})");
+            }
+        }
+    }
+    // Refused by the re-check of the resumed session, not by a fresh handshake.
+    assert!(
+        wait_until(WAIT, || m
+            .proxy
+            .logs()
+            .matches("resumed TLS session refused")
+            .count()
+            >= 2),
+        "{}",
+        m.proxy.logs()
+    );
+}
+
 /// A reload that changes the client trust closes the open connections it would refuse and
 /// keeps the others: first dropping one client's name, then replacing the client CA.
 #[test]
