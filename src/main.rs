@@ -184,7 +184,7 @@ fn check_config(path: &Path) -> CliResult {
     }
     for (i, k) in cfg.keystores.iter().enumerate() {
         for (j, c) in k.credentials.iter().enumerate() {
-            c.secret.load().map_err(|e| {
+            c.load_secret().map_err(|e| {
                 (
                     EXIT_BAD_CONFIG,
                     format!("keystores[{i}].credentials[{j}].secret: {e}"),

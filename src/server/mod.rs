@@ -21,13 +21,14 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use rustls::pki_types::CertificateDer;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
+use tls::Tls;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
-use tokio_rustls::TlsAcceptor;
 
 /// Connection-level limits, from `[server]`.
 #[derive(Debug, Clone)]
@@ -59,7 +60,10 @@ impl From<&ServerConfig> for ConnLimits {
 /// Shared state of the HTTP front end.
 pub struct Server {
     app: RwLock<Arc<App>>,
-    tls: RwLock<Option<TlsAcceptor>>,
+    tls: RwLock<Option<Tls>>,
+    /// Bumped by every [`Server::swap`]: each open TLS connection watches it and re-checks
+    /// its client certificate against the new trust.
+    trust_epoch: watch::Sender<u64>,
     limits: ConnLimits,
     next_id: AtomicU64,
     connections: Arc<Semaphore>,
@@ -72,13 +76,14 @@ impl Server {
     /// `observer` sees every finished request.
     pub fn new(
         app: Arc<App>,
-        tls: Option<TlsAcceptor>,
+        tls: Option<Tls>,
         limits: ConnLimits,
         observer: Option<Observer>,
     ) -> Arc<Server> {
         Arc::new(Server {
             app: RwLock::new(app),
             tls: RwLock::new(tls),
+            trust_epoch: watch::Sender::new(0),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             limits,
             next_id: AtomicU64::new(1),
@@ -92,10 +97,43 @@ impl Server {
     }
 
     /// Replaces the app and TLS configuration for new requests and new connections. Requests
-    /// in flight finish with the snapshot they started with; established connections stay up.
-    pub fn swap(&self, app: Arc<App>, tls: Option<TlsAcceptor>) {
+    /// in flight finish with the snapshot they started with; established connections stay up,
+    /// except those whose client certificate (or lack of one) the new client trust refuses:
+    /// a trust change must not wait for clients to reconnect.
+    pub fn swap(&self, app: Arc<App>, tls: Option<Tls>) {
         *self.app.write().unwrap_or_else(|p| p.into_inner()) = app;
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+        self.trust_epoch.send_modify(|e| *e = e.wrapping_add(1));
+    }
+
+    fn current_tls(&self) -> Option<Tls> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Serves `conn` until it ends, or until a reload installs a client trust that refuses
+    /// `chain` (then the connection is dropped, which closes it).
+    async fn serve_while_trusted<F: std::future::Future>(
+        &self,
+        conn: F,
+        chain: &[CertificateDer<'static>],
+        mut epoch: watch::Receiver<u64>,
+    ) -> Option<F::Output> {
+        let mut conn = std::pin::pin!(conn);
+        loop {
+            tokio::select! {
+                done = &mut conn => return Some(done),
+                changed = epoch.changed() => {
+                    if changed.is_err() {
+                        return Some(conn.await);
+                    }
+                    let verdict = self.current_tls().map_or(Ok(()), |t| t.admits(chain));
+                    if let Err(why) = verdict {
+                        tracing::warn!(reason = %why, "client no longer trusted after reload; closing its connection");
+                        return None;
+                    }
+                }
+            }
+        }
     }
 
     /// Accepts connections until `shutdown` flips, then waits up to `grace` for open
@@ -168,14 +206,29 @@ impl Server {
             .keep_alive(true)
             .header_read_timeout(self.limits.header_timeout)
             .max_buf_size(self.limits.max_header_bytes);
-        let acceptor = self.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let result = match acceptor {
-            Some(acceptor) => {
-                match tokio::time::timeout(self.limits.handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        watcher
-                            .watch(http.serve_connection(TokioIo::new(tls), service))
-                            .await
+        // Subscribed before the TLS snapshot is taken, so a reload landing after it is seen.
+        let epoch = self.trust_epoch.subscribe();
+        let result = match self.current_tls() {
+            Some(tls) => {
+                match tokio::time::timeout(self.limits.handshake_timeout, tls.acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let chain: Vec<CertificateDer<'static>> = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .map(<[_]>::to_vec)
+                            .unwrap_or_default();
+                        // A resumed session skipped the verifier: check its chain against the
+                        // trust in force now (cheap on a full handshake, which passed it already).
+                        if let Err(why) = tls.admits(&chain) {
+                            tracing::warn!(reason = %why, "resumed TLS session refused by the client trust");
+                            return;
+                        }
+                        let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+                        match self.serve_while_trusted(conn, &chain, epoch).await {
+                            Some(result) => result,
+                            None => return,
+                        }
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "TLS handshake failed");
