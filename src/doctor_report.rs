@@ -149,10 +149,23 @@ fn token_check(f: &Findings) -> Check {
     );
     let has = |flag: &str| t.flags.contains(&flag);
     if has("USER_PIN_LOCKED") || !has("TOKEN_INITIALIZED") {
-        return check("token", Verdict::Fail, found, Some("initialise the token and unlock the user PIN (security officer)".into()));
+        return check(
+            "token",
+            Verdict::Fail,
+            found,
+            Some("initialise the token and unlock the user PIN (security officer)".into()),
+        );
     }
     if has("USER_PIN_FINAL_TRY") || has("USER_PIN_COUNT_LOW") || has("USER_PIN_TO_BE_CHANGED") {
-        return check("token", Verdict::Warn, found, Some("the user PIN is near lock-out or must be changed: fix the PIN before the daemon retries it".into()));
+        return check(
+            "token",
+            Verdict::Warn,
+            found,
+            Some(
+                "the user PIN is near lock-out or must be changed: fix the PIN before the daemon retries it"
+                    .into(),
+            ),
+        );
     }
     check("token", Verdict::Ok, found, None)
 }
@@ -168,23 +181,38 @@ fn mechanism_checks(f: &Findings) -> Vec<Check> {
                 Ok(k) if m.listed && k.max >= 32 => check(
                     name,
                     Verdict::Ok,
-                    format!("key sizes {}-{} bytes; {}; for {}", k.min, k.max, k.flags.join(" "), m.used_for),
+                    format!(
+                        "key sizes {}-{} bytes; {}; for {}",
+                        k.min,
+                        k.max,
+                        k.flags.join(" "),
+                        m.used_for
+                    ),
                     None,
                 ),
                 Ok(k) => check(
                     name,
                     missing,
                     format!("key sizes {}-{} bytes, listed: {}", k.min, k.max, m.listed),
-                    Some(format!("AES-256 ({}) needs this mechanism with 32-byte keys", m.used_for)),
+                    Some(format!(
+                        "AES-256 ({}) needs this mechanism with 32-byte keys",
+                        m.used_for
+                    )),
                 ),
                 Err(code) => check(
                     name,
                     missing,
                     format!("not offered by the token ({code})"),
                     Some(if essential {
-                        format!("{} is required for {}: use a token (or firmware, or licence) that offers it", m.name, m.used_for)
+                        format!(
+                            "{} is required for {}: use a token (or firmware, or licence) that offers it",
+                            m.name, m.used_for
+                        )
                     } else {
-                        format!("without it `xks-bridge {}` cannot work on this token; make keys another way", m.used_for)
+                        format!(
+                            "without it `xks-bridge {}` cannot work on this token; make keys another way",
+                            m.used_for
+                        )
                     }),
                 ),
             }
@@ -194,7 +222,12 @@ fn mechanism_checks(f: &Findings) -> Vec<Check> {
 
 fn scratch_check(f: &Findings) -> Check {
     match &f.scratch_key {
-        Ok(()) => check("scratch session key", Verdict::Ok, "AES-256 generated with CKA_TOKEN=false, destroyed after the probes", None),
+        Ok(()) => check(
+            "scratch session key",
+            Verdict::Ok,
+            "AES-256 generated with CKA_TOKEN=false, destroyed after the probes",
+            None,
+        ),
         Err(code) => check(
             "scratch session key",
             Verdict::Warn,
@@ -256,14 +289,27 @@ fn iv_checks(configured: IvSource, chosen: IvSource, f: &Findings) -> Vec<Check>
             match (p == &Probe::Works, configured_here, chosen == configured) {
                 (true, _, _) => check(name, Verdict::Ok, found, None),
                 // Not the configured mode: it is information, not a problem.
-                (false, false, _) => check(name, Verdict::Ok, format!("{found} (not needed: not the configured mode)"), None),
+                (false, false, _) => check(
+                    name,
+                    Verdict::Ok,
+                    format!("{found} (not needed: not the configured mode)"),
+                    None,
+                ),
                 (false, true, false) => check(
                     name,
                     Verdict::Warn,
                     found,
-                    Some(format!("set iv_source = \"{}\" for this token (it works; see the snippet)", iv_name(chosen))),
+                    Some(format!(
+                        "set iv_source = \"{}\" for this token (it works; see the snippet)",
+                        iv_name(chosen)
+                    )),
                 ),
-                (false, true, true) => check(name, Verdict::Fail, found, Some("no IV mode works: AES-GCM encryption is not usable on this token".into())),
+                (false, true, true) => check(
+                    name,
+                    Verdict::Fail,
+                    found,
+                    Some("no IV mode works: AES-GCM encryption is not usable on this token".into()),
+                ),
             }
         })
         .collect()
@@ -315,10 +361,25 @@ fn data_object_check(w: &WriteProbe) -> Check {
 fn handle_reuse_check(w: &WriteProbe, reused: Option<bool>) -> Check {
     let name = "destroyed handles reused";
     match (w, reused) {
-        (WriteProbe::Done, Some(true)) => check(name, Verdict::Ok, "yes: a new object got a destroyed object's handle (the proxy re-checks cached key handles)", None),
+        (WriteProbe::Done, Some(true)) => check(
+            name,
+            Verdict::Ok,
+            "yes: a new object got a destroyed object's handle (the proxy re-checks cached key handles)",
+            None,
+        ),
         (WriteProbe::Done, _) => check(name, Verdict::Ok, "no: a new object got a new handle", None),
-        (WriteProbe::Refused { code }, _) => check(name, Verdict::Warn, format!("not tested: {code}"), Some("the proxy re-checks cached handles either way; nothing to change for the proxy".into())),
-        (WriteProbe::LeftBehind { code, .. }, _) => check(name, Verdict::Fail, format!("destroying a probe object failed: {code}"), write_fix(w)),
+        (WriteProbe::Refused { code }, _) => check(
+            name,
+            Verdict::Warn,
+            format!("not tested: {code}"),
+            Some("the proxy re-checks cached handles either way; nothing to change for the proxy".into()),
+        ),
+        (WriteProbe::LeftBehind { code, .. }, _) => check(
+            name,
+            Verdict::Fail,
+            format!("destroying a probe object failed: {code}"),
+            write_fix(w),
+        ),
     }
 }
 
@@ -355,16 +416,31 @@ fn session_check(cfg: &TokenConfig, f: &Findings) -> Check {
     }
     let refusal = s.refusal.clone().unwrap_or_default();
     if s.opened >= 3 {
-        check("sessions", Verdict::Warn, format!("{found}; {refusal}"), Some(format!("set workers = {}", workers(cfg, f))))
+        check(
+            "sessions",
+            Verdict::Warn,
+            format!("{found}; {refusal}"),
+            Some(format!("set workers = {}", workers(cfg, f))),
+        )
     } else {
-        check("sessions", Verdict::Fail, format!("{found}; {refusal}"), Some("the daemon needs at least 3 sessions at once".into()))
+        check(
+            "sessions",
+            Verdict::Fail,
+            format!("{found}; {refusal}"),
+            Some("the daemon needs at least 3 sessions at once".into()),
+        )
     }
 }
 
 fn latency_check(cfg: &TokenConfig, f: &Findings) -> Check {
     let name = "encrypt latency (scratch key, 32 bytes)";
     let Some(l) = &f.latency else {
-        return check(name, Verdict::Warn, "not measured: encryption on the scratch key failed", Some("see the checks above".into()));
+        return check(
+            name,
+            Verdict::Warn,
+            "not measured: encryption on the scratch key failed",
+            Some("see the checks above".into()),
+        );
     };
     let found = format!(
         "{} encryptions: {:.0} ops/s on one session, p50 {} us, p99 {} us (a session key: token keys may be slower)",
@@ -375,7 +451,10 @@ fn latency_check(cfg: &TokenConfig, f: &Findings) -> Check {
             name,
             Verdict::Warn,
             found,
-            Some(format!("p99 is above request_timeout_ms ({}): raise it (at most 240) or use a faster token", cfg.request_timeout_ms)),
+            Some(format!(
+                "p99 is above request_timeout_ms ({}): raise it (at most 240) or use a faster token",
+                cfg.request_timeout_ms
+            )),
         );
     }
     check(name, Verdict::Ok, found, None)
@@ -415,7 +494,12 @@ fn key_check(k: &KeyFacts) -> Check {
         }
         1 => {}
         n => {
-            return check(name, Verdict::Fail, format!("{n} secret keys carry this label"), Some("labels must be unique: destroy or relabel the extra keys".into()))
+            return check(
+                name,
+                Verdict::Fail,
+                format!("{n} secret keys carry this label"),
+                Some("labels must be unique: destroy or relabel the extra keys".into()),
+            )
         }
     }
     let found = format!(
@@ -425,7 +509,11 @@ fn key_check(k: &KeyFacts) -> Check {
         yes(k.extractable, "EXTRACTABLE", "not extractable"),
         yes(k.private, "private", "NOT private"),
         yes(k.modifiable, "modifiable", "not modifiable"),
-        if k.usages.is_empty() { "none".to_owned() } else { k.usages.join(" ") }
+        if k.usages.is_empty() {
+            "none".to_owned()
+        } else {
+            k.usages.join(" ")
+        }
     );
     let mut weak = Vec::new();
     if !k.is_aes256() {

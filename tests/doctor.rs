@@ -25,7 +25,8 @@ fn doctor_json(config: &Path, extra: &[&str]) -> (Option<i32>, Value) {
     let mut args = vec!["--json"];
     args.extend_from_slice(extra);
     let (code, out, err) = doctor(config, &args);
-    let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("doctor --json is not JSON ({e}): {out}\n{err}"));
+    let v = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("doctor --json is not JSON ({e}): {out}\n{err}"));
     (code, v)
 }
 
@@ -46,10 +47,17 @@ fn token_objects(fx: &Fixture) -> Vec<String> {
     require_tool("pkcs11-tool", "opensc");
     let pin = std::fs::read_to_string(fx.path("secrets/token.pin")).expect("token.pin");
     let mut c = Command::new("pkcs11-tool");
-    c.args(["--module", SOFTHSM_MODULE, "--token-label", TOKEN_LABEL, "--login", "--pin"])
-        .arg(pin.trim_end())
-        .arg("--list-objects")
-        .env("SOFTHSM2_CONF", fx.path("softhsm2.conf"));
+    c.args([
+        "--module",
+        SOFTHSM_MODULE,
+        "--token-label",
+        TOKEN_LABEL,
+        "--login",
+        "--pin",
+    ])
+    .arg(pin.trim_end())
+    .arg("--list-objects")
+    .env("SOFTHSM2_CONF", fx.path("softhsm2.conf"));
     let (code, out, err) = run_bounded(c, WAIT);
     assert_eq!(code, Some(0), "pkcs11-tool --list-objects: {out}\n{err}");
     let objects: Vec<String> = out
@@ -99,7 +107,11 @@ fn the_fixture_token_passes_every_check_and_is_usable() {
     let latency = &report["findings"]["latency"];
     assert!(latency["ops"].as_u64().unwrap_or(0) > 0, "{latency:#}");
     assert!(latency["p50_us"].as_u64().unwrap_or(0) <= latency["p99_us"].as_u64().unwrap_or(0));
-    assert_eq!(report["findings"]["keys"].as_array().map(Vec::len), Some(4), "{report:#}");
+    assert_eq!(
+        report["findings"]["keys"].as_array().map(Vec::len),
+        Some(4),
+        "{report:#}"
+    );
 }
 
 #[test]
@@ -114,8 +126,14 @@ fn a_refused_pin_is_named_and_the_doctor_exits_69() {
     let (code, out, err) = doctor(&path, &[]);
     assert_eq!(code, Some(EXIT_UNAVAILABLE), "stdout: {out}\nstderr: {err}");
     assert!(err.contains("doctor cannot run"), "{err}");
-    assert!(err.contains("refused: PinIncorrect; check the configured PIN"), "{err}");
-    assert!(out.is_empty(), "nothing is reported when the doctor cannot run: {out}");
+    assert!(
+        err.contains("refused: PinIncorrect; check the configured PIN"),
+        "{err}"
+    );
+    assert!(
+        out.is_empty(),
+        "nothing is reported when the doctor cannot run: {out}"
+    );
 }
 
 #[test]
@@ -152,10 +170,24 @@ fn a_weak_configured_key_fails_with_its_fix() {
     require_tool("pkcs11-tool", "opensc");
     let pin = std::fs::read_to_string(fx.path("secrets/token.pin")).expect("token.pin");
     let mut c = Command::new("pkcs11-tool");
-    c.args(["--module", SOFTHSM_MODULE, "--token-label", TOKEN_LABEL, "--login", "--pin"])
-        .arg(pin.trim_end())
-        .args(["--keygen", "--key-type", "AES:32", "--label", "weak-key", "--extractable"])
-        .env("SOFTHSM2_CONF", fx.path("softhsm2.conf"));
+    c.args([
+        "--module",
+        SOFTHSM_MODULE,
+        "--token-label",
+        TOKEN_LABEL,
+        "--login",
+        "--pin",
+    ])
+    .arg(pin.trim_end())
+    .args([
+        "--keygen",
+        "--key-type",
+        "AES:32",
+        "--label",
+        "weak-key",
+        "--extractable",
+    ])
+    .env("SOFTHSM2_CONF", fx.path("softhsm2.conf"));
     let (code, out, err) = run_bounded(c, WAIT);
     assert_eq!(code, Some(0), "pkcs11-tool --keygen: {out}\n{err}");
     let mut cfg = fx.config();
@@ -167,7 +199,10 @@ fn a_weak_configured_key_fails_with_its_fix() {
     let weak = json_check(&report, "key weak-key");
     assert_eq!(weak["verdict"], "fail", "{weak:#}");
     let fix = weak["fix"].as_str().expect("a fix");
-    assert!(fix.contains("extractable") && fix.contains("not private"), "{fix}");
+    assert!(
+        fix.contains("extractable") && fix.contains("not private"),
+        "{fix}"
+    );
     assert_eq!(json_check(&report, "key quickstart-aes")["verdict"], "ok");
 }
 
@@ -179,11 +214,21 @@ fn write_tests_run_and_leave_no_object_on_the_token() {
     let (code, report) = doctor_json(&cfg, &["--write-tests"]);
     assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(report["verdict"], "usable", "{report:#}");
-    assert_eq!(json_check(&report, "private data objects (disabled-key marks)")["verdict"], "ok");
+    assert_eq!(
+        json_check(&report, "private data objects (disabled-key marks)")["verdict"],
+        "ok"
+    );
     assert_eq!(report["findings"]["data_objects"]["outcome"], "done");
     assert_eq!(report["findings"]["handle_reuse"]["probe"]["outcome"], "done");
-    assert!(report["findings"]["handle_reuse"]["reused"].is_boolean(), "{report:#}");
-    assert_eq!(token_objects(&fx), before, "--write-tests left objects on the token");
+    assert!(
+        report["findings"]["handle_reuse"]["reused"].is_boolean(),
+        "{report:#}"
+    );
+    assert_eq!(
+        token_objects(&fx),
+        before,
+        "--write-tests left objects on the token"
+    );
 }
 
 #[test]
@@ -200,7 +245,9 @@ fn without_write_tests_nothing_is_created_and_nothing_is_left() {
     assert!(report["findings"]["data_objects"].is_null(), "{report:#}");
     assert!(report["findings"]["handle_reuse"].is_null(), "{report:#}");
     assert!(
-        report["skipped"][0].as_str().is_some_and(|s| s.contains("--write-tests")),
+        report["skipped"][0]
+            .as_str()
+            .is_some_and(|s| s.contains("--write-tests")),
         "{report:#}"
     );
     assert_eq!(token_objects(&fx), before, "the doctor left objects on the token");
@@ -211,6 +258,11 @@ fn without_write_tests_nothing_is_created_and_nothing_is_left() {
     assert_eq!(report["verdict"], "usable-with-changes", "{report:#}");
     let d = json_check(&report, "private data objects (disabled-key marks)");
     assert_eq!(d["verdict"], "warn", "{d:#}");
-    assert!(d["found"].as_str().is_some_and(|s| s.contains("CKR_FUNCTION_FAILED")), "{d:#}");
+    assert!(
+        d["found"]
+            .as_str()
+            .is_some_and(|s| s.contains("CKR_FUNCTION_FAILED")),
+        "{d:#}"
+    );
     assert_eq!(token_objects(&fx), before, "the doctor left objects on the token");
 }

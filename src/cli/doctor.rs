@@ -44,7 +44,10 @@ fn pick<'a>(cfg: &'a Config, name: Option<&str>) -> Result<(usize, &'a TokenConf
             .find(|(_, t)| t.name == n)
             .ok_or_else(|| (EXIT_BAD_CONFIG, format!("no token named {n:?} in the config"))),
         (None, [t]) => Ok((0, t)),
-        (None, _) => Err((EXIT_BAD_CONFIG, "several tokens are configured; name one with --token".into())),
+        (None, _) => Err((
+            EXIT_BAD_CONFIG,
+            "several tokens are configured; name one with --token".into(),
+        )),
     }
 }
 
@@ -59,7 +62,10 @@ pub fn doctor(a: DoctorArgs) -> CliResult {
         .load()
         .map_err(|e| (EXIT_BAD_CONFIG, format!("tokens[{i}].pin: {e}")))?;
     let keystores: Vec<_> = cfg.keystores.iter().filter(|k| k.token == t.name).collect();
-    let named_keys = keystores.iter().flat_map(|k| k.allowed_keys.iter().cloned()).collect();
+    let named_keys = keystores
+        .iter()
+        .flat_map(|k| k.allowed_keys.iter().cloned())
+        .collect();
     let patterns: Vec<glob::Pattern> = keystores
         .iter()
         .filter_map(|k| k.key_pattern.as_deref())
@@ -77,7 +83,11 @@ pub fn doctor(a: DoctorArgs) -> CliResult {
     let findings = examine(&plan).map_err(|e| {
         (
             Exit::Unavailable.code(),
-            format!("doctor cannot run on token {:?} ({}): {e}", t.name, t.module.display()),
+            format!(
+                "doctor cannot run on token {:?} ({}): {e}",
+                t.name,
+                t.module.display()
+            ),
         )
     })?;
     let report = judge(t, findings);
@@ -90,6 +100,9 @@ pub fn doctor(a: DoctorArgs) -> CliResult {
     }
     match report.exit_code {
         0 => Ok(()),
-        code => Err((code, format!("token {:?} is not usable; see the report above", t.name))),
+        code => Err((
+            code,
+            format!("token {:?} is not usable; see the report above", t.name),
+        )),
     }
 }
