@@ -1,5 +1,5 @@
 //! `xks-bridge doctor` against the real SoftHSM2 fixture token: a good token is usable (exit 0),
-//! a refused PIN cannot run (exit 69), a token without AES-GCM (the fault shim's
+//! a refused PIN or an absent token cannot run (exit 69), a token without AES-GCM (the fault shim's
 //! `hide_mechanism`) is not usable (exit 1), a weak configured key fails, and the doctor leaves
 //! no object on the token, with or without `--write-tests`.
 
@@ -133,6 +133,20 @@ fn a_refused_pin_is_named_and_the_doctor_exits_69() {
     assert!(
         out.is_empty(),
         "nothing is reported when the doctor cannot run: {out}"
+    );
+}
+
+#[test]
+fn an_absent_token_cannot_be_examined_and_the_doctor_exits_69() {
+    let fx = Fixture::new();
+    let mut cfg = fx.config();
+    entry(&mut cfg, "tokens", 0).insert("token_label".into(), "no-such-token".into());
+    let path = fx.write_config(&cfg);
+    let (code, out, err) = doctor(&path, &[]);
+    assert_eq!(code, Some(EXIT_UNAVAILABLE), "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains("no token labelled \"no-such-token\" is present"),
+        "{err}"
     );
 }
 

@@ -1,141 +1,23 @@
-//! Judging what `xks-bridge doctor` found on a token ([`crate::hsm::doctor::Findings`]): one
-//! line per check with a verdict and a fix, an overall verdict, the process exit status, and a
-//! ready-to-paste `[[tokens]]` snippet with the settings that work on this token.
-//!
-//! Exit statuses: usable 0; usable with changes 0 (the changes are listed, and the snippet
-//! already has them); not usable 1; the doctor could not run (module, token or PIN) 69.
+//! One function per check: a finding in, a [`Check`] (verdict, what was found, the fix) out.
 
+use super::{check, Check, Verdict};
 use crate::config::{IvSource, TokenConfig};
-use crate::exit::Exit;
 use crate::hsm::doctor::{BadTag, Findings, KeyFacts, Probe, SessionLimit, WriteProbe};
-use serde::Serialize;
-use std::fmt::Write as _;
 
-/// One check's verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    /// As the proxy needs it.
-    Ok,
-    /// Works, with a change (listed in the fix) or a limitation.
-    Warn,
-    /// The proxy cannot work this way.
-    Fail,
-}
-
-/// One line of the report.
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    /// What was checked.
-    pub name: String,
-    /// Its verdict.
-    pub verdict: Verdict,
-    /// What was found.
-    pub found: String,
-    /// What to do (warn and fail).
-    pub fix: Option<String>,
-}
-
-/// The overall verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Overall {
-    /// Every check is ok.
-    Usable,
-    /// Usable once the listed changes are made (warnings only).
-    UsableWithChanges,
-    /// At least one check failed.
-    NotUsable,
-}
-
-impl Overall {
-    /// The process exit status: 0 unless not usable (1).
-    pub fn exit(self) -> Exit {
-        match self {
-            Overall::Usable | Overall::UsableWithChanges => Exit::Ok,
-            Overall::NotUsable => Exit::Failed,
-        }
-    }
-}
-
-/// The whole report (`--json` prints it as is).
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    /// The configured token's name.
-    pub token: String,
-    /// Overall verdict.
-    pub verdict: Overall,
-    /// The exit status that goes with it.
-    pub exit_code: i32,
-    /// One per check, in order.
-    pub checks: Vec<Check>,
-    /// Checks not run, and why.
-    pub skipped: Vec<String>,
-    /// A `[[tokens]]` entry with the settings that work on this token.
-    pub snippet: String,
-    /// The raw findings.
-    pub findings: Findings,
-}
-
-fn check(name: impl Into<String>, verdict: Verdict, found: impl Into<String>, fix: Option<String>) -> Check {
-    Check {
-        name: name.into(),
-        verdict,
-        found: found.into(),
-        fix,
-    }
-}
-
-/// Judges `f`, found on the token `cfg` configures.
-pub fn judge(cfg: &TokenConfig, f: Findings) -> Report {
-    let iv_source = working_iv_source(cfg.iv_source, &f);
-    let mut checks = vec![library_check(&f), token_check(&f)];
-    checks.extend(mechanism_checks(&f));
-    checks.push(scratch_check(&f));
-    checks.extend(iv_checks(cfg.iv_source, iv_source, &f));
-    checks.push(bad_tag_check(&f));
-    let mut skipped = Vec::new();
-    match (&f.data_objects, &f.handle_reuse) {
-        (Some(d), Some(h)) => {
-            checks.push(data_object_check(d));
-            checks.push(handle_reuse_check(&h.probe, h.reused));
-        }
-        _ => skipped.push("private data objects and handle reuse: run with --write-tests (creates token objects and removes them)".into()),
-    }
-    checks.push(session_check(cfg, &f));
-    checks.push(latency_check(cfg, &f));
-    checks.extend(key_checks(&f.keys));
-    let worst = checks.iter().map(|c| c.verdict).max().unwrap_or(Verdict::Ok);
-    let verdict = match worst {
-        Verdict::Ok => Overall::Usable,
-        Verdict::Warn => Overall::UsableWithChanges,
-        Verdict::Fail => Overall::NotUsable,
-    };
-    Report {
-        token: cfg.name.clone(),
-        verdict,
-        exit_code: verdict.exit().code(),
-        checks,
-        skipped,
-        snippet: snippet(cfg, iv_source, workers(cfg, &f)),
-        findings: f,
-    }
-}
-
-fn library_check(f: &Findings) -> Check {
+pub(super) fn library_check(f: &Findings) -> Check {
     let l = &f.library;
     check(
         "library",
         Verdict::Ok,
         format!(
-            "{} {} by {}, Cryptoki {}",
-            l.description, l.version, l.manufacturer, l.cryptoki_version
+            "{} {} by {}, PKCS#11 {}",
+            l.description, l.version, l.manufacturer, l.pkcs11_version
         ),
         None,
     )
 }
 
-fn token_check(f: &Findings) -> Check {
+pub(super) fn token_check(f: &Findings) -> Check {
     let t = &f.token;
     let found = format!(
         "{:?}: {} {} firmware {} hardware {} serial {}; flags {}",
@@ -170,7 +52,7 @@ fn token_check(f: &Findings) -> Check {
     check("token", Verdict::Ok, found, None)
 }
 
-fn mechanism_checks(f: &Findings) -> Vec<Check> {
+pub(super) fn mechanism_checks(f: &Findings) -> Vec<Check> {
     f.mechanisms
         .iter()
         .map(|m| {
@@ -220,7 +102,7 @@ fn mechanism_checks(f: &Findings) -> Vec<Check> {
         .collect()
 }
 
-fn scratch_check(f: &Findings) -> Check {
+pub(super) fn scratch_check(f: &Findings) -> Check {
     match &f.scratch_key {
         Ok(()) => check(
             "scratch session key",
@@ -238,7 +120,7 @@ fn scratch_check(f: &Findings) -> Check {
 }
 
 /// The IV source to configure: the configured one if it works, else the other if that works.
-fn working_iv_source(configured: IvSource, f: &Findings) -> IvSource {
+pub(super) fn working_iv_source(configured: IvSource, f: &Findings) -> IvSource {
     let works = |s: IvSource| probe_of(s, f) == &Probe::Works;
     let other = match configured {
         IvSource::TokenRandom => IvSource::Mechanism,
@@ -258,7 +140,7 @@ fn probe_of(s: IvSource, f: &Findings) -> &Probe {
     }
 }
 
-fn iv_name(s: IvSource) -> &'static str {
+pub(super) fn iv_name(s: IvSource) -> &'static str {
     match s {
         IvSource::TokenRandom => "token-random",
         IvSource::Mechanism => "mechanism",
@@ -274,7 +156,7 @@ fn describe(p: &Probe) -> String {
     }
 }
 
-fn iv_checks(configured: IvSource, chosen: IvSource, f: &Findings) -> Vec<Check> {
+pub(super) fn iv_checks(configured: IvSource, chosen: IvSource, f: &Findings) -> Vec<Check> {
     [IvSource::TokenRandom, IvSource::Mechanism]
         .into_iter()
         .map(|s| {
@@ -315,7 +197,7 @@ fn iv_checks(configured: IvSource, chosen: IvSource, f: &Findings) -> Vec<Check>
         .collect()
 }
 
-fn bad_tag_check(f: &Findings) -> Check {
+pub(super) fn bad_tag_check(f: &Findings) -> Check {
     let name = "bad GCM tag";
     match &f.bad_tag {
         BadTag::Refused { code, function, invalid_ciphertext: true } => check(
@@ -344,7 +226,7 @@ fn write_fix(w: &WriteProbe) -> Option<String> {
     }
 }
 
-fn data_object_check(w: &WriteProbe) -> Check {
+pub(super) fn data_object_check(w: &WriteProbe) -> Check {
     let name = "private data objects (disabled-key marks)";
     match w {
         WriteProbe::Done => check(name, Verdict::Ok, "a private CKO_DATA token object was created and destroyed", None),
@@ -358,7 +240,7 @@ fn data_object_check(w: &WriteProbe) -> Check {
     }
 }
 
-fn handle_reuse_check(w: &WriteProbe, reused: Option<bool>) -> Check {
+pub(super) fn handle_reuse_check(w: &WriteProbe, reused: Option<bool>) -> Check {
     let name = "destroyed handles reused";
     match (w, reused) {
         (WriteProbe::Done, Some(true)) => check(
@@ -393,7 +275,7 @@ fn limit(l: SessionLimit) -> String {
 
 /// Workers the token can carry: the configured number, or fewer if sessions ran out (the
 /// daemon also holds a login session and a poll session).
-fn workers(cfg: &TokenConfig, f: &Findings) -> usize {
+pub(super) fn workers(cfg: &TokenConfig, f: &Findings) -> usize {
     if f.sessions.opened >= f.sessions.wanted {
         cfg.workers
     } else {
@@ -401,7 +283,7 @@ fn workers(cfg: &TokenConfig, f: &Findings) -> usize {
     }
 }
 
-fn session_check(cfg: &TokenConfig, f: &Findings) -> Check {
+pub(super) fn session_check(cfg: &TokenConfig, f: &Findings) -> Check {
     let s = &f.sessions;
     let found = format!(
         "max {} (read-write {}); opened {} of {} at once (workers {} + login + poll)",
@@ -432,7 +314,7 @@ fn session_check(cfg: &TokenConfig, f: &Findings) -> Check {
     }
 }
 
-fn latency_check(cfg: &TokenConfig, f: &Findings) -> Check {
+pub(super) fn latency_check(cfg: &TokenConfig, f: &Findings) -> Check {
     let name = "encrypt latency (scratch key, 32 bytes)";
     let Some(l) = &f.latency else {
         return check(
@@ -460,7 +342,7 @@ fn latency_check(cfg: &TokenConfig, f: &Findings) -> Check {
     check(name, Verdict::Ok, found, None)
 }
 
-fn key_checks(keys: &[KeyFacts]) -> Vec<Check> {
+pub(super) fn key_checks(keys: &[KeyFacts]) -> Vec<Check> {
     if keys.is_empty() {
         return vec![check(
             "keys",
@@ -543,234 +425,4 @@ fn key_check(k: &KeyFacts) -> Check {
         return check(name, Verdict::Warn, found, Some("its attributes can still be changed on the token: set CKA_MODIFIABLE=false or re-create it with `xks-bridge keys create`".into()));
     }
     check(name, Verdict::Ok, found, None)
-}
-
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
-}
-
-/// A `[[tokens]]` entry with what works on this token; the PIN source and other settings are
-/// copied from the configuration.
-pub fn snippet(cfg: &TokenConfig, iv: IvSource, workers: usize) -> String {
-    let mut s = String::from("[[tokens]]\n");
-    let _ = writeln!(s, "name = {}", toml_str(&cfg.name));
-    let _ = writeln!(s, "module = {}", toml_str(&cfg.module.display().to_string()));
-    let _ = writeln!(s, "token_label = {}", toml_str(&cfg.token_label));
-    let pin = &cfg.pin;
-    let source = match (&pin.file, &pin.env, &pin.systemd_credential) {
-        (Some(f), _, _) => format!("{{ file = {} }}", toml_str(&f.display().to_string())),
-        (_, Some(e), _) => format!("{{ env = {} }}", toml_str(e)),
-        (_, _, Some(c)) => format!("{{ systemd_credential = {} }}", toml_str(c)),
-        _ => "{ file = \"/etc/xks-bridge/credentials/token-pin\" }".into(),
-    };
-    let _ = writeln!(s, "pin = {source}");
-    let _ = writeln!(s, "iv_source = {}", toml_str(iv_name(iv)));
-    let _ = writeln!(s, "workers = {workers}");
-    let _ = writeln!(s, "queue_depth = {}", cfg.queue_depth);
-    let _ = writeln!(s, "request_timeout_ms = {}", cfg.request_timeout_ms);
-    if !cfg.module_env.is_empty() {
-        s.push_str("[tokens.module_env]\n");
-        for (k, v) in &cfg.module_env {
-            let _ = writeln!(s, "{k} = {}", toml_str(v));
-        }
-    }
-    s
-}
-
-/// The report as printed: one line per check, the verdict, the changes, the snippet.
-pub fn render(r: &Report) -> String {
-    let mut out = format!("xks-bridge doctor: token {:?}\n", r.token);
-    for c in &r.checks {
-        let tag = match c.verdict {
-            Verdict::Ok => "ok  ",
-            Verdict::Warn => "WARN",
-            Verdict::Fail => "FAIL",
-        };
-        let _ = writeln!(out, "[{tag}] {}: {}", c.name, c.found);
-        if let Some(fix) = &c.fix {
-            let _ = writeln!(out, "       fix: {fix}");
-        }
-    }
-    for s in &r.skipped {
-        let _ = writeln!(out, "[skip] {s}");
-    }
-    let verdict = match r.verdict {
-        Overall::Usable => "usable",
-        Overall::UsableWithChanges => "usable with changes",
-        Overall::NotUsable => "NOT usable",
-    };
-    let _ = writeln!(out, "\nverdict: {verdict} (exit {})", r.exit_code);
-    let changes: Vec<&Check> = r.checks.iter().filter(|c| c.verdict != Verdict::Ok).collect();
-    if !changes.is_empty() {
-        out.push_str("changes needed:\n");
-        for c in changes {
-            let _ = writeln!(out, "  - {}: {}", c.name, c.fix.as_deref().unwrap_or(&c.found));
-        }
-    }
-    let _ = write!(out, "\nsettings for this token:\n\n{}", r.snippet);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::hsm::doctor::{
-        IvFacts, KeySizes, LibraryFacts, MechanismFact, SessionFacts, TokenFacts, NEEDED_MECHANISMS,
-    };
-
-    fn token(iv: &str) -> TokenConfig {
-        toml::from_str(&format!(
-            "name = \"hsm\"\nmodule = \"/lib/p11.so\"\ntoken_label = \"t\"\npin = {{ env = \"PIN\" }}\niv_source = \"{iv}\""
-        ))
-        .expect("token config")
-    }
-
-    fn key(label: &str) -> KeyFacts {
-        KeyFacts {
-            label: label.into(),
-            named: true,
-            found: 1,
-            key_spec: "AES_256".into(),
-            sensitive: Some(true),
-            extractable: Some(false),
-            private: Some(true),
-            modifiable: Some(false),
-            usages: vec!["ENCRYPT", "DECRYPT"],
-        }
-    }
-
-    /// What a good token reports.
-    fn good() -> Findings {
-        Findings {
-            library: LibraryFacts {
-                cryptoki_version: "2.40".into(),
-                manufacturer: "m".into(),
-                description: "d".into(),
-                version: "1.0".into(),
-            },
-            token: TokenFacts {
-                label: "t".into(),
-                manufacturer: "m".into(),
-                model: "x".into(),
-                serial: "1".into(),
-                firmware: "1.0".into(),
-                hardware: "1.0".into(),
-                flags: vec![
-                    "RNG",
-                    "LOGIN_REQUIRED",
-                    "USER_PIN_INITIALIZED",
-                    "TOKEN_INITIALIZED",
-                ],
-                max_sessions: SessionLimit::Infinite,
-                max_rw_sessions: SessionLimit::Infinite,
-            },
-            mechanisms: NEEDED_MECHANISMS
-                .iter()
-                .map(|(name, used_for)| MechanismFact {
-                    name,
-                    used_for,
-                    listed: true,
-                    info: Ok(KeySizes {
-                        min: 16,
-                        max: 32,
-                        flags: vec!["ENCRYPT", "DECRYPT"],
-                    }),
-                })
-                .collect(),
-            scratch_key: Ok(()),
-            iv: IvFacts {
-                caller_random: Probe::Works,
-                mechanism_generated: Probe::Wrong("no IV written back".into()),
-            },
-            bad_tag: BadTag::Refused {
-                code: "CKR_GENERAL_ERROR".into(),
-                function: "C_Decrypt".into(),
-                invalid_ciphertext: true,
-            },
-            data_objects: None,
-            handle_reuse: None,
-            sessions: SessionFacts {
-                wanted: 4,
-                opened: 4,
-                refusal: None,
-            },
-            latency: None,
-            keys: vec![key("k")],
-        }
-    }
-
-    fn verdict_of<'r>(r: &'r Report, name: &str) -> &'r Check {
-        r.checks
-            .iter()
-            .find(|c| c.name.starts_with(name))
-            .expect("check present")
-    }
-
-    #[test]
-    fn a_token_that_only_generates_ivs_itself_is_usable_with_the_iv_source_changed() {
-        let mut f = good();
-        f.latency = Some(crate::hsm::doctor::Latency {
-            ops: 10,
-            ops_per_sec: 5.0,
-            p50_us: 100,
-            p99_us: 200,
-        });
-        f.iv = IvFacts {
-            caller_random: Probe::Refused("CKR_MECHANISM_PARAM_INVALID from C_EncryptInit".into()),
-            mechanism_generated: Probe::Works,
-        };
-        let r = judge(&token("token-random"), f);
-        assert_eq!(r.verdict, Overall::UsableWithChanges);
-        assert_eq!(r.exit_code, 0);
-        let iv = verdict_of(&r, "IV: caller-supplied");
-        assert_eq!(iv.verdict, Verdict::Warn);
-        assert!(iv
-            .fix
-            .as_deref()
-            .is_some_and(|f| f.contains("iv_source = \"mechanism\"")));
-        assert!(r.snippet.contains("iv_source = \"mechanism\""), "{}", r.snippet);
-        assert!(render(&r).contains("changes needed:"));
-    }
-
-    #[test]
-    fn no_working_iv_mode_an_accepted_forgery_or_a_weak_key_is_not_usable() {
-        let mut f = good();
-        f.iv.caller_random = Probe::Refused("CKR_MECHANISM_INVALID from C_EncryptInit".into());
-        let r = judge(&token("token-random"), f);
-        assert_eq!((r.verdict, r.exit_code), (Overall::NotUsable, 1));
-
-        let mut f = good();
-        f.bad_tag = BadTag::Accepted;
-        assert_eq!(judge(&token("token-random"), f).verdict, Overall::NotUsable);
-
-        let mut f = good();
-        f.keys[0].extractable = Some(true);
-        let r = judge(&token("token-random"), f);
-        assert_eq!(r.verdict, Overall::NotUsable);
-        assert!(verdict_of(&r, "key k")
-            .fix
-            .as_deref()
-            .is_some_and(|f| f.contains("extractable")));
-    }
-
-    #[test]
-    fn an_unclassified_tag_failure_and_a_modifiable_key_are_warnings() {
-        let mut f = good();
-        f.bad_tag = BadTag::Refused {
-            code: "CKR_DATA_INVALID".into(),
-            function: "C_Decrypt".into(),
-            invalid_ciphertext: false,
-        };
-        f.keys[0].modifiable = Some(true);
-        f.latency = Some(crate::hsm::doctor::Latency {
-            ops: 1,
-            ops_per_sec: 1.0,
-            p50_us: 1,
-            p99_us: 1,
-        });
-        let r = judge(&token("token-random"), f);
-        assert_eq!(r.verdict, Overall::UsableWithChanges);
-        assert_eq!(verdict_of(&r, "bad GCM tag").verdict, Verdict::Warn);
-        assert_eq!(verdict_of(&r, "key k").verdict, Verdict::Warn);
-    }
 }
