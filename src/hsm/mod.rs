@@ -5,12 +5,14 @@
 //!
 //! Every PKCS#11 call of the crate lives under this module: the daemon's workers and
 //! supervisor, key lifecycle ([`lifecycle`], [`marks`]), token setup for the quickstart and
-//! the offline CLI ([`setup`]) and the benchmark's raw-token ceiling ([`raw`]).
+//! the offline CLI ([`setup`]), the benchmark's raw-token ceiling ([`raw`]) and the probes of
+//! `xks-bridge doctor` ([`doctor`]).
 
 mod cache;
 mod classify;
 mod connection;
 mod crypto;
+pub mod doctor;
 pub mod health;
 pub mod keyspec;
 pub mod keystate;
