@@ -10,7 +10,6 @@ use common::*;
 use control_support::*;
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
 
 /// `CKM_AES_GCM`.
 const CKM_AES_GCM: &str = "0x1087";
@@ -44,22 +43,7 @@ fn json_check<'a>(report: &'a Value, name: &str) -> &'a Value {
 /// The token objects the fixture's user can see, one header line each (`Secret Key Object;
 /// ...`, `Data object ...`), listed by OpenSC's pkcs11-tool.
 fn token_objects(fx: &Fixture) -> Vec<String> {
-    require_tool("pkcs11-tool", "opensc");
-    let pin = std::fs::read_to_string(fx.path("secrets/token.pin")).expect("token.pin");
-    let mut c = Command::new("pkcs11-tool");
-    c.args([
-        "--module",
-        SOFTHSM_MODULE,
-        "--token-label",
-        TOKEN_LABEL,
-        "--login",
-        "--pin",
-    ])
-    .arg(pin.trim_end())
-    .arg("--list-objects")
-    .env("SOFTHSM2_CONF", fx.path("softhsm2.conf"));
-    let (code, out, err) = run_bounded(c, WAIT);
-    assert_eq!(code, Some(0), "pkcs11-tool --list-objects: {out}\n{err}");
+    let out = pkcs11_tool_ok(fx, &["--list-objects"]);
     let objects: Vec<String> = out
         .lines()
         .filter(|l| !l.is_empty() && !l.starts_with(' ') && !l.starts_with('\t'))
@@ -181,29 +165,17 @@ fn a_token_without_aes_gcm_is_not_usable_and_names_the_mechanism() {
 #[test]
 fn a_weak_configured_key_fails_with_its_fix() {
     let fx = Fixture::new();
-    require_tool("pkcs11-tool", "opensc");
-    let pin = std::fs::read_to_string(fx.path("secrets/token.pin")).expect("token.pin");
-    let mut c = Command::new("pkcs11-tool");
-    c.args([
-        "--module",
-        SOFTHSM_MODULE,
-        "--token-label",
-        TOKEN_LABEL,
-        "--login",
-        "--pin",
-    ])
-    .arg(pin.trim_end())
-    .args([
-        "--keygen",
-        "--key-type",
-        "AES:32",
-        "--label",
-        "weak-key",
-        "--extractable",
-    ])
-    .env("SOFTHSM2_CONF", fx.path("softhsm2.conf"));
-    let (code, out, err) = run_bounded(c, WAIT);
-    assert_eq!(code, Some(0), "pkcs11-tool --keygen: {out}\n{err}");
+    pkcs11_tool_ok(
+        &fx,
+        &[
+            "--keygen",
+            "--key-type",
+            "AES:32",
+            "--label",
+            "weak-key",
+            "--extractable",
+        ],
+    );
     let mut cfg = fx.config();
     entry(&mut cfg, "keystores", 0).insert("key_pattern".into(), "weak-*".into());
     let path = fx.write_config(&cfg);

@@ -12,7 +12,6 @@ use common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Bound on "the proxy recovers once the fault clears".
@@ -22,30 +21,6 @@ const HEALTHY_TOKEN: &str = "faults-healthy";
 const HEALTHY_KEY: &str = "healthy-aes";
 const HEALTHY_BASE: &str = "/healthy/kms/xks/v1";
 const HEALTHY_ACCESS_KEY_ID: &str = "HEALTHYKEYSTORE22222";
-
-/// The shim, compiled once per test process into a temp dir that lives as long as the process.
-fn shim() -> &'static Path {
-    static SHIM: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, lib) = SHIM.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("xks-faultshim-")
-            .tempdir()
-            .expect("temp dir");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("hsm-fixtures/faultshim/faultshim.c");
-        let lib = dir.path().join("libfaultshim.so");
-        // The fault tests build the shim with the system C compiler.
-        require_tool("cc", "build-essential");
-        let mut cc = Command::new("cc");
-        cc.args(["-shared", "-fPIC", "-O2", "-Wall", "-fvisibility=hidden", "-o"])
-            .arg(&lib)
-            .arg(&src)
-            .args(["-ldl", "-lpthread"]);
-        let (code, out, err) = run_bounded(cc, Duration::from_secs(120));
-        assert_eq!(code, Some(0), "compiling the fault shim failed: {out}\n{err}");
-        (dir, lib)
-    });
-    lib
-}
 
 /// A fixture whose token is reached through the shim, and the daemon serving it.
 struct Faulty {
@@ -142,26 +117,6 @@ impl Faulty {
         println!("FAULT-MATRIX fault={fault} recovery_ms={}", took.as_millis());
         took
     }
-}
-
-/// Replaces the control file atomically, so the shim never reads it half written.
-fn set_control(path: &Path, fault: &str) {
-    let tmp = path.with_extension("test-tmp");
-    std::fs::write(&tmp, format!("{fault}\n")).expect("write control file");
-    std::fs::rename(&tmp, path).expect("install control file");
-}
-
-/// Points `tokens[0]` at the shim, which forwards to SoftHSM2 and reads `control`.
-fn shim_token(cfg: &mut toml::Table, control: &Path) {
-    let token = entry(cfg, "tokens", 0);
-    token.insert("module".into(), shim().display().to_string().into());
-    let env = token
-        .entry("module_env")
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-        .as_table_mut()
-        .expect("module_env is a table");
-    env.insert("FAULTSHIM_REAL_MODULE".into(), SOFTHSM_MODULE.into());
-    env.insert("FAULTSHIM_CONTROL".into(), control.display().to_string().into());
 }
 
 fn health_status(xks: &mut Xks) -> String {

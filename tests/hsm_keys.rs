@@ -8,7 +8,6 @@ mod common;
 use common::*;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use serde_json::Value;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const WEAK_EXTRACTABLE: &str = "weak-extractable";
@@ -60,18 +59,18 @@ fn weak_keys_refused() {
                 weak_key(s, WEAK_PUBLIC, Attribute::Private(false));
             });
             // The way an operator would make such a key by hand: OpenSC's pkcs11-tool.
-            let pin = std::fs::read_to_string(fx.path("secrets/token.pin")).expect("token.pin");
-            let out = Command::new("pkcs11-tool")
-                .args(["--module", SOFTHSM_MODULE, "--login", "--pin", pin.trim_end()])
-                .args(["--token-label", TOKEN_LABEL, "--keygen", "--key-type", "AES:32"])
-                .args(["--label", WEAK_TOOL, "--extractable", "--sensitive", "--private"])
-                .env("SOFTHSM2_CONF", fx.path("softhsm2.conf"))
-                .output()
-                .expect("pkcs11-tool runs (OpenSC installed)");
-            assert!(
-                out.status.success(),
-                "pkcs11-tool: {}",
-                String::from_utf8_lossy(&out.stderr)
+            pkcs11_tool_ok(
+                fx,
+                &[
+                    "--keygen",
+                    "--key-type",
+                    "AES:32",
+                    "--label",
+                    WEAK_TOOL,
+                    "--extractable",
+                    "--sensitive",
+                    "--private",
+                ],
             );
             allow(
                 cfg,

@@ -6,11 +6,8 @@
 //! Real daemon, real SoftHSM2 token; keys made with OpenSC's `pkcs11-tool`.
 
 mod common;
-mod control_support;
 
 use common::*;
-use control_support::*;
-use std::process::Command;
 
 #[test]
 fn the_reuse_handles_fault_gives_a_new_key_the_number_of_the_destroyed_one() {
@@ -118,23 +115,9 @@ fn a_destroyed_key_whose_handle_number_went_to_a_new_key_answers_key_not_found_a
 
 /// Generates an AES-256 key on the fixture's token with OpenSC's pkcs11-tool.
 fn pkcs11_tool_keygen(fx: &Fixture, label: &str, extra: &[&str]) {
-    require_tool("pkcs11-tool", "opensc");
-    let pin = std::fs::read_to_string(fx.path("secrets/token.pin")).expect("token.pin");
-    let mut c = Command::new("pkcs11-tool");
-    c.args([
-        "--module",
-        SOFTHSM_MODULE,
-        "--token-label",
-        TOKEN_LABEL,
-        "--login",
-        "--pin",
-    ])
-    .arg(pin.trim_end())
-    .args(["--keygen", "--key-type", "AES:32", "--private", "--label", label])
-    .args(extra)
-    .env("SOFTHSM2_CONF", fx.path("softhsm2.conf"));
-    let (code, out, err) = run_bounded(c, WAIT);
-    assert_eq!(code, Some(0), "pkcs11-tool --keygen {label}: {out}\n{err}");
+    let mut args = vec!["--keygen", "--key-type", "AES:32", "--private", "--label", label];
+    args.extend_from_slice(extra);
+    pkcs11_tool_ok(fx, &args);
 }
 
 /// (CKA_SENSITIVE, CKA_EXTRACTABLE) of the key labelled `label`, read from the token directly.

@@ -15,6 +15,8 @@
 //!   ([`Spawned`]), bounded runs and waits ([`run_bounded`], [`wait_until`], [`WAIT`]).
 //! - [`host`]: tools, root and the unprivileged user tests need ([`require_tool`],
 //!   [`as_nobody`]).
+//! - [`shim`]: the fault-injecting PKCS#11 module ([`shim()`], [`shimmed_config`],
+//!   [`set_control`]).
 //! - [`token`]: PKCS#11 sessions on a fixture's token from the test ([`token_test`],
 //!   [`with_token_session`]).
 //!
@@ -40,10 +42,14 @@ pub mod process;
 #[allow(dead_code)]
 pub mod proxy;
 #[allow(dead_code)]
+pub mod shim;
+#[allow(dead_code)]
 pub mod token;
 #[allow(dead_code)]
 pub mod xks;
 
 // A binary that uses nothing from one module would warn that its re-export is unused.
 #[allow(unused_imports)]
-pub use {assert::*, cli::*, client::*, fixture::*, host::*, process::*, proxy::*, token::*, xks::*};
+pub use {
+    assert::*, cli::*, client::*, fixture::*, host::*, process::*, proxy::*, shim::*, token::*, xks::*,
+};

@@ -154,3 +154,32 @@ pub fn find_keys(s: &cryptoki::session::Session, label: &str) -> Vec<cryptoki::o
     ])
     .expect("C_FindObjects")
 }
+
+/// OpenSC's `pkcs11-tool`, logged in as the user on `fx`'s token, ready for its action
+/// arguments: how an operator (or software other than the proxy) works on the token by hand.
+pub fn pkcs11_tool(fx: &Fixture) -> Command {
+    crate::common::host::require_tool("pkcs11-tool", "opensc");
+    let pin = std::fs::read_to_string(fx.path("secrets/token.pin")).expect("token.pin");
+    let mut c = Command::new("pkcs11-tool");
+    c.args([
+        "--module",
+        SOFTHSM_MODULE,
+        "--token-label",
+        TOKEN_LABEL,
+        "--login",
+        "--pin",
+    ])
+    .arg(pin.trim_end())
+    .env("SOFTHSM2_CONF", fx.path("softhsm2.conf"));
+    c
+}
+
+/// Runs a [`pkcs11_tool`] command to success; returns its stdout.
+#[track_caller]
+pub fn pkcs11_tool_ok(fx: &Fixture, args: &[&str]) -> String {
+    let mut c = pkcs11_tool(fx);
+    c.args(args);
+    let (code, out, err) = run_bounded(c, crate::common::process::WAIT);
+    assert_eq!(code, Some(0), "pkcs11-tool {args:?}: {out}\n{err}");
+    out
+}
