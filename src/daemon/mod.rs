@@ -7,6 +7,7 @@
 //! background and reported UNAVAILABLE meanwhile. A daemon whose proxy kill switch is engaged
 //! starts without loading any module or logging in.
 
+mod connections;
 mod keystores;
 mod reload;
 mod signals;
@@ -88,6 +89,9 @@ impl Daemon {
         }
         let limits = ConnLimits::from(&cfg.server);
         let server = Server::new(Arc::new(app), tls, limits, observer(&audit, &metrics));
+        if let Some(m) = &metrics {
+            m.set_connection_probe(connections::probe(server.budget().clone()));
+        }
         let reloader = Arc::new(Reloader {
             path: config_path,
             pools,

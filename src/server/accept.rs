@@ -1,0 +1,167 @@
+//! One accepted connection from admission to close: socket options, the TLS handshake, hyper,
+//! and the three ways the budget ends a connection early (evicted to admit a newcomer, not
+//! proven in time, a response that cannot be written).
+
+use super::budget::{Proof, Slot};
+use super::write_deadline::WriteDeadline;
+use super::Server;
+use http::{header, HeaderValue};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::Watcher;
+use socket2::{SockRef, TcpKeepalive};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Keepalive probes before the kernel gives up on a silent peer.
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// Socket options for an accepted connection. Failures are logged, not fatal: the budget's
+/// own deadlines still bound the connection.
+pub(super) fn tune_socket(stream: &TcpStream, keepalive: Duration, user_timeout: Duration) {
+    // Requests are small and strictly request/response: Nagle would only add delay.
+    let _ = stream.set_nodelay(true);
+    let sock = SockRef::from(stream);
+    let interval = (keepalive / KEEPALIVE_PROBES).max(Duration::from_secs(1));
+    let ka = TcpKeepalive::new()
+        .with_time(keepalive)
+        .with_interval(interval)
+        .with_retries(KEEPALIVE_PROBES);
+    if let Err(e) = sock.set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
+    if let Err(e) = sock.set_tcp_user_timeout(Some(user_timeout)) {
+        tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
+    }
+}
+
+impl Server {
+    /// Serves one admitted connection until it closes, is evicted, or misses the deadline to
+    /// prove itself; the slot is released when this returns.
+    pub(super) async fn connection(self: Arc<Self>, stream: TcpStream, mut slot: Slot, watcher: Watcher) {
+        let limits = &self.limits;
+        tune_socket(&stream, limits.tcp_keepalive, limits.tcp_user_timeout);
+        let proof = slot.proof().clone();
+        let io = WriteDeadline::new(stream, limits.write_timeout);
+        let serve = self.clone().serve_io(io, proof.clone(), watcher);
+        tokio::pin!(serve);
+        let prove_by = tokio::time::sleep(limits.unproven_timeout);
+        tokio::pin!(prove_by);
+        let (mut evictable, mut on_probation) = (true, true);
+        loop {
+            tokio::select! {
+                () = &mut serve => break,
+                r = &mut slot.evicted, if evictable => match r {
+                    Ok(()) => {
+                        tracing::debug!("unproven connection evicted to admit a newer one");
+                        break;
+                    }
+                    // Proven: the budget dropped the handle, nothing can evict it any more.
+                    Err(_) => evictable = false,
+                },
+                () = &mut prove_by, if on_probation => {
+                    if proof.is_proven() {
+                        on_probation = false;
+                    } else {
+                        self.budget.stats.unproven_timeouts.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("connection not proven in time; closing");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// TLS handshake (mTLS proves the connection) and HTTP/1.1 over `io`.
+    async fn serve_io(self: Arc<Self>, io: WriteDeadline<TcpStream>, proof: Proof, watcher: Watcher) {
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(self.limits.header_timeout)
+            .max_buf_size(self.limits.max_header_bytes);
+        let acceptor = self.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let service = self.clone().service(proof.clone());
+        let result = match acceptor {
+            Some(acceptor) => {
+                match tokio::time::timeout(self.limits.handshake_timeout, acceptor.accept(io)).await {
+                    Ok(Ok(tls)) => {
+                        // The verifier has checked the chain and the name: this is KMS.
+                        if tls.get_ref().1.peer_certificates().is_some() {
+                            proof.prove();
+                        }
+                        watcher
+                            .watch(http.serve_connection(TokioIo::new(tls), service))
+                            .await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake timed out");
+                        return;
+                    }
+                }
+            }
+            None => {
+                watcher
+                    .watch(http.serve_connection(TokioIo::new(io), service))
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            if is_timed_out(&e) {
+                self.budget.stats.write_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+
+    /// The per-connection service: hands the proof flag to the request (only while unproven,
+    /// so proven traffic pays nothing) and closes an unproven connection after
+    /// `max_requests_before_proof` answers.
+    fn service(
+        self: Arc<Self>,
+        proof: Proof,
+    ) -> impl hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<http_body_util::Full<bytes::Bytes>>,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone {
+        let answered = Arc::new(AtomicU32::new(0));
+        hyper::service::service_fn(move |mut req| {
+            let (this, proof, answered) = (self.clone(), proof.clone(), answered.clone());
+            async move {
+                if !proof.is_proven() {
+                    req.extensions_mut().insert(proof.clone());
+                }
+                let mut resp = this.handle(req).await;
+                if !proof.is_proven()
+                    && answered.fetch_add(1, Ordering::Relaxed) + 1 >= this.limits.max_requests_before_proof
+                {
+                    this.budget
+                        .stats
+                        .unproven_request_limit
+                        .fetch_add(1, Ordering::Relaxed);
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        })
+    }
+}
+
+/// A write that made no progress (our deadline or the kernel's TCP_USER_TIMEOUT).
+fn is_timed_out(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = s.source();
+    }
+    false
+}
