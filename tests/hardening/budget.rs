@@ -1,0 +1,98 @@
+//! The connection budget: unproven connections (no verified request yet) give way to
+//! newcomers, must prove themselves in time and may not pipeline without end; proven ones stay.
+
+use crate::common::*;
+use crate::raw::{request_head, RawTls};
+use crate::signed_health;
+use std::time::Duration;
+
+/// With the unproven share full, a newcomer evicts the oldest unproven connection and is
+/// served; the other unproven connection is left alone.
+#[test]
+fn a_newcomer_evicts_the_oldest_unproven_connection_when_their_share_is_full() {
+    let fx = Fixture::new();
+    let mut cfg = fx.config();
+    let server = section(&mut cfg, "server");
+    server.insert("max_connections".into(), 4.into());
+    server.insert("max_unproven_connections".into(), 2.into());
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    let tls = || tls_config(&proxy.ca, None, None, &[]);
+
+    let mut oldest = RawTls::connect(proxy.addr, tls()).expect("connect");
+    let mut younger = RawTls::connect(proxy.addr, tls()).expect("connect");
+    let mut newcomer = proxy.client_with(tls()).expect("the newcomer is admitted");
+    let r = signed_health(&mut newcomer, &fx.signer()).expect("the newcomer is served");
+    assert_eq!(r.status, 200, "{}", r.text());
+    oldest
+        .wait_closed(Duration::from_secs(10))
+        .expect("the oldest unproven connection was evicted");
+    // The younger one still works (and proves itself now).
+    let head = request_head("GET", "/ping", &younger.authority.clone(), &[]);
+    younger.send(head.as_bytes()).expect("send");
+    let r = younger
+        .read_response()
+        .expect("the younger unproven connection was kept");
+    assert_eq!(r.status, 200, "{}", r.head);
+}
+
+/// A connection that only ever sends unsigned requests is closed at the proof deadline; one
+/// that carried a signed request outlives it.
+#[test]
+fn a_connection_not_proven_in_time_is_closed_while_a_proven_one_stays() {
+    let fx = Fixture::new();
+    let mut cfg = fx.config();
+    section(&mut cfg, "server").insert("unproven_timeout_ms".into(), 500.into());
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    let tls = || tls_config(&proxy.ca, None, None, &[]);
+
+    let mut proven = proxy.client_with(tls()).expect("connect");
+    assert_eq!(
+        signed_health(&mut proven, &fx.signer()).expect("served").status,
+        200
+    );
+    let mut unproven = RawTls::connect(proxy.addr, tls()).expect("connect");
+    let head = request_head("GET", "/ping", &unproven.authority.clone(), &[]);
+    unproven.send(head.as_bytes()).expect("send");
+    assert_eq!(unproven.read_response().expect("ping").status, 200);
+    unproven
+        .wait_closed(Duration::from_secs(10))
+        .expect("the unproven connection was closed at its deadline");
+    // Well past the proof deadline, the proven connection is still served.
+    std::thread::sleep(Duration::from_millis(1000));
+    let r = signed_health(&mut proven, &fx.signer()).expect("the proven connection was kept");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Unsigned requests on one connection are answered up to `max_requests_before_proof`; the
+/// last answer says `Connection: close` and the connection ends, so a client without
+/// credentials cannot keep one connection busy with pipelined requests.
+#[test]
+fn an_unproven_connection_is_closed_after_its_request_allowance() {
+    let fx = Fixture::new();
+    let mut cfg = fx.config();
+    section(&mut cfg, "server").insert("max_requests_before_proof".into(), 3.into());
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    let mut c = RawTls::connect(proxy.addr, tls_config(&proxy.ca, None, None, &[])).expect("connect");
+    let head = request_head("GET", "/ping", &c.authority.clone(), &[]);
+    // Pipelined: all at once, answers read afterwards.
+    c.send(head.repeat(10).as_bytes()).expect("send");
+    for i in 1..=3 {
+        let r = c.read_response().unwrap_or_else(|e| panic!("answer {i}: {e}"));
+        assert_eq!(r.status, 200, "{}", r.head);
+        if i == 3 {
+            assert!(
+                r.head.to_ascii_lowercase().contains("connection: close"),
+                "the last allowed answer must close the connection: {}",
+                r.head
+            );
+        }
+    }
+    let rest = c
+        .wait_closed(Duration::from_secs(10))
+        .expect("the connection was closed after its allowance");
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("HTTP/1.1"),
+        "more answers than the allowance: {}",
+        String::from_utf8_lossy(&rest)
+    );
+}
