@@ -1,8 +1,9 @@
 //! Connection-exhaustion attack against a running proxy, with a well-behaved client measured
 //! throughout (driven by `scripts/attack.sh`).
 //!
-//! - `--idle N` tasks each hold one TLS connection that never sends a byte, and open a new one
-//!   whenever the server closes theirs (a persistent attacker, not a one-shot burst);
+//! - `--idle N` tasks each open and hold one TLS connection that never sends a byte; with
+//!   `--reconnect` they open a new one whenever the server closes theirs, as fast as they can
+//!   (a persistent attacker: then it is a CPU race for handshakes and the accept queue);
 //! - `--pipeliners N` tasks each open a TLS connection, pipeline unsigned requests and never
 //!   read an answer, reconnecting likewise;
 //! - once the attack has ramped up, a probe opens a fresh TLS connection every
@@ -33,7 +34,10 @@ struct Cli {
     /// Idle TLS connections to hold.
     #[arg(long, default_value_t = 6000)]
     idle: usize,
-    /// Pipelining connections that never read.
+    /// Idle attackers reopen a connection the server closed.
+    #[arg(long)]
+    reconnect: bool,
+    /// Pipelining connections that never read (they always reopen).
     #[arg(long, default_value_t = 300)]
     pipeliners: usize,
     /// Seconds to let the attack ramp up before probing.
@@ -84,7 +88,8 @@ fn main() {
         let tally = Arc::new(Tally::default());
         for _ in 0..cli.idle {
             let (tls, name, addr, stop, tally) = (tls.clone(), name.clone(), addr.clone(), stop.clone(), tally.clone());
-            tokio::spawn(async move { idle_attacker(tls, name, addr, stop, tally).await });
+            let reconnect = cli.reconnect;
+            tokio::spawn(async move { idle_attacker(tls, name, addr, reconnect, stop, tally).await });
         }
         let garbage = pipeline_payload(&target.uri_path, &target.endpoint.authority);
         for _ in 0..cli.pipeliners {
@@ -196,15 +201,18 @@ fn attacker_tls(ca: &std::path::Path) -> TlsConnector {
     TlsConnector::from(Arc::new(cfg))
 }
 
-/// Holds an idle TLS connection; when the server closes it, opens another.
+/// Holds an idle TLS connection; with `reconnect`, opens another when the server closes it.
 async fn idle_attacker(
     tls: TlsConnector,
     name: ServerName<'static>,
     addr: String,
+    reconnect: bool,
     stop: Arc<AtomicBool>,
     t: Arc<Tally>,
 ) {
-    while !stop.load(Ordering::Relaxed) {
+    let mut first = true;
+    while !stop.load(Ordering::Relaxed) && (first || reconnect) {
+        first = false;
         let Ok(tcp) = TcpStream::connect(&addr).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;

@@ -3,7 +3,7 @@
 # throughout. Prints the probes' success ratio and latency percentiles (examples/attack.rs), the
 # daemon's peak RSS and open descriptors during the attack (from /proc/<pid>), and its
 # connection-budget metrics afterwards.
-#   scripts/attack.sh [--daemon BIN] [--no-build] [--idle N] [--pipeliners N] [--probes N] [--ramp S]
+#   scripts/attack.sh [--daemon BIN] [--no-build] [--idle N] [--pipeliners N] [--probes N] [--ramp S] [--reconnect]
 # --daemon runs another build of xks-bridge (e.g. an older one, for a before/after comparison);
 # the attack tool is always built from this tree.
 set -euo pipefail
@@ -17,6 +17,7 @@ while [ $# -gt 0 ]; do
         --daemon) daemon="$2"; shift 2 ;;
         --no-build) build=0; shift ;;
         --idle|--pipeliners|--probes|--ramp|--probe-interval-ms) attack_args+=("$1" "$2"); shift 2 ;;
+        --reconnect) attack_args+=("$1"); shift ;;
         *) echo "attack.sh: unknown option $1" >&2; exit 64 ;;
     esac
 done
