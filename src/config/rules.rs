@@ -251,28 +251,6 @@ pub fn group_id(name: &str) -> Result<u32, String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_ids_follow_the_spec_alphabet() {
-        assert!(valid_key_id("foo.bar-1_2"));
-        assert!(!valid_key_id(""));
-        assert!(!valid_key_id("a/b"));
-        assert!(!valid_key_id(&"a".repeat(129)));
-        assert!(valid_key_id(&"a".repeat(128)));
-    }
-
-    #[test]
-    fn access_key_ids_are_base32_of_20_to_30_chars() {
-        assert!(valid_access_key_id("ABCDEFGHIJKLMNOPQRST"));
-        assert!(!valid_access_key_id("ABCDEFGHIJKLMNOPQRS"));
-        assert!(!valid_access_key_id("ABCDEFGHIJKLMNOPQRS1"));
-        assert!(!valid_access_key_id(&"A".repeat(31)));
-    }
-}
-
 /// The connection budget's fields (`[server]`).
 fn validate_budget(srv: &super::ServerConfig) -> Result<(), String> {
     match srv.max_unproven_connections {
@@ -302,4 +280,26 @@ fn validate_budget(srv: &super::ServerConfig) -> Result<(), String> {
         return Err("server.max_requests_before_proof: must be at least 1".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_ids_follow_the_spec_alphabet() {
+        assert!(valid_key_id("foo.bar-1_2"));
+        assert!(!valid_key_id(""));
+        assert!(!valid_key_id("a/b"));
+        assert!(!valid_key_id(&"a".repeat(129)));
+        assert!(valid_key_id(&"a".repeat(128)));
+    }
+
+    #[test]
+    fn access_key_ids_are_base32_of_20_to_30_chars() {
+        assert!(valid_access_key_id("ABCDEFGHIJKLMNOPQRST"));
+        assert!(!valid_access_key_id("ABCDEFGHIJKLMNOPQRS"));
+        assert!(!valid_access_key_id("ABCDEFGHIJKLMNOPQRS1"));
+        assert!(!valid_access_key_id(&"A".repeat(31)));
+    }
 }
