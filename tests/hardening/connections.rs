@@ -11,7 +11,10 @@ use std::time::Duration;
 fn connections_beyond_max_connections_are_closed_at_accept_when_every_slot_is_proven() {
     let fx = Fixture::new();
     let mut cfg = fx.config();
-    section(&mut cfg, "server").insert("max_connections".into(), 4.into());
+    let server = section(&mut cfg, "server");
+    server.insert("max_connections".into(), 4.into());
+    // All four may be unproven at once (the default share would be one).
+    server.insert("max_unproven_connections".into(), 4.into());
     let proxy = TestProxy::start_with(&fx, &cfg, &[]);
     let tls = || tls_config(&proxy.ca, None, None, &[]);
 
@@ -59,6 +62,7 @@ fn connections_that_never_start_tls_are_dropped_after_the_handshake_timeout_free
     let mut cfg = fx.config();
     let server = section(&mut cfg, "server");
     server.insert("max_connections".into(), 2.into());
+    server.insert("max_unproven_connections".into(), 2.into());
     server.insert("tls_handshake_timeout_ms".into(), 500.into());
     let proxy = TestProxy::start_with(&fx, &cfg, &[]);
 
