@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing (cargo-fuzz + libFuzzer) of the proxy's parsers and verifiers: runs
-# every target in fuzz/fuzz_targets (or the ones named) for SECONDS_PER_TARGET seconds each, one
-# after the other, one fuzzing process at a time, and fails if any target crashes (a panic,
-# including a broken invariant), hangs on one input or runs out of memory. Prints executions per
-# target. Long campaigns, minimising and turning a crash into a regression test:
-# docs/fuzzing.md.
+# Fuzzing campaigns (cargo-fuzz + libFuzzer) of the proxy's parsers and verifiers, for people:
+# runs every target in fuzz/fuzz_targets (or the ones named) for SECONDS_PER_TARGET seconds
+# each, one after the other, one fuzzing process at a time, and fails if any target crashes (a
+# panic, including a broken invariant), hangs on one input or runs out of memory. Prints
+# executions per target.
+#
+# It does not gate CI: how much a time box explores depends on the machine, so its verdict is
+# not a property of the commit. CI runs scripts/fuzz-gate.sh (the committed corpus, then a fixed
+# number of executions with a fixed seed). What a campaign finds becomes a regression test and a
+# corpus entry in fuzz/corpus/<target>, which the gate then replays on every run; minimising and
+# turning a crash into a regression test: docs/fuzzing.md.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]      (default: 30 seconds, every target)
 #
@@ -13,8 +18,8 @@
 #                   only watches dependencies; `none` runs four to five times as many inputs.
 #   FUZZ_TIMEOUT    seconds one input may take before it counts as a hang (default 10)
 #   FUZZ_RSS_MB     memory limit in MiB (default 2048)
-#   FUZZ_SEED       libFuzzer random seed; CI sets it so a run repeats the same search
-#                   (unset: a new random seed each run, as long campaigns want)
+#   FUZZ_SEED       libFuzzer random seed, to repeat a search on this machine (unset: a new
+#                   random seed each run, as campaigns want)
 #
 # Inputs the fuzzer finds go to fuzz/work/<target> (not committed); the seeds in
 # fuzz/corpus/<target> are only read. Crashes land in fuzz/artifacts/<target>/, logs in

@@ -1,16 +1,33 @@
 #!/usr/bin/env bash
-# The full test suite, as CI runs it: installs missing system packages, checks formatting and
-# lints, builds, and runs every unit and integration test against a real SoftHSM2 token.
+# The full test suite, as CI runs it: installs missing system packages, checks formatting, lints
+# and the dependency policy, builds, runs every unit and integration test against a real
+# SoftHSM2 token, and ends with the deterministic fuzzing gate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
-cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
-cargo build --locked --all-targets
-cargo test --locked --no-fail-fast -- --test-threads "${XKS_TEST_THREADS:-4}"
-# A short, bounded fuzzing run of every target (XKS_FUZZ_SECONDS per target; 0 skips it).
-# Long campaigns: docs/fuzzing.md.
-if [ "${XKS_FUZZ_SECONDS:-30}" -gt 0 ]; then
-  FUZZ_SEED="${FUZZ_SEED:-1}" scripts/fuzz.sh "${XKS_FUZZ_SECONDS:-30}"
+# Each step prints how long it took, so a slow CI run shows where the time went.
+step() {
+  local name="$1" t0
+  shift
+  echo "== $name"
+  t0=$(date +%s)
+  "$@"
+  echo "== $name: $(($(date +%s) - t0)) s"
+}
+step "system packages" scripts/install-deps.sh
+step "format" cargo fmt --all -- --check
+step "clippy" cargo clippy --all-targets --locked -- -D warnings
+step "rustdoc" env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
+# Dependency policy (deny.toml): licences, duplicate versions, sources. Advisories need the
+# RustSec database from GitHub, which CI cannot reach: scripts/advisories.sh.
+if ! cargo deny --version >/dev/null 2>&1; then
+  step "install cargo-deny" cargo install cargo-deny --locked
+fi
+step "cargo deny" cargo deny --locked check bans licenses sources
+step "build" cargo build --locked --all-targets
+step "tests" cargo test --locked --no-fail-fast -- --test-threads "${XKS_TEST_THREADS:-4}"
+# Every fuzz target: the committed corpus replayed, then a fixed-size search with a fixed seed,
+# so the verdict depends on the commit only (XKS_FUZZ_GATE=0 skips it). Campaigns:
+# scripts/fuzz.sh and docs/fuzzing.md.
+if [ "${XKS_FUZZ_GATE:-1}" != 0 ]; then
+  step "fuzz gate" scripts/fuzz-gate.sh
 fi

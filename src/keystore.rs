@@ -87,7 +87,8 @@ impl Keystore {
             Ok(())
         } else {
             tracing::warn!(rule = decision.rule(), keystore = %self.prefix, key_id, operation = op.name(),
-                principal = ctx.principal.as_deref().unwrap_or("-"), "request denied by policy");
+                principal = &*crate::request::cap(ctx.principal.as_deref().unwrap_or("-"), crate::request::MAX_ARN_CHARS),
+                "request denied by policy");
             Err(Error::AccessDenied(decision.rule().to_owned()))
         }
     }

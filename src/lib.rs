@@ -46,6 +46,7 @@ pub mod hsm;
 pub mod keystore;
 pub mod logging;
 pub mod metrics;
+pub mod module_env;
 pub mod ops;
 pub mod quickstart;
 pub mod ratelimit;

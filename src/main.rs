@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use xks_bridge::config::{Config, EXIT_BAD_CONFIG};
 use xks_bridge::daemon::{self, Daemon};
-use xks_bridge::{logging, quickstart};
+use xks_bridge::{logging, module_env, quickstart};
 
 #[derive(Parser)]
 #[command(
@@ -79,7 +79,19 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Serve { config } => load(&config).and_then(|cfg| serve(cfg, &config, None)),
         Command::KillSwitch(cmd) => cli::kill_switch(cmd),
-        Command::Audit(cli::AuditCmd::Verify { files }) => cli::audit_verify(&files),
+        Command::Audit(cli::AuditCmd::Verify {
+            require_start,
+            anchor,
+            checkpoints,
+            files,
+        }) => cli::audit_verify(
+            &files,
+            &cli::VerifyChecks {
+                require_start,
+                anchors: anchor,
+                checkpoints,
+            },
+        ),
         Command::Reload { config } => cli::reload(&config),
         Command::Keys(cmd) => cli::keys(cmd),
         Command::Quickstart {
@@ -105,13 +117,10 @@ fn load(path: &Path) -> Result<Config, (i32, String)> {
     Config::load(path).map_err(|e| (EXIT_BAD_CONFIG, e))
 }
 
-/// Module environment must be in place before any thread exists and any module is loaded.
-fn apply_module_env(cfg: &Config) {
-    for t in &cfg.tokens {
-        for (k, v) in &t.module_env {
-            std::env::set_var(k, v);
-        }
-    }
+/// Module environment must be in place before any module is loaded; this restarts the process
+/// with it if it is not, so it runs before any output.
+fn apply_module_env(cfg: &Config) -> CliResult {
+    module_env::ensure(cfg.tokens.iter().flat_map(|t| &t.module_env)).map_err(|e| (EXIT_BAD_CONFIG, e))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, (i32, String)> {
@@ -122,7 +131,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, (i32, String)> {
 }
 
 fn serve(cfg: Config, path: &Path, quickstart: Option<quickstart::Layout>) -> CliResult {
-    apply_module_env(&cfg);
+    apply_module_env(&cfg)?;
     logging::init(&cfg.logging);
     let rt = runtime()?;
     rt.block_on(async move {

@@ -5,7 +5,7 @@
 //! time from the live objects, so there is no second source of truth to drift.
 
 use crate::hsm::Hsm;
-use crate::server::Finished;
+use crate::server::{Finished, Rejection};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -40,6 +40,11 @@ struct TokenLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ScopeLabels {
     scope: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectionLabels {
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -160,6 +165,10 @@ pub struct Metrics {
     counters: Arc<Counters>,
     audit_write_errors: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
     connections: ConnectionFamilies,
+    /// Requests refused before authentication, by reason (they get no log line or record).
+    unauthenticated: Family<RejectionLabels, Counter>,
+    /// Authenticated request records the audit queue refused.
+    audit_dropped: Counter,
 }
 
 /// The kill switch as metrics see it, sampled at scrape time.
@@ -200,7 +209,15 @@ impl Metrics {
             counters,
             audit_write_errors,
             connections: ConnectionFamilies::default(),
+            unauthenticated: Family::default(),
+            audit_dropped: Counter::default(),
         };
+        for r in Rejection::ALL {
+            // Present at 0 from the start, so that a rate() alert has a series to watch.
+            let _ = m
+                .unauthenticated
+                .get_or_create(&RejectionLabels { reason: r.as_str() });
+        }
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
             r.register(
@@ -249,6 +266,16 @@ impl Metrics {
                 m.switch_durable.clone(),
             );
             m.connections.register(&mut r);
+            r.register(
+                "unauthenticated_requests",
+                "requests refused before authentication, by reason (not logged one by one, not audited)",
+                m.unauthenticated.clone(),
+            );
+            r.register(
+                "audit_records_dropped",
+                "authenticated request records dropped because the audit queue was full",
+                m.audit_dropped.clone(),
+            );
             for p in &m.pools {
                 let label = (
                     std::borrow::Cow::Borrowed("token"),
@@ -283,6 +310,18 @@ impl Metrics {
                 operation: d.operation,
             })
             .observe(d.latency_us as f64 / 1e6);
+    }
+
+    /// Counts one request refused before authentication.
+    pub fn observe_rejected(&self, r: Rejection) {
+        self.unauthenticated
+            .get_or_create(&RejectionLabels { reason: r.as_str() })
+            .inc();
+    }
+
+    /// Counts one request record the audit queue refused.
+    pub fn audit_record_dropped(&self) {
+        self.audit_dropped.inc();
     }
 
     /// Renders the text exposition, refreshing the read-at-scrape values first.

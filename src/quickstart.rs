@@ -102,6 +102,10 @@ pub fn ensure_setup(layout: &Layout, listen: SocketAddr) -> Result<PathBuf, Stri
     }
     let module = setup::find_softhsm_module()
         .ok_or("SoftHSM2 is not installed (libsofthsm2.so not found); install the softhsm2 package")?;
+    // SoftHSM2 reads SOFTHSM2_CONF when the module initialises. Applying it may restart the
+    // process, which must happen before anything is created (the restarted run would find a
+    // half-made directory); the file it names is written below, before the module is loaded.
+    crate::module_env::ensure([("SOFTHSM2_CONF", layout.softhsm_conf())])?;
     for sub in ["tokens", "secrets", "tls"] {
         fs::DirBuilder::new()
             .mode(0o700)
@@ -113,9 +117,6 @@ pub fn ensure_setup(layout: &Layout, listen: SocketAddr) -> Result<PathBuf, Stri
         layout.dir.join("tokens").display()
     );
     write_private(&layout.softhsm_conf(), conf.as_bytes())?;
-    // SoftHSM2 reads SOFTHSM2_CONF when the module initialises; main() has not started any
-    // other thread yet when quickstart runs.
-    std::env::set_var("SOFTHSM2_CONF", layout.softhsm_conf());
 
     let (so_pin, user_pin) = (random_hex(16)?, random_hex(16)?);
     write_private(&layout.secret("so.pin"), so_pin.as_bytes())?;

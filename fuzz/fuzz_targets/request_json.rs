@@ -7,8 +7,10 @@
 //! - every error is a spec error name that validation may produce (`ValidationException` 400 or
 //!   `UnsupportedOperationException` 501), and its wire message is non-empty printable ASCII
 //!   of fewer than 512 characters;
-//! - no error message echoes any 10-character piece of a string, or a long number, taken
-//!   from the body (callers may put secrets anywhere);
+//! - every error message is one the proxy may send (`allowed_message`: fixed texts, schema
+//!   field and type names, the configured limits, serde_json's structural wording with only
+//!   digits free), so no message can carry text from the body (callers may put secrets
+//!   anywhere), and the message belongs to the error name it is sent with;
 //! - the audit context is filled exactly when the body parsed (`kmsRequestId` recorded);
 //! - an independent oracle (spec rules written out again, decoding with the `base64` crate
 //!   directly) agrees on accept/reject and on the error name, and accepted values decode to
@@ -18,7 +20,6 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
-use serde_json::Value;
 use xks_bridge::config::Limits;
 use xks_bridge::error::Error;
 use xks_bridge::ops::{decrypt, encrypt, health, metadata, RequestContext};
@@ -30,17 +31,16 @@ fuzz_target!(|data: &[u8]| {
         max_aad_bytes: 8,
         max_body_bytes: 1024,
     };
-    let secrets = body_values(data);
     for limits in [Limits::default(), tight] {
-        check_health(data, &secrets);
-        check_metadata(data, &secrets);
-        check_encrypt(data, &limits, &secrets);
-        check_decrypt(data, &limits, &secrets);
+        check_health(data, &limits);
+        check_metadata(data, &limits);
+        check_encrypt(data, &limits);
+        check_decrypt(data, &limits);
     }
 });
 
 /// Checks what every validation error must satisfy, whatever the operation.
-fn check_error(e: &Error, secrets: &[String]) -> ErrorName {
+fn check_error(e: &Error, limits: &Limits) -> ErrorName {
     let name = e.name();
     assert!(
         matches!(name, ErrorName::Validation | ErrorName::UnsupportedOperation),
@@ -55,36 +55,163 @@ fn check_error(e: &Error, secrets: &[String]) -> ErrorName {
         msg.bytes().all(|b| (0x20..=0x7e).contains(&b)),
         "non-printable message {msg:?}"
     );
-    // A fragment the message would contain anyway (a field name it reports as missing, a
-    // phrase of the validation text) is not an echo, even if the body happens to hold it.
-    let own = own_vocabulary(&msg);
-    for s in secrets {
-        assert!(
-            !msg.contains(s.as_str()) || own.contains(s.as_str()),
-            "message {msg:?} echoes the body value {s:?}"
-        );
+    match allowed_message(&msg, limits) {
+        Some(template) => assert_eq!(template, name, "message {msg:?} sent as {name:?}"),
+        None => panic!("message {msg:?} is not one the proxy may send (it may echo the body)"),
     }
     name
 }
 
-/// The parts of `msg` that come from the proxy, not from the body: everything outside quoted
-/// literals that names a field in backticks or is a fixed phrase of the message.
-fn own_vocabulary(msg: &str) -> String {
-    const FIELDS: &[&str] = &[
-        "requestMetadata", "kmsRequestId", "kmsOperation", "awsPrincipalArn", "kmsKeyArn",
-        "kmsViaService", "awsSourceVpc", "awsSourceVpce", "plaintext", "encryptionAlgorithm",
-        "additionalAuthenticatedData", "ciphertextDataIntegrityValueAlgorithm", "ciphertext",
-        "initializationVector", "authenticationTag", "ciphertextMetadata",
+/// Every field name of the wire types: the only names a message may put in backticks.
+const FIELDS: &[&str] = &[
+    "requestMetadata",
+    "kmsRequestId",
+    "kmsOperation",
+    "awsPrincipalArn",
+    "kmsKeyArn",
+    "kmsViaService",
+    "awsSourceVpc",
+    "awsSourceVpce",
+    "plaintext",
+    "encryptionAlgorithm",
+    "additionalAuthenticatedData",
+    "ciphertextDataIntegrityValueAlgorithm",
+    "ciphertext",
+    "initializationVector",
+    "authenticationTag",
+    "ciphertextMetadata",
+];
+
+/// The wire types' Rust names, which serde's "expected struct ..." names.
+const STRUCTS: &[&str] = &[
+    "RequestMetadata",
+    "MetadataOnly",
+    "EncryptRequest",
+    "DecryptRequest",
+];
+
+/// What serde_json reports it found instead of the expected type. Values come only as the
+/// placeholder that `xks::strip_quoted` leaves in their place.
+const UNEXPECTED: &[&str] = &[
+    "string \"...\"",
+    "integer `...`",
+    "floating point `...`",
+    "boolean `...`",
+    "null",
+    "sequence",
+    "map",
+];
+
+/// Which error a validation message belongs to, if it is one the proxy may send; `None` for
+/// anything else. The allow-list is the messages' whole grammar: fixed texts, field and type
+/// names of the wire schema, the configured limits, and serde_json's structural wording, whose
+/// only free parts are digits (line, column, element counts). Any text taken from the body
+/// (a string, a number, a key that is not a field name) makes it fail, whatever the body holds;
+/// searching the message for pieces of the body instead cannot tell an echo from a body that
+/// repeats the message's own words.
+fn allowed_message(msg: &str, limits: &Limits) -> Option<ErrorName> {
+    let fixed = [
+        "request body is not a valid JSON object",
+        "requestMetadata.awsPrincipalArn is required",
+        "requestMetadata.kmsKeyArn is required",
+        "encryptionAlgorithm must be AES_GCM",
+        "ciphertextDataIntegrityValueAlgorithm must be SHA_256",
+        "initializationVector must decode to 12 or 16 bytes",
+        "authenticationTag must decode to 16 bytes",
+        "ciphertextMetadata must decode to at most 20 bytes",
     ];
-    let mut own = String::new();
-    for f in FIELDS {
-        let quoted = format!("`{f}`");
-        if msg.contains(&quoted) {
-            own.push_str(&quoted);
-            own.push('\n');
+    if fixed.contains(&msg) {
+        return Some(ErrorName::Validation);
+    }
+    const BASE64_FIELDS: [&str; 6] = [
+        "plaintext",
+        "ciphertext",
+        "additionalAuthenticatedData",
+        "initializationVector",
+        "authenticationTag",
+        "ciphertextMetadata",
+    ];
+    if BASE64_FIELDS
+        .iter()
+        .any(|f| msg == format!("{f} is not valid standard Base64"))
+    {
+        return Some(ErrorName::Validation);
+    }
+    let capped = [
+        ("plaintext", limits.max_plaintext_bytes),
+        ("ciphertext", limits.max_plaintext_bytes),
+        ("additionalAuthenticatedData", limits.max_aad_bytes),
+    ];
+    if capped
+        .iter()
+        .any(|(f, max)| msg == format!("{f} exceeds this proxy's maximum of {max} bytes"))
+    {
+        return Some(ErrorName::UnsupportedOperation);
+    }
+    let mut rest = msg.strip_prefix("invalid request body: ")?;
+    serde_message(&mut rest)?;
+    lit(&mut rest, " at line ")?;
+    digits(&mut rest)?;
+    lit(&mut rest, " column ")?;
+    digits(&mut rest)?;
+    rest.is_empty().then_some(ErrorName::Validation)
+}
+
+/// One serde data error about the wire types, as `xks::parse` passes it on.
+fn serde_message(s: &mut &str) -> Option<()> {
+    if lit(s, "missing field `").is_some() || lit(s, "duplicate field `").is_some() {
+        let (name, tail) = s.split_once('`')?;
+        *s = tail;
+        return FIELDS.contains(&name).then_some(());
+    }
+    if lit(s, "invalid type: ").is_some() {
+        one_of(s, UNEXPECTED)?;
+    } else {
+        lit(s, "invalid length ")?;
+        digits(s)?;
+    }
+    lit(s, ", expected ")?;
+    if lit(s, "a string").is_some() {
+        return Some(());
+    }
+    lit(s, "struct ")?;
+    let end = s.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let name = &s[..end];
+    *s = &s[end..];
+    if !STRUCTS.contains(&name) {
+        return None;
+    }
+    if lit(s, " with ").is_some() {
+        digits(s)?;
+        if lit(s, " elements").is_none() {
+            lit(s, " element")?;
         }
     }
-    own
+    Some(())
+}
+
+fn lit(s: &mut &str, prefix: &str) -> Option<()> {
+    *s = s.strip_prefix(prefix)?;
+    Some(())
+}
+
+fn digits(s: &mut &str) -> Option<()> {
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    if end == 0 {
+        return None;
+    }
+    *s = &s[end..];
+    Some(())
+}
+
+/// The longest entry of `options` that `s` starts with, consumed.
+fn one_of(s: &mut &str, options: &[&str]) -> Option<()> {
+    let o = options
+        .iter()
+        .filter(|o| s.starts_with(*o))
+        .max_by_key(|o| o.len())?;
+    *s = &s[o.len()..];
+    Some(())
 }
 
 fn check_ctx(ctx: &RequestContext, parsed_request_id: Option<String>) {
@@ -94,7 +221,7 @@ fn check_ctx(ctx: &RequestContext, parsed_request_id: Option<String>) {
     );
 }
 
-fn check_health(data: &[u8], secrets: &[String]) {
+fn check_health(data: &[u8], limits: &Limits) {
     let mut ctx = RequestContext::default();
     let got = health::validate(data, &mut ctx);
     let parsed = xks::parse::<MetadataOnly>(data).ok();
@@ -107,13 +234,13 @@ fn check_health(data: &[u8], secrets: &[String]) {
     match got {
         Ok(()) => assert!(parsed.is_some()),
         Err(e) => {
-            assert_eq!(check_error(&e, secrets), ErrorName::Validation);
+            assert_eq!(check_error(&e, limits), ErrorName::Validation);
             assert!(parsed.is_none(), "health rejected a parsable body: {e:?}");
         }
     }
 }
 
-fn check_metadata(data: &[u8], secrets: &[String]) {
+fn check_metadata(data: &[u8], limits: &Limits) {
     let mut ctx = RequestContext::default();
     let got = metadata::validate(data, &mut ctx);
     let parsed = xks::parse::<MetadataOnly>(data).ok();
@@ -129,7 +256,7 @@ fn check_metadata(data: &[u8], secrets: &[String]) {
     match got {
         Ok(()) => assert!(want, "metadata accepted a body without awsPrincipalArn"),
         Err(e) => {
-            assert_eq!(check_error(&e, secrets), ErrorName::Validation);
+            assert_eq!(check_error(&e, limits), ErrorName::Validation);
             assert!(!want, "metadata rejected a valid body: {e:?}");
         }
     }
@@ -200,7 +327,7 @@ fn expect_encrypt(data: &[u8], limits: &Limits) -> Step<encrypt::ValidEncrypt> {
     })
 }
 
-fn check_encrypt(data: &[u8], limits: &Limits, secrets: &[String]) {
+fn check_encrypt(data: &[u8], limits: &Limits) {
     let mut ctx = RequestContext::default();
     let got = encrypt::validate(data, limits, &mut ctx);
     let parsed = xks::parse::<EncryptRequest>(data).ok();
@@ -219,7 +346,7 @@ fn check_encrypt(data: &[u8], limits: &Limits, secrets: &[String]) {
             assert!(v.aad.len() <= limits.max_aad_bytes);
         }
         (Err(e), Err(names)) => {
-            let name = check_error(&e, secrets);
+            let name = check_error(&e, limits);
             assert!(names.contains(&name), "encrypt: {e:?}, oracle expects {names:?}");
         }
         (Ok(_), Err(names)) => panic!("encrypt accepted a body the oracle rejects with {names:?}"),
@@ -262,7 +389,7 @@ fn expect_decrypt(data: &[u8], limits: &Limits) -> Step<decrypt::ValidDecrypt> {
     })
 }
 
-fn check_decrypt(data: &[u8], limits: &Limits, secrets: &[String]) {
+fn check_decrypt(data: &[u8], limits: &Limits) {
     let mut ctx = RequestContext::default();
     let got = decrypt::validate(data, limits, &mut ctx);
     let parsed = xks::parse::<DecryptRequest>(data).ok();
@@ -283,61 +410,10 @@ fn check_decrypt(data: &[u8], limits: &Limits, secrets: &[String]) {
             assert!(v.aad.len() <= limits.max_aad_bytes);
         }
         (Err(e), Err(names)) => {
-            let name = check_error(&e, secrets);
+            let name = check_error(&e, limits);
             assert!(names.contains(&name), "decrypt: {e:?}, oracle expects {names:?}");
         }
         (Ok(_), Err(names)) => panic!("decrypt accepted a body the oracle rejects with {names:?}"),
         (Err(e), Ok(_)) => panic!("decrypt rejected a body the oracle accepts: {e:?}"),
     }
-}
-
-/// Text that validation messages legitimately contain: field and type names from the wire
-/// types and serde's own wording. A body value that happens to be a piece of it is not a leak.
-const VOCABULARY: &str = "requestMetadata kmsRequestId kmsOperation awsPrincipalArn kmsKeyArn \
-    kmsViaService awsSourceVpc awsSourceVpce plaintext encryptionAlgorithm \
-    additionalAuthenticatedData ciphertextDataIntegrityValueAlgorithm ciphertext \
-    initializationVector authenticationTag ciphertextMetadata RequestMetadata MetadataOnly \
-    EncryptRequest DecryptRequest struct with 1 element with 2 elements with 3 elements \
-    with 4 elements with 5 elements with 6 elements with 7 elements \
-    invalid request body: invalid type: expected a borrowed string, expected a string \
-    missing field duplicate field invalid length unknown field at line column \
-    is not valid standard Base64 must be AES_GCM must be SHA_256 is required \
-    exceeds this proxy's maximum of bytes must decode to 12 or 16 bytes at most 20 bytes \
-    request body is not a valid JSON object integer floating point boolean sequence map \
-    unit value null";
-
-/// Pieces of body values that must never reach a message: every 10-character window of a
-/// string value's printable runs (split at `"` and `\\`, which Debug-escaping changes), unless
-/// it is part of [`VOCABULARY`], and numbers of 8 characters or more. Object keys are excluded:
-/// they are field names, which messages may name.
-fn body_values(data: &[u8]) -> Vec<String> {
-    const W: usize = 10;
-    fn walk(v: &Value, out: &mut Vec<String>) {
-        match v {
-            Value::String(s) => {
-                for run in s.split(|c: char| !(' '..='~').contains(&c) || c == '"' || c == '\\') {
-                    for i in 0..(run.len() + 1).saturating_sub(W) {
-                        let w = &run[i..i + W];
-                        if !VOCABULARY.contains(w) && !out.iter().any(|o| o == w) {
-                            out.push(w.to_owned());
-                        }
-                    }
-                }
-            }
-            Value::Number(n) => {
-                let t = n.to_string();
-                if t.len() >= 8 {
-                    out.push(t);
-                }
-            }
-            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-            Value::Object(o) => o.values().for_each(|x| walk(x, out)),
-            Value::Bool(_) | Value::Null => {}
-        }
-    }
-    let mut out = Vec::new();
-    if let Ok(v) = serde_json::from_slice::<Value>(data) {
-        walk(&v, &mut out);
-    }
-    out
 }

@@ -21,6 +21,14 @@
  *                         reports a public (not logged-in) session: the token forgot the login.
  *                         The next successful C_Login rewrites the file to "none", as a new
  *                         login is what brings such a token back
+ *   hide_private          the token acts as for a session that is not logged in, without
+ *                         failing any call: C_FindObjects returns no object whose CKA_PRIVATE
+ *                         is true (keys and the proxy's disabled-key marks vanish from every
+ *                         search) and C_GetSessionInfo reports a public session, as with
+ *                         not_logged_in. Each handle the real module finds is checked with a
+ *                         C_GetAttributeValue(CKA_PRIVATE) on the real module; one whose
+ *                         attribute cannot be read is kept. Unlike not_logged_in, crypto calls
+ *                         are forwarded and a login does not clear the word
  *   slow <ms>             sleep <ms> before forwarding each crypto call
  *   pin_incorrect         C_Login returns CKR_PIN_INCORRECT (0xA0) without reaching the token
  *   refuse_data_objects   C_CreateObject of a CKO_DATA object (CKA_CLASS = 0 in the template)
@@ -87,6 +95,7 @@ typedef struct CK_ATTRIBUTE {
     CK_ULONG ulValueLen;
 } CK_ATTRIBUTE;
 #define CKA_CLASS 0x00UL
+#define CKA_PRIVATE 0x02UL
 #define CKO_DATA 0x00UL
 
 typedef struct {
@@ -206,6 +215,7 @@ struct fault {
     int token_absent;    /* token_not_present */
     CK_RV once_rv;       /* *_once, else 0 */
     int not_logged_in;   /* not_logged_in (persistent) */
+    int hide_private;    /* hide_private */
     long slow_ms;        /* slow <ms> */
     int pin_incorrect;   /* pin_incorrect */
     int refuse_data;     /* refuse_data_objects */
@@ -235,6 +245,8 @@ static void parse(const char *line, struct fault *f)
             f->once_rv = CKR_USER_NOT_LOGGED_IN;
         } else if (!strcmp(w, "not_logged_in")) {
             f->not_logged_in = 1;
+        } else if (!strcmp(w, "hide_private")) {
+            f->hide_private = 1;
         } else if (!strcmp(w, "slow")) {
             char *ms = strtok_r(NULL, " \t\r\n", &save);
             f->slow_ms = ms ? strtol(ms, NULL, 10) : 0;
@@ -476,7 +488,7 @@ static CK_RV shim_GetSessionInfo(CK_SESSION_HANDLE session, CK_SESSION_INFO *inf
     if (f.device_rv)
         return f.device_rv;
     CK_RV rv = real->C_GetSessionInfo(session, info);
-    if (rv == CKR_OK && f.not_logged_in && info) {
+    if (rv == CKR_OK && (f.not_logged_in || f.hide_private) && info) {
         /* What a token that lost the login reports: a public session. */
         info->state = (info->flags & CKF_RW_SESSION) ? CKS_RW_PUBLIC_SESSION : CKS_RO_PUBLIC_SESSION;
     }
@@ -600,10 +612,45 @@ static CK_RV shim_SetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE 
     return real->C_SetAttributeValue(session, to_real(obj), tmpl, n);
 }
 
+/* Is the real object `h` private (CKA_PRIVATE true)? An unreadable attribute counts as not. */
+static int is_private(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE h)
+{
+    CK_BBOOL priv = 0;
+    CK_ATTRIBUTE a = {CKA_PRIVATE, &priv, sizeof priv};
+    return real->C_GetAttributeValue(session, h, &a, 1) == CKR_OK && a.ulValueLen == sizeof priv && priv;
+}
+
+/* hide_private: C_FindObjects on the real module, keeping only public objects. The real search
+ * is asked again until `max` public handles are found or it is exhausted, so a count below
+ * `max` still means "no more objects" to the caller. */
+static CK_RV find_public(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE *out, CK_ULONG max,
+                         CK_ULONG *count)
+{
+    CK_ULONG kept = 0;
+    while (kept < max) {
+        CK_ULONG got = 0, base = kept;
+        CK_RV rv = real->C_FindObjects(session, out + base, max - base, &got);
+        if (rv != CKR_OK)
+            return rv;
+        if (got == 0)
+            break;
+        for (CK_ULONG i = 0; i < got; i++) {
+            CK_OBJECT_HANDLE h = out[base + i];
+            if (!is_private(session, h))
+                out[kept++] = h;
+        }
+    }
+    *count = kept;
+    return CKR_OK;
+}
+
 static CK_RV shim_FindObjects(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE *out, CK_ULONG max,
                               CK_ULONG *count)
 {
-    CK_RV rv = real->C_FindObjects(session, out, max, count);
+    struct fault f;
+    current_fault(&f, 0);
+    CK_RV rv = (f.hide_private && out && count) ? find_public(session, out, max, count)
+                                                : real->C_FindObjects(session, out, max, count);
     if (rv == CKR_OK && out && count) {
         pthread_mutex_lock(&handle_lock);
         for (CK_ULONG i = 0; i < *count; i++)

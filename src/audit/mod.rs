@@ -1,6 +1,7 @@
-//! Tamper-evident, append-only audit trail: one JSON line per event (every XKS request, kill
-//! switch and key lifecycle actions), hash-chained so that editing, deleting or reordering a
-//! line is detected by [`verify`].
+//! Append-only audit trail: one JSON line per event (authenticated XKS requests, kill switch
+//! and key lifecycle actions), hash-chained so that [`verify`] detects an edited, deleted or
+//! reordered line *relative to the rest of the chain*, and checkpointed outside the file so
+//! that a rewrite by whoever can write the file is detected against those checkpoints.
 //!
 //! # Line format
 //!
@@ -16,13 +17,34 @@
 //! - The record fields follow (see [`AuditRecord`]); `None` fields are omitted. The types have
 //!   no field for plaintext, AAD, secrets or signatures.
 //!
-//! # Writing never blocks a request
+//! # What is detected, and by whom
 //!
-//! [`AuditLog::record`] hands the record to a bounded queue drained by a dedicated OS thread and
-//! returns at once. If the queue is full (the disk cannot keep up), the record is dropped and
-//! counted in [`AuditLog::dropped`]; the writer then puts a `lost` record with the count into the
-//! chain, so a gap in coverage is itself recorded. Write and fsync failures are counted in
-//! [`AuditLog::write_errors`], logged and reported the same way; nothing panics.
+//! The chain is unkeyed: anyone who can write the file (the daemon's user, root) can rewrite a
+//! line and recompute every later link, and [`verify`] alone then reports the trail intact.
+//! What [`verify`] alone detects is damage that did not recompute the chain: an edited, deleted,
+//! inserted or reordered line followed by an untouched one. Beyond that:
+//!
+//! - Removal of the trail's start is detected only when verification requires it
+//!   ([`VerifyReport::anchored`], `audit verify --require-start`).
+//! - A rewrite (with the chain recomputed) or a cut is detected only at or before a
+//!   [`Checkpoint`] held outside the file: the journal/syslog lines the writer publishes (see
+//!   [`checkpoint`]), or a hash an operator copied elsewhere (`--anchor`). Records after the
+//!   last such checkpoint can be removed or rewritten without detection.
+//!
+//! A keyed chain (HMAC) would not change this: the key would have to be readable by the
+//! daemon's user, who is exactly the party the external checkpoints guard against.
+//!
+//! # Writing never blocks a request; operator actions are never dropped
+//!
+//! [`AuditLog::record`] hands a request record to a bounded queue drained by a dedicated OS
+//! thread and returns at once. If the queue is full (the disk cannot keep up), the record is
+//! dropped, counted in [`AuditLog::dropped`] and `record` returns `false` so the caller can
+//! raise an alarm; the writer then puts a `lost` record with the count into the chain, so a
+//! gap in coverage is itself recorded. Only authenticated requests are offered to the queue
+//! (the daemon counts the others in metrics), so unauthenticated traffic cannot fill it.
+//! [`AuditLog::record_waiting`] (operator actions) waits for room instead of dropping. Write
+//! and fsync failures are counted in [`AuditLog::write_errors`], logged and reported the same
+//! way; nothing panics.
 //!
 //! # Durability ([`FsyncPolicy`])
 //!
@@ -31,9 +53,9 @@
 //! an OS crash or power loss loses depends on the policy: `EveryRecord` loses nothing written;
 //! `Interval(d)` (default 1 s) loses at most the lines written in the last `d`; `Never` leaves
 //! it to the kernel's writeback (typically up to ~30 s). In every case the loss is a suffix of
-//! the trail, never a record in the middle. [`AuditLog::flush`] and
-//! [`AuditLog::flush_and_close`] (also run on drop) write everything queued and fsync,
-//! whatever the policy.
+//! the trail, never a record in the middle, and never a checkpointed record (checkpoints are
+//! published after an fsync). [`AuditLog::flush`] and [`AuditLog::flush_and_close`] (also run
+//! on drop) write everything queued and fsync, whatever the policy.
 //!
 //! # Crash recovery
 //!
@@ -48,14 +70,12 @@
 //! With `rotate_at_bytes`, once the active file reaches that size it is fsynced, renamed to
 //! `<path>.<first seq>-<last seq>` (20-digit zero-padded, so names sort in chain order), the
 //! directory is fsynced, and a new active file is started whose first `prev` links to the old
-//! file's last line. [`trail_files`] lists a trail's files in order.
-//!
-//! # Limits
-//!
-//! A hash chain cannot reveal that its newest lines were removed or rewritten together with
-//! everything after them: [`VerifyReport::last_hash`] is what to record elsewhere (a ticket, a
-//! remote log) to anchor the tail. Only one process may write a trail.
+//! file's last line. [`trail_files`] lists a trail's files in order. Only one process may
+//! write a trail.
 
+pub mod checkpoint;
+#[cfg(test)]
+mod checkpoint_tests;
 mod record;
 mod recover;
 #[cfg(test)]
@@ -63,11 +83,14 @@ mod tests;
 mod verify;
 mod writer;
 
+pub use checkpoint::{parse_checkpoints, Checkpoint, CheckpointOptions};
 pub use record::{
     now_rfc3339_nanos, AdminEvent, AuditEvent, AuditLine, AuditRecord, RequestEvent, GENESIS_PREV,
 };
 pub use recover::trail_files;
-pub use verify::{verify, Break, BreakReason, Location, VerifyReport};
+pub use verify::{
+    verify, verify_points, Break, BreakReason, Location, PointCheck, PointOutcome, VerifyReport,
+};
 
 use crossbeam_channel::Sender;
 use std::path::{Path, PathBuf};
@@ -95,7 +118,7 @@ impl Default for FsyncPolicy {
 }
 
 /// Everything [`AuditLog::open_with`] accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditOptions {
     /// When to fsync.
     pub fsync: FsyncPolicy,
@@ -103,6 +126,8 @@ pub struct AuditOptions {
     pub rotate_at_bytes: Option<u64>,
     /// Records that may wait for the writer before new ones are dropped.
     pub queue_capacity: usize,
+    /// When and where the chain's position is published outside the file.
+    pub checkpoints: CheckpointOptions,
 }
 
 impl Default for AuditOptions {
@@ -112,6 +137,7 @@ impl Default for AuditOptions {
             rotate_at_bytes: None,
             // A few seconds of a busy proxy's requests, a few MiB of memory at worst.
             queue_capacity: 8192,
+            checkpoints: CheckpointOptions::default(),
         }
     }
 }
@@ -147,6 +173,9 @@ impl AuditLog {
         if options.fsync == FsyncPolicy::Interval(Duration::ZERO) {
             return Err("audit fsync interval must be positive (or use EveryRecord)".into());
         }
+        if options.checkpoints.every_records == 0 || options.checkpoints.interval.is_zero() {
+            return Err("audit checkpoints need a positive record count and interval".into());
+        }
         let (file, resume) = recover::open_active(path)?;
         let (tx, rx) = crossbeam_channel::bounded(options.queue_capacity);
         if resume.truncated > 0 {
@@ -164,6 +193,7 @@ impl AuditLog {
             options.fsync,
             options.rotate_at_bytes,
             counters.clone(),
+            options.checkpoints,
         );
         let handle = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -177,12 +207,27 @@ impl AuditLog {
         })
     }
 
-    /// Queues a record without ever blocking. A full queue (or a closed trail) drops it and
-    /// counts it in [`AuditLog::dropped`].
-    pub fn record(&self, rec: AuditRecord) {
+    /// Queues a record without ever blocking (the request path). A full queue (or a closed
+    /// trail) drops it, counts it in [`AuditLog::dropped`] and returns `false`: the caller owns
+    /// the alarm (an ERROR line, a metric), since a lost request record is a gap in the trail.
+    #[must_use = "a dropped audit record must be reported"]
+    pub fn record(&self, rec: AuditRecord) -> bool {
         if self.tx.try_send(Msg::Record(rec)).is_err() {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
         }
+        true
+    }
+
+    /// Queues a record, waiting for room if the queue is full: for operator actions, which are
+    /// rare, must never be dropped, and are flushed before the command is acknowledged anyway.
+    /// Fails only when the trail is closed (then the record is counted as dropped). Call it from
+    /// a blocking context.
+    pub fn record_waiting(&self, rec: AuditRecord) -> Result<(), String> {
+        self.tx.send(Msg::Record(rec)).map_err(|_| {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            "the audit trail is closed".to_owned()
+        })
     }
 
     /// Records dropped so far because the queue was full or the trail closed.

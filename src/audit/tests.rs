@@ -23,7 +23,7 @@ fn request(n: u64) -> AuditRecord {
 fn write_trail(path: &Path, options: AuditOptions, n: u64) {
     let log = AuditLog::open_with(path, options).unwrap();
     for i in 1..=n {
-        log.record(request(i));
+        assert!(log.record(request(i)));
     }
     log.flush_and_close().unwrap();
     assert_eq!((log.dropped(), log.write_errors()), (0, 0));
@@ -110,19 +110,19 @@ fn admin_events_share_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
     let log = AuditLog::open(&path, FsyncPolicy::EveryRecord).unwrap();
-    log.record(AuditRecord::now(AuditEvent::KillSwitch(AdminEvent {
+    assert!(log.record(AuditRecord::now(AuditEvent::KillSwitch(AdminEvent {
         action: "engage".into(),
         scope: "keystore:/tenant-a".into(),
         reason: Some("incident 42".into()),
         uid: Some(1000),
         via: Some("admin-socket".into()),
-    })));
-    log.record(request(1));
-    log.record(AuditRecord::now(AuditEvent::KeyLifecycle(AdminEvent {
+    }))));
+    assert!(log.record(request(1)));
+    assert!(log.record(AuditRecord::now(AuditEvent::KeyLifecycle(AdminEvent {
         action: "disable".into(),
         scope: "key:k1".into(),
         ..AdminEvent::default()
-    })));
+    }))));
     log.flush().unwrap();
     let lines = read_lines(&path);
     assert!(lines[0].contains(r#""event":"kill_switch","action":"engage","scope":"keystore:/tenant-a""#));
@@ -382,11 +382,10 @@ fn a_full_queue_drops_and_counts_without_blocking() {
     .unwrap();
     let release = log.hold_writer();
     let start = Instant::now();
-    for i in 1..=100 {
-        log.record(request(i));
-    }
+    let accepted = (1..=100).filter(|i| log.record(request(*i))).count();
     assert!(start.elapsed() < Duration::from_secs(1), "record() blocked");
     assert_eq!(log.dropped(), 96);
+    assert_eq!(accepted, 4, "record() reports each drop to its caller");
     drop(release);
     log.flush().unwrap();
     let lines = read_lines(&path);
@@ -406,12 +405,13 @@ fn records_after_close_are_dropped_and_close_is_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
     let log = AuditLog::open(&path, FsyncPolicy::Interval(Duration::from_millis(5))).unwrap();
-    log.record(request(1));
+    assert!(log.record(request(1)));
     std::thread::sleep(Duration::from_millis(20));
     log.flush_and_close().unwrap();
     log.flush_and_close().unwrap();
-    log.record(request(2));
-    assert_eq!(log.dropped(), 1);
+    assert!(!log.record(request(2)));
+    assert!(log.record_waiting(request(3)).is_err());
+    assert_eq!(log.dropped(), 2);
     assert!(log.flush().is_err());
     assert_eq!(read_lines(&path).len(), 1);
 }
@@ -422,7 +422,7 @@ fn dropping_the_log_writes_what_was_queued() {
     let path = dir.path().join("audit.log");
     let log = AuditLog::open(&path, FsyncPolicy::Never).unwrap();
     for i in 1..=20 {
-        log.record(request(i));
+        assert!(log.record(request(i)));
     }
     drop(log);
     assert_eq!(verify(&[path]).records, 20);
@@ -436,7 +436,7 @@ fn write_failures_are_counted_not_fatal() {
     }
     let log = AuditLog::open(full, FsyncPolicy::Never).unwrap();
     for i in 1..=3 {
-        log.record(request(i));
+        assert!(log.record(request(i)));
     }
     let _ = log.flush();
     assert!(log.write_errors() >= 3, "{}", log.write_errors());
@@ -458,7 +458,10 @@ fn bad_options_are_refused() {
             ..AuditOptions::default()
         },
     ] {
-        assert!(AuditLog::open_with(&path, options).is_err(), "{options:?}");
+        assert!(
+            AuditLog::open_with(&path, options.clone()).is_err(),
+            "{options:?}"
+        );
     }
     assert!(AuditLog::open(&dir.path().join("missing/audit.log"), FsyncPolicy::Never).is_err());
 }

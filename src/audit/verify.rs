@@ -13,11 +13,18 @@
 //!
 //! A torn final line of the last file is what a crash during a write leaves: it is reported in
 //! [`VerifyReport::incomplete_tail`], not as tampering. If the first record's `prev` is not the
-//! genesis value (e.g. only the files after a rotation were given), its link cannot be checked:
-//! the report says `anchored: false` and only vouches for the chain from that record on.
+//! genesis value (e.g. only the files after a rotation were given, or the start of the trail
+//! was removed), its link cannot be checked: the report says `anchored: false` and only vouches
+//! for the chain from that record on; callers that need the whole trail must require
+//! `anchored`.
+//!
+//! [`verify_points`] also checks chain positions held outside the file ([`Checkpoint`]s): the
+//! only way to detect a rewrite by someone who recomputed the chain.
 
+use super::checkpoint::Checkpoint;
 use super::record::{ChainHead, GENESIS_PREV};
 use super::recover::{line_hash, parse_head};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -233,8 +240,91 @@ struct Link {
     at: Location,
 }
 
+/// What the trail says about one [`Checkpoint`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PointOutcome {
+    /// The verified chain has that record with that hash.
+    Matched,
+    /// The verified chain has that record with another hash: it was rewritten (at or before
+    /// that record).
+    Mismatch {
+        /// The hash the record has now.
+        found: String,
+    },
+    /// The record lies before the first record given (earlier files not given, or the start of
+    /// the trail removed): it could not be checked.
+    BeforeTrail,
+    /// The verified chain ends before that record: it was cut (or the chain broke before it).
+    NotReached,
+}
+
+/// One checkpoint and what the trail says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PointCheck {
+    /// The checkpoint.
+    pub point: Checkpoint,
+    /// Its outcome.
+    pub outcome: PointOutcome,
+}
+
+impl fmt::Display for PointCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (seq, hash) = (self.point.seq, &self.point.hash);
+        match &self.outcome {
+            PointOutcome::Matched => write!(f, "checkpoint seq {seq}: matches"),
+            PointOutcome::Mismatch { found } => write!(
+                f,
+                "checkpoint seq {seq}: MISMATCH: expected {hash}, the trail has {found} (rewritten at or before this record)"
+            ),
+            PointOutcome::BeforeTrail => write!(
+                f,
+                "checkpoint seq {seq}: not checked (before the first record given)"
+            ),
+            PointOutcome::NotReached => write!(
+                f,
+                "checkpoint seq {seq}: NOT REACHED: the verified chain ends before it (trail cut or broken)"
+            ),
+        }
+    }
+}
+
+/// Verifies the trail like [`verify`] and says, for each of `points`, whether the verified
+/// chain passes through that record with that hash.
+pub fn verify_points(files: &[PathBuf], points: &[Checkpoint]) -> (VerifyReport, Vec<PointCheck>) {
+    let mut seen: BTreeMap<u64, String> = points.iter().map(|p| (p.seq, String::new())).collect();
+    let report = verify_inner(files, &mut |seq, hash| {
+        if let Some(h) = seen.get_mut(&seq) {
+            hash.clone_into(h);
+        }
+    });
+    let checks = points
+        .iter()
+        .map(|p| {
+            let found = seen.get(&p.seq).filter(|h| !h.is_empty());
+            let verified = report.last_seq.is_some_and(|last| p.seq <= last);
+            let outcome = match (found, report.first_seq) {
+                // A line seen but no longer counted (an altered culprit) is not verified.
+                (Some(h), _) if verified && *h == p.hash => PointOutcome::Matched,
+                (Some(h), _) if verified => PointOutcome::Mismatch { found: h.clone() },
+                (_, Some(first)) if p.seq < first => PointOutcome::BeforeTrail,
+                _ => PointOutcome::NotReached,
+            };
+            PointCheck {
+                point: p.clone(),
+                outcome,
+            }
+        })
+        .collect();
+    (report, checks)
+}
+
 /// Verifies the trail made of `files` in chain order (see [`super::trail_files`]).
 pub fn verify(files: &[PathBuf]) -> VerifyReport {
+    verify_inner(files, &mut |_, _| {})
+}
+
+/// [`verify`], telling `on_line` the seq and hash of every line accepted into the chain.
+fn verify_inner(files: &[PathBuf], on_line: &mut dyn FnMut(u64, &String)) -> VerifyReport {
     let mut report = VerifyReport {
         files: files.len(),
         ..VerifyReport::default()
@@ -268,9 +358,11 @@ pub fn verify(files: &[PathBuf]) -> VerifyReport {
                     report.anchored = head.seq == 1 && head.prev == GENESIS_PREV;
                 }
                 before_last = last.map(|l| (l.seq, l.hash));
+                let hash = line_hash(&raw.bytes);
+                on_line(head.seq, &hash);
                 last = Some(Link {
                     seq: head.seq,
-                    hash: line_hash(&raw.bytes),
+                    hash,
                     at,
                 });
                 report.records += 1;

@@ -1,6 +1,7 @@
 //! The dedicated writer thread: serializes each record into one chained line, appends it with
 //! one write, fsyncs per policy and rotates. It never panics; failures are counted and logged.
 
+use super::checkpoint::{CheckpointOptions, Publisher};
 use super::record::{AuditEvent, AuditRecord, LineRef};
 use super::recover::{line_hash, open_active_new, rotated_path, sync_dir, Resume};
 use super::FsyncPolicy;
@@ -52,6 +53,8 @@ pub(super) struct Writer {
     reported: (u64, u64),
     /// Reused line buffer.
     buf: Vec<u8>,
+    /// Publishes the chain position outside the file.
+    checkpoints: Publisher,
 }
 
 impl Writer {
@@ -62,6 +65,7 @@ impl Writer {
         fsync: FsyncPolicy,
         rotate_at: Option<u64>,
         counters: Arc<Counters>,
+        checkpoints: CheckpointOptions,
     ) -> Writer {
         Writer {
             path,
@@ -77,6 +81,7 @@ impl Writer {
             counters,
             reported: (0, 0),
             buf: Vec::with_capacity(1024),
+            checkpoints: Publisher::new(checkpoints),
         }
     }
 
@@ -95,6 +100,9 @@ impl Writer {
                 Msg::Close(ack) => {
                     self.note_losses();
                     let result = self.sync();
+                    if result.is_ok() && self.checkpoints.pending() {
+                        self.checkpoint();
+                    }
                     self.refuse_rest(&rx);
                     let _ = ack.send(result);
                     return;
@@ -107,23 +115,56 @@ impl Writer {
             }
         }
         self.sync_logged();
+        if self.checkpoints.pending() {
+            self.checkpoint();
+        }
     }
 
-    /// The next message; under an interval policy, wakes up in time to fsync written lines.
+    /// The next message; wakes up in time to fsync written lines under an interval policy and
+    /// to publish a checkpoint when its interval is over.
     fn next_msg(&mut self, rx: &Receiver<Msg>) -> Option<Msg> {
         loop {
-            match self.fsync {
-                FsyncPolicy::Interval(every) if self.unsynced => {
-                    let wait = every.saturating_sub(self.last_sync.elapsed());
-                    match rx.recv_timeout(wait) {
-                        Ok(msg) => return Some(msg),
-                        Err(RecvTimeoutError::Timeout) => self.sync_logged(),
-                        Err(RecvTimeoutError::Disconnected) => return None,
+            let sync_at = match self.fsync {
+                FsyncPolicy::Interval(every) if self.unsynced => Some(self.last_sync + every),
+                _ => None,
+            };
+            let checkpoint_at = self.checkpoints.due_at();
+            let wake = match (sync_at, checkpoint_at) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => match a.or(b) {
+                    Some(t) => t,
+                    None => return rx.recv().ok(),
+                },
+            };
+            match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Ok(msg) => return Some(msg),
+                Err(RecvTimeoutError::Timeout) => {
+                    let now = Instant::now();
+                    if sync_at.is_some_and(|t| t <= now) {
+                        self.sync_logged();
+                    }
+                    if checkpoint_at.is_some_and(|t| t <= now) {
+                        self.checkpoint();
                     }
                 }
-                _ => return rx.recv().ok(),
+                Err(RecvTimeoutError::Disconnected) => return None,
             }
         }
+    }
+
+    /// Publishes the last written line's position, after making it durable: a checkpoint must
+    /// never name a record that an OS crash could still remove. If the fsync fails, the
+    /// checkpoint waits for the next occasion.
+    fn checkpoint(&mut self) {
+        if self.sync().is_err() {
+            self.checkpoints.postpone();
+            return;
+        }
+        let seq = self.next_seq.saturating_sub(1);
+        if seq == 0 {
+            return;
+        }
+        self.checkpoints.publish(seq, &self.prev);
     }
 
     /// Messages that raced with close: records count as dropped, waiters get an answer.
@@ -191,6 +232,9 @@ impl Writer {
             FsyncPolicy::EveryRecord => self.sync_logged(),
             FsyncPolicy::Interval(every) if self.last_sync.elapsed() >= every => self.sync_logged(),
             _ => {}
+        }
+        if self.checkpoints.note_record() {
+            self.checkpoint();
         }
         if self.rotate_at.is_some_and(|limit| self.len >= limit) {
             self.rotate();

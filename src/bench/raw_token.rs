@@ -87,10 +87,9 @@ fn open(t: &TokenTarget, key_label: &str) -> Result<(RawToken, String), (i32, St
             EXIT_BAD_ARGS,
             format!("{}: no token configured", t.config.display()),
         ))?;
-    // Modules read these when loaded (SOFTHSM2_CONF, ...); no other thread exists yet.
-    for (k, v) in &tc.module_env {
-        std::env::set_var(k, v);
-    }
+    // Modules read these when loaded (SOFTHSM2_CONF, ...); nothing has been printed yet, so a
+    // restart to apply them is invisible.
+    crate::module_env::ensure(&tc.module_env).map_err(|e| (EXIT_BAD_ARGS, e))?;
     let pin = tc
         .pin
         .load()

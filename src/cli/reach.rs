@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use xks_bridge::config::{Config, EXIT_BAD_CONFIG};
+use xks_bridge::config::{Config, TokenConfig, EXIT_BAD_CONFIG};
 use xks_bridge::control::lock::{InstanceLock, LockError};
 use xks_bridge::control::protocol::{AdminReply, AdminRequest, DaemonState, Scope};
 use xks_bridge::control::socket::{request, ClientError};
@@ -45,6 +45,16 @@ pub fn send(cfg: &Config, req: AdminRequest) -> Result<AdminReply, Fail> {
             Err(ClientError::NoAnswer(_)) => {}
         }
     }
+    // The token's module environment is put in place first: it may restart this process,
+    // which must happen before anything is printed or locked.
+    let token = match request_token(&req) {
+        Some(name) => {
+            let t = offline_token(cfg, name)?;
+            xks_bridge::module_env::ensure(&t.module_env).map_err(|e| (EXIT_BAD_CONFIG, e))?;
+            Some(t)
+        }
+        None => None,
+    };
     let dir = &cfg.state.directory;
     check_owner(dir, &cfg.state.kill_switch_file())?;
     std::fs::create_dir_all(dir).map_err(|e| {
@@ -62,7 +72,7 @@ pub fn send(cfg: &Config, req: AdminRequest) -> Result<AdminReply, Fail> {
                 ),
                 None => eprintln!("note: no daemon runs (no [admin] socket configured); acting directly on the state file / token"),
             }
-            offline(&rt, cfg, req, &lock)
+            offline(&rt, cfg, req, token, &lock)
         }
         Err(LockError::Held { pid, .. }) => daemon_without_socket(cfg, req, pid),
         Err(e) => Err((Exit::Unavailable.code(), format!("state.directory: {e}"))),
@@ -156,6 +166,7 @@ fn offline(
     rt: &tokio::runtime::Runtime,
     cfg: &Config,
     req: AdminRequest,
+    token: Option<&TokenConfig>,
     _held: &InstanceLock,
 ) -> Result<AdminReply, Fail> {
     if matches!(req, AdminRequest::Reload) {
@@ -164,32 +175,15 @@ fn offline(
     let switch = Arc::new(
         Switch::load(&cfg.state.kill_switch_file()).map_err(|e| (Exit::Unavailable.code(), e.to_string()))?,
     );
-    let needs_token = matches!(
-        req,
-        AdminRequest::Keys { .. }
-            | AdminRequest::Engage {
-                scope: Scope::Key(_),
-                ..
-            }
-            | AdminRequest::Release {
-                scope: Scope::Key(_),
-                ..
-            }
-    );
     let mut tokens = Vec::new();
-    if needs_token {
-        for (i, t) in cfg.tokens.iter().enumerate() {
-            for (k, v) in &t.module_env {
-                std::env::set_var(k, v);
-            }
-            let pin = t
-                .pin
-                .load()
-                .map_err(|e| (EXIT_BAD_CONFIG, format!("tokens[{i}].pin: {e}")))?;
-            // An operator's offline key command is not the daemon serving KMS: it runs even
-            // while the whole-proxy switch is engaged, as it always has.
-            tokens.push(Arc::new(Token::new(t, pin, Arc::new(AtomicBool::new(false)))));
-        }
+    if let Some(t) = token {
+        let pin = t.pin.load().map_err(|e| {
+            let i = cfg.tokens.iter().position(|c| c.name == t.name).unwrap_or(0);
+            (EXIT_BAD_CONFIG, format!("tokens[{i}].pin: {e}"))
+        })?;
+        // An operator's offline key command is not the daemon serving KMS: it runs even
+        // while the whole-proxy switch is engaged, as it always has.
+        tokens.push(Arc::new(Token::new(t, pin, Arc::new(AtomicBool::new(false)))));
     }
     let prefixes = Arc::new(RwLock::new(
         cfg.keystores.iter().map(|k| k.uri_prefix.clone()).collect(),
@@ -197,4 +191,37 @@ fn offline(
     let control = Control::new(switch, tokens, prefixes, None, None, DaemonState::NotRunning);
     let uid = Some(xks_bridge::control::peer::own_uid());
     Ok(rt.block_on(control.execute(req, uid, "offline")))
+}
+
+/// Whether a request needs a token offline, and which one was named.
+fn request_token(req: &AdminRequest) -> Option<Option<&str>> {
+    match req {
+        AdminRequest::Keys { token, .. }
+        | AdminRequest::Engage {
+            scope: Scope::Key(_),
+            token,
+            ..
+        }
+        | AdminRequest::Release {
+            scope: Scope::Key(_),
+            token,
+            ..
+        } => Some(token.as_deref()),
+        _ => None,
+    }
+}
+
+/// The token an offline key command works on: the one named, or the only one configured.
+fn offline_token<'a>(cfg: &'a Config, name: Option<&str>) -> Result<&'a TokenConfig, Fail> {
+    match (name, cfg.tokens.as_slice()) {
+        (Some(n), ts) => ts
+            .iter()
+            .find(|t| t.name == n)
+            .ok_or_else(|| (Exit::Failed.code(), format!("no token named {n:?}"))),
+        (None, [t]) => Ok(t),
+        (None, _) => Err((
+            Exit::Failed.code(),
+            "several tokens are configured; name one with --token".into(),
+        )),
+    }
 }

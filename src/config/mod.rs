@@ -61,6 +61,23 @@ pub struct AuditConfig {
     pub fsync_interval_ms: u64,
     /// Rotate (rename, and chain into a new file) once the file exceeds this size.
     pub rotate_at_bytes: Option<u64>,
+    /// Publish a checkpoint (`seq`, `hash`) to the journal/syslog after this many records.
+    #[serde(default = "default_checkpoint_records")]
+    pub checkpoint_every_records: u64,
+    /// ... and at most this long after a record was written (bounds what an undetected
+    /// rewrite of the tail can cover on a quiet proxy).
+    #[serde(default = "default_checkpoint_ms")]
+    pub checkpoint_interval_ms: u64,
+    /// Also send each checkpoint as a syslog datagram to this socket (usually `/dev/log`).
+    pub checkpoint_syslog: Option<PathBuf>,
+}
+
+fn default_checkpoint_records() -> u64 {
+    1000
+}
+
+fn default_checkpoint_ms() -> u64 {
+    60_000
 }
 
 /// When audit records reach the disk.

@@ -74,6 +74,17 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), String> {
                     .into(),
             );
         }
+        if a.checkpoint_every_records == 0 {
+            return Err("audit.checkpoint_every_records: must be at least 1".into());
+        }
+        // Below 100 ms the journal fills with checkpoints; above a day the unprotected tail of
+        // a quiet proxy grows too long.
+        if !(100..=86_400_000).contains(&a.checkpoint_interval_ms) {
+            return Err("audit.checkpoint_interval_ms: must be between 100 and 86400000".into());
+        }
+        if a.checkpoint_syslog.as_ref().is_some_and(|p| p.is_relative()) {
+            return Err("audit.checkpoint_syslog: must be an absolute socket path (e.g. /dev/log)".into());
+        }
     }
     if let Some(m) = &cfg.metrics {
         if !m.listen.ip().is_loopback() && !m.allow_non_loopback {

@@ -99,12 +99,14 @@ impl Control {
             uid: by.by_uid,
             via: Some(by.via.clone()),
         };
-        a.record(AuditRecord::now(if key_scope {
+        let rec = AuditRecord::now(if key_scope {
             AuditEvent::KeyLifecycle(ev)
         } else {
             AuditEvent::KillSwitch(ev)
-        }));
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.flush()).await {
+        });
+        // Waits for room rather than dropping: an operator action is never lost to a full queue.
+        let write = move || a.record_waiting(rec).and_then(|()| a.flush());
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(write).await {
             tracing::error!(error = %e, "audit trail: flush of an operator action failed");
         }
     }
@@ -167,7 +169,7 @@ impl Control {
     /// Engages the kill switch at `scope` (`token` picks the token for a key scope).
     pub async fn engage(self: &Arc<Self>, scope: &Scope, token: Option<&str>, by: Engagement) -> AdminReply {
         let started = Instant::now();
-        tracing::warn!(scope = %scope, by_uid = ?by.by_uid, via = %by.via, reason = %by.reason, "kill switch ENGAGE");
+        tracing::warn!(scope = %scope, by_uid = ?by.by_uid, via = %by.via, reason = ?by.reason, "kill switch ENGAGE");
         let report = |durable: bool, note: Option<String>| {
             AdminReply::Changed(ChangeReport {
                 action: Action::Engage,
@@ -241,7 +243,7 @@ impl Control {
             Scope::Keystore(p) => self.switch.epoch(&format!("keystore:{p}")),
             Scope::Key(_) => self.switch.epoch("-"),
         };
-        tracing::warn!(scope = %scope, by_uid = ?by.by_uid, via = %by.via, reason = %by.reason, "kill switch RELEASE");
+        tracing::warn!(scope = %scope, by_uid = ?by.by_uid, via = %by.via, reason = ?by.reason, "kill switch RELEASE");
         let superseded = || {
             AdminReply::Changed(ChangeReport {
                 action: Action::Release,

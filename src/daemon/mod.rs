@@ -9,6 +9,7 @@
 
 mod connections;
 mod keystores;
+mod observer;
 mod reload;
 mod signals;
 mod sinks;
@@ -28,7 +29,7 @@ use crate::control::verbs::{Prefixes, Reload};
 use crate::control::Control;
 use crate::hsm::{Hsm, Token};
 use crate::metrics::{Counters, Metrics, SwitchProbe, SwitchSample};
-use crate::server::{ConnLimits, Finished, Observer, Server};
+use crate::server::{ConnLimits, Server};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub struct Daemon {
     pools: Vec<Hsm>,
     metrics_addr: Option<SocketAddr>,
     audit: Option<Arc<AuditLog>>,
+    /// Rate-limited summaries of refused requests and dropped audit records.
+    alarms: Arc<observer::Alarms>,
     /// Held for the daemon's whole life: one daemon per state directory.
     _lock: InstanceLock,
 }
@@ -88,7 +91,9 @@ impl Daemon {
             tracing::warn!("PLAIN HTTP: TLS is disabled (server.allow_plain_http); only run this behind a TLS-terminating load balancer on a trusted network");
         }
         let limits = ConnLimits::from(&cfg.server);
-        let server = Server::new(Arc::new(app), tls, limits, observer(&audit, &metrics));
+        let alarms = Arc::new(observer::Alarms::default());
+        let observer = observer::observer(audit.clone(), metrics.clone(), alarms.clone());
+        let server = Server::new(Arc::new(app), tls, limits, Some(observer));
         if let Some(m) = &metrics {
             m.set_connection_probe(connections::probe(server.budget().clone()));
         }
@@ -127,6 +132,7 @@ impl Daemon {
             pools: pool_list,
             metrics_addr,
             audit,
+            alarms,
             _lock: lock,
         })
     }
@@ -157,7 +163,17 @@ impl Daemon {
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         signals::spawn_watchdog(self.pools.clone());
+        let alarms = self.alarms.clone();
+        let ticker = tokio::spawn(async move {
+            let mut every = tokio::time::interval(observer::SUMMARY_EVERY);
+            loop {
+                every.tick().await;
+                alarms.tick(false);
+            }
+        });
         self.server.serve(self.listeners, shutdown, SHUTDOWN_GRACE).await;
+        ticker.abort();
+        self.alarms.tick(true);
         if let Some(a) = self.audit {
             // Everything audited so far reaches the disk before the process exits.
             if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.flush_and_close()).await {
@@ -189,23 +205,6 @@ async fn serve_metrics(listen: SocketAddr, metrics: Arc<Metrics>) -> Result<Sock
     let addr = l.local_addr().unwrap_or(listen);
     metrics.serve(l);
     Ok(addr)
-}
-
-/// What every finished request is handed to: its audit record and the request metrics.
-fn observer(audit: &Option<Arc<AuditLog>>, metrics: &Option<Arc<Metrics>>) -> Option<Observer> {
-    let audit = audit.clone();
-    let metrics = metrics.clone();
-    if audit.is_none() && metrics.is_none() {
-        return None;
-    }
-    Some(Arc::new(move |d: &Finished| {
-        if let Some(a) = &audit {
-            a.record(sinks::request_record(d));
-        }
-        if let Some(m) = &metrics {
-            m.observe(d);
-        }
-    }))
 }
 
 /// Audit records dropped or not written, for the metrics.

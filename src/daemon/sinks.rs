@@ -2,7 +2,9 @@
 //! record built from what the server knows when a response is decided.
 
 use super::startup::{unavailable, StartError};
-use crate::audit::{AuditEvent, AuditLog, AuditOptions, AuditRecord, FsyncPolicy, RequestEvent};
+use crate::audit::{
+    AuditEvent, AuditLog, AuditOptions, AuditRecord, CheckpointOptions, FsyncPolicy, RequestEvent,
+};
 use crate::config::{AuditConfig, AuditFsync};
 use crate::server::Finished;
 use std::time::Duration;
@@ -24,12 +26,18 @@ pub(super) fn open_audit(a: &AuditConfig) -> Result<AuditLog, StartError> {
     let options = AuditOptions {
         fsync,
         rotate_at_bytes: a.rotate_at_bytes,
+        checkpoints: CheckpointOptions {
+            every_records: a.checkpoint_every_records,
+            interval: Duration::from_millis(a.checkpoint_interval_ms),
+            syslog: a.checkpoint_syslog.clone(),
+        },
         ..AuditOptions::default()
     };
     AuditLog::open_with(&a.file, options).map_err(|e| unavailable(format!("audit.file: {e}")))
 }
 
-/// One audit record per request, from what the server knows when the response is decided.
+/// One audit record per authenticated request, from what the server knows when the response
+/// is decided (metadata strings already capped by the server).
 pub(super) fn request_record(d: &Finished) -> AuditRecord {
     let dash = |s: &str| (s != "-").then(|| s.to_owned());
     AuditRecord::now(AuditEvent::Request(RequestEvent {

@@ -9,6 +9,7 @@ use http::{header, HeaderValue};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
 use socket2::{SockRef, TcpKeepalive};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,8 +44,9 @@ impl Server {
         let limits = &self.limits;
         tune_socket(&stream, limits.tcp_keepalive, limits.tcp_user_timeout);
         let proof = slot.proof().clone();
+        let peer = stream.peer_addr().ok().map(|a| a.ip());
         let io = WriteDeadline::new(stream, limits.write_timeout);
-        let serve = self.clone().serve_io(io, proof.clone(), watcher);
+        let serve = self.clone().serve_io(io, peer, proof.clone(), watcher);
         tokio::pin!(serve);
         let prove_by = tokio::time::sleep(limits.unproven_timeout);
         tokio::pin!(prove_by);
@@ -74,14 +76,20 @@ impl Server {
     }
 
     /// TLS handshake (mTLS proves the connection) and HTTP/1.1 over `io`.
-    async fn serve_io(self: Arc<Self>, io: WriteDeadline<TcpStream>, proof: Proof, watcher: Watcher) {
+    async fn serve_io(
+        self: Arc<Self>,
+        io: WriteDeadline<TcpStream>,
+        peer: Option<IpAddr>,
+        proof: Proof,
+        watcher: Watcher,
+    ) {
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .keep_alive(true)
             .header_read_timeout(self.limits.header_timeout)
             .max_buf_size(self.limits.max_header_bytes);
         let acceptor = self.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let service = self.clone().service(proof.clone());
+        let service = self.clone().service(peer, proof.clone());
         let result = match acceptor {
             Some(acceptor) => {
                 match tokio::time::timeout(self.limits.handshake_timeout, acceptor.accept(io)).await {
@@ -123,6 +131,7 @@ impl Server {
     /// `max_requests_before_proof` answers.
     fn service(
         self: Arc<Self>,
+        peer: Option<IpAddr>,
         proof: Proof,
     ) -> impl hyper::service::Service<
         http::Request<hyper::body::Incoming>,
@@ -137,7 +146,7 @@ impl Server {
                 if !proof.is_proven() {
                     req.extensions_mut().insert(proof.clone());
                 }
-                let mut resp = this.handle(req).await;
+                let mut resp = this.handle(req, peer).await;
                 if !proof.is_proven()
                     && answered.fetch_add(1, Ordering::Relaxed) + 1 >= this.limits.max_requests_before_proof
                 {

@@ -1,13 +1,17 @@
 //! HTTP(S) front end: accept loop with a connection cap, TLS (swappable on reload), hyper
 //! HTTP/1.1 with keep-alive and timeouts, the body cap, and the single exit point where every
-//! response is built, logged and (through [`Finished`]) handed to whoever records it.
+//! response is built and (through [`Finished`]) handed to whoever records it; authenticated
+//! requests also get their log line there (`finished.rs` says what refused ones get).
 
 mod accept;
 pub mod budget;
+mod finished;
 pub mod mtls;
 pub mod routes;
 pub mod tls;
 pub mod write_deadline;
+
+pub use finished::{Finished, Observer, Rejection};
 
 use crate::app::App;
 use crate::config::ServerConfig;
@@ -19,6 +23,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -70,31 +75,6 @@ impl From<&ServerConfig> for ConnLimits {
         }
     }
 }
-
-/// Everything known about a request once its response is decided (for the log line and the
-/// audit trail). Never holds plaintext, AAD, secrets or signatures.
-#[derive(Debug, Clone)]
-pub struct Finished {
-    /// Proxy-assigned request id.
-    pub request_id: u64,
-    /// Operation name, `-` if routing failed.
-    pub operation: &'static str,
-    /// Keystore prefix, `-` if routing failed.
-    pub keystore: String,
-    /// External key id, `-` if none.
-    pub key_id: String,
-    /// Audit context from the body and the signature.
-    pub ctx: RequestContext,
-    /// HTTP status.
-    pub status: u16,
-    /// `OK` or the XKS error name.
-    pub outcome: &'static str,
-    /// Time from request head to response.
-    pub latency_us: u64,
-}
-
-/// Receives every finished request (the audit trail, metrics).
-pub type Observer = Arc<dyn Fn(&Finished) + Send + Sync>;
 
 /// Shared state of the HTTP front end.
 pub struct Server {
@@ -200,7 +180,7 @@ impl Server {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<Incoming>, peer: Option<IpAddr>) -> Response<Full<Bytes>> {
         let start = Instant::now();
         let app = self.app();
         if req.uri().path() == "/ping" && req.method() == http::Method::GET {
@@ -221,17 +201,26 @@ impl Server {
         if let Err(e @ (Error::Auth(_) | Error::Hsm(_) | Error::Internal(_))) = &result {
             tracing::debug!(request_id, error = %e, "request failed");
         }
+        // No verified access key means the request never got past authentication.
+        let rejection = match &result {
+            Err(e) if ctx.access_key_id.is_none() => Some(Rejection::before_auth(e)),
+            _ => None,
+        };
         let done = Finished {
             request_id,
             operation,
             keystore,
             key_id,
-            ctx,
+            ctx: ctx.capped(),
             status,
             outcome,
             latency_us: start.elapsed().as_micros() as u64,
+            peer,
+            rejection,
         };
-        log_request(&done);
+        if done.rejection.is_none() {
+            finished::log_request(&done);
+        }
         if let Some(o) = &self.observer {
             o(&done);
         }
@@ -240,22 +229,6 @@ impl Server {
             Err(e) => error_response(&e),
         }
     }
-}
-
-fn log_request(d: &Finished) {
-    tracing::info!(
-        request_id = d.request_id,
-        kms_request_id = d.ctx.kms_request_id.as_deref().unwrap_or("-"),
-        kms_operation = d.ctx.kms_operation.as_deref().unwrap_or("-"),
-        keystore = %d.keystore,
-        operation = d.operation,
-        key_id = %d.key_id,
-        access_key_id = d.ctx.access_key_id.as_deref().unwrap_or("-"),
-        status = d.status,
-        outcome = d.outcome,
-        latency_us = d.latency_us,
-        "request"
-    );
 }
 
 /// Route -> read body under the cap -> authenticate -> dispatch. Returns what the log line
