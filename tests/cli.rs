@@ -336,11 +336,11 @@ fn check_config_rejects_broken_configs_with_exit_64_naming_the_field() {
             "server.write_timeout_ms",
         ),
         (
-            "zero requests before proof",
+            "zero first-request timeout",
             Box::new(|c, _| {
-                section(c, "server").insert("max_requests_before_proof".into(), 0.into());
+                section(c, "server").insert("first_request_timeout_ms".into(), 0.into());
             }),
-            "server.max_requests_before_proof",
+            "server.first_request_timeout_ms",
         ),
         (
             "uri_prefix without leading slash",

@@ -167,13 +167,14 @@ pub struct ServerConfig {
     /// for proven ones. Default: a quarter of `max_connections` (at least 1).
     #[serde(default)]
     pub max_unproven_connections: Option<usize>,
-    /// Time from accept within which a connection must prove itself (a request with a
-    /// verified signature, or an mTLS client certificate); otherwise it is closed.
-    #[serde(default = "default_unproven_ms")]
-    pub unproven_timeout_ms: u64,
-    /// Requests answered on an unproven connection before it is closed (bounds what a client
-    /// without credentials can pipeline on one connection).
-    #[serde(default = "default_unproven_requests")]
+    /// Time from accept within which an unproven connection must finish its TLS handshake and
+    /// send its first request head; otherwise it is closed (an idle newcomer holds a slot for
+    /// this long at most, not for `header_read_timeout_ms`).
+    #[serde(default = "default_first_request_ms")]
+    pub first_request_timeout_ms: u64,
+    /// Requests answered on an unproven connection before it is closed; 0 = no limit (the
+    /// default: unauthenticated answers are cheap, and an unproven connection stays evictable).
+    #[serde(default)]
     pub max_requests_before_proof: u32,
     /// A response that makes no write progress for this long closes its connection (a client
     /// that never reads would otherwise hold it for ever).
@@ -376,11 +377,8 @@ fn default_body_ms() -> u64 {
 fn default_max_header() -> usize {
     16 * 1024
 }
-fn default_unproven_ms() -> u64 {
-    10_000
-}
-fn default_unproven_requests() -> u32 {
-    16
+fn default_first_request_ms() -> u64 {
+    5_000
 }
 fn default_write_ms() -> u64 {
     10_000

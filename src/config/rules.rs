@@ -275,7 +275,7 @@ fn validate_budget(srv: &super::ServerConfig) -> Result<(), String> {
         _ => {}
     }
     for (field, v) in [
-        ("unproven_timeout_ms", srv.unproven_timeout_ms),
+        ("first_request_timeout_ms", srv.first_request_timeout_ms),
         ("write_timeout_ms", srv.write_timeout_ms),
         ("tcp_keepalive_secs", srv.tcp_keepalive_secs),
         ("tcp_user_timeout_ms", srv.tcp_user_timeout_ms),
@@ -286,9 +286,6 @@ fn validate_budget(srv: &super::ServerConfig) -> Result<(), String> {
     }
     if srv.tcp_keepalive_secs > 7200 {
         return Err("server.tcp_keepalive_secs: at most 7200".into());
-    }
-    if srv.max_requests_before_proof == 0 {
-        return Err("server.max_requests_before_proof: must be at least 1".into());
     }
     Ok(())
 }

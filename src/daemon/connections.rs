@@ -23,7 +23,7 @@ pub(super) fn probe(budget: Arc<Budget>) -> ConnectionProbe {
                 (Refusal::PerSource.as_str(), n(&s.refused_per_source)),
             ],
             closes: vec![
-                ("unproven_timeout", n(&s.unproven_timeouts)),
+                ("first_request_timeout", n(&s.first_request_timeouts)),
                 ("unproven_request_limit", n(&s.unproven_request_limit)),
                 ("write_timeout", n(&s.write_timeouts)),
             ],

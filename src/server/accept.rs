@@ -1,6 +1,6 @@
 //! One accepted connection from admission to close: socket options, the TLS handshake, hyper,
-//! and the three ways the budget ends a connection early (evicted to admit a newcomer, not
-//! proven in time, a response that cannot be written).
+//! and the ways the budget ends a connection early (evicted to admit a newcomer, no first
+//! request in time, a response that cannot be written, the unproven request allowance).
 
 use super::budget::{Proof, Slot};
 use super::write_deadline::WriteDeadline;
@@ -38,8 +38,8 @@ pub(super) fn tune_socket(stream: &TcpStream, keepalive: Duration, user_timeout:
 }
 
 impl Server {
-    /// Serves one admitted connection until it closes, is evicted, or misses the deadline to
-    /// prove itself; the slot is released when this returns.
+    /// Serves one admitted connection until it closes, is evicted, or sends no request before
+    /// the first-request deadline; the slot is released when this returns.
     pub(super) async fn connection(self: Arc<Self>, stream: TcpStream, mut slot: Slot, watcher: Watcher) {
         let limits = &self.limits;
         tune_socket(&stream, limits.tcp_keepalive, limits.tcp_user_timeout);
@@ -48,9 +48,9 @@ impl Server {
         let io = WriteDeadline::new(stream, limits.write_timeout);
         let serve = self.clone().serve_io(io, peer, proof.clone(), watcher);
         tokio::pin!(serve);
-        let prove_by = tokio::time::sleep(limits.unproven_timeout);
-        tokio::pin!(prove_by);
-        let (mut evictable, mut on_probation) = (true, true);
+        let first_request_by = tokio::time::sleep(limits.first_request_timeout);
+        tokio::pin!(first_request_by);
+        let (mut evictable, mut awaiting_request) = (true, true);
         loop {
             tokio::select! {
                 () = &mut serve => break,
@@ -62,12 +62,12 @@ impl Server {
                     // Proven: the budget dropped the handle, nothing can evict it any more.
                     Err(_) => evictable = false,
                 },
-                () = &mut prove_by, if on_probation => {
-                    if proof.is_proven() {
-                        on_probation = false;
+                () = &mut first_request_by, if awaiting_request => {
+                    if proof.has_requested() {
+                        awaiting_request = false;
                     } else {
-                        self.budget.stats.unproven_timeouts.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!("connection not proven in time; closing");
+                        self.budget.stats.first_request_timeouts.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("no request before the first-request deadline; closing");
                         break;
                     }
                 }
@@ -127,7 +127,7 @@ impl Server {
     }
 
     /// The per-connection service: hands the proof flag to the request (only while unproven,
-    /// so proven traffic pays nothing) and closes an unproven connection after
+    /// so proven traffic pays nothing) and, if configured, closes an unproven connection after
     /// `max_requests_before_proof` answers.
     fn service(
         self: Arc<Self>,
@@ -144,11 +144,14 @@ impl Server {
             let (this, proof, answered) = (self.clone(), proof.clone(), answered.clone());
             async move {
                 if !proof.is_proven() {
+                    proof.mark_request();
                     req.extensions_mut().insert(proof.clone());
                 }
                 let mut resp = this.handle(req, peer).await;
-                if !proof.is_proven()
-                    && answered.fetch_add(1, Ordering::Relaxed) + 1 >= this.limits.max_requests_before_proof
+                let allowance = this.limits.max_requests_before_proof;
+                if allowance > 0
+                    && !proof.is_proven()
+                    && answered.fetch_add(1, Ordering::Relaxed) + 1 >= allowance
                 {
                     this.budget
                         .stats

@@ -71,8 +71,8 @@ pub struct BudgetStats {
     pub evicted_share: AtomicU64,
     /// Unproven connections evicted because their source reached its unproven cap.
     pub evicted_per_source: AtomicU64,
-    /// Unproven connections closed because they were not proven in time.
-    pub unproven_timeouts: AtomicU64,
+    /// Unproven connections closed because no request arrived in time.
+    pub first_request_timeouts: AtomicU64,
     /// Connections closed because a response made no write progress in time.
     pub write_timeouts: AtomicU64,
     /// Unproven connections closed after too many requests without a verified signature.
@@ -136,6 +136,8 @@ pub struct Proof(Arc<ProofInner>);
 
 struct ProofInner {
     proven: AtomicBool,
+    /// A request head arrived while unproven (ends the first-request deadline).
+    requested: AtomicBool,
     /// Set under the budget's lock when the connection took a proven slot (an evicted
     /// connection that proves itself afterwards never does).
     promoted: AtomicBool,
@@ -147,6 +149,16 @@ impl Proof {
     /// Has this connection carried a verified request?
     pub fn is_proven(&self) -> bool {
         self.0.proven.load(Ordering::Relaxed)
+    }
+
+    /// Records that a request head arrived.
+    pub fn mark_request(&self) {
+        self.0.requested.store(true, Ordering::Relaxed);
+    }
+
+    /// Has a request head arrived, or is the connection proven?
+    pub fn has_requested(&self) -> bool {
+        self.0.requested.load(Ordering::Relaxed) || self.is_proven()
     }
 
     /// Marks the connection proven; the first call moves it out of the evictable set.
@@ -224,6 +236,7 @@ impl Budget {
         drop(st);
         let proof = Proof(Arc::new(ProofInner {
             proven: AtomicBool::new(false),
+            requested: AtomicBool::new(false),
             promoted: AtomicBool::new(false),
             slot_id: id,
             budget: self.clone(),

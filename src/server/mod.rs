@@ -46,9 +46,9 @@ pub struct ConnLimits {
     pub body_timeout: Duration,
     /// Who gets a slot (see [`budget`]).
     pub budget: budget::BudgetLimits,
-    /// Deadline for a connection to prove itself.
-    pub unproven_timeout: Duration,
-    /// Answers on an unproven connection before it is closed.
+    /// Deadline for an unproven connection's handshake and first request head.
+    pub first_request_timeout: Duration,
+    /// Answers on an unproven connection before it is closed; 0 = no limit.
     pub max_requests_before_proof: u32,
     /// A write stalled this long closes the connection.
     pub write_timeout: Duration,
@@ -67,7 +67,7 @@ impl From<&ServerConfig> for ConnLimits {
             max_header_bytes: s.max_header_bytes,
             body_timeout: Duration::from_millis(s.body_read_timeout_ms),
             budget: budget::BudgetLimits::from(s),
-            unproven_timeout: Duration::from_millis(s.unproven_timeout_ms),
+            first_request_timeout: Duration::from_millis(s.first_request_timeout_ms),
             max_requests_before_proof: s.max_requests_before_proof,
             write_timeout: Duration::from_millis(s.write_timeout_ms),
             tcp_keepalive: Duration::from_secs(s.tcp_keepalive_secs),

@@ -1,5 +1,6 @@
 //! The connection budget: unproven connections (no verified request yet) give way to
-//! newcomers, must prove themselves in time and may not pipeline without end; proven ones stay.
+//! newcomers, must send a request in time and (if configured) get a bounded number of answers;
+//! proven ones stay.
 
 use crate::common::*;
 use crate::raw::{request_head, RawTls};
@@ -35,13 +36,13 @@ fn a_newcomer_evicts_the_oldest_unproven_connection_when_their_share_is_full() {
     assert_eq!(r.status, 200, "{}", r.head);
 }
 
-/// A connection that only ever sends unsigned requests is closed at the proof deadline; one
-/// that carried a signed request outlives it.
+/// A TLS connection that sends nothing is closed at the first-request deadline, long before
+/// the keep-alive timeout; connections that sent a request (signed or not) are not.
 #[test]
-fn a_connection_not_proven_in_time_is_closed_while_a_proven_one_stays() {
+fn a_silent_connection_is_closed_at_the_first_request_deadline_while_active_ones_stay() {
     let fx = Fixture::new();
     let mut cfg = fx.config();
-    section(&mut cfg, "server").insert("unproven_timeout_ms".into(), 500.into());
+    section(&mut cfg, "server").insert("first_request_timeout_ms".into(), 500.into());
     let proxy = TestProxy::start_with(&fx, &cfg, &[]);
     let tls = || tls_config(&proxy.ca, None, None, &[]);
 
@@ -50,17 +51,26 @@ fn a_connection_not_proven_in_time_is_closed_while_a_proven_one_stays() {
         signed_health(&mut proven, &fx.signer()).expect("served").status,
         200
     );
-    let mut unproven = RawTls::connect(proxy.addr, tls()).expect("connect");
-    let head = request_head("GET", "/ping", &unproven.authority.clone(), &[]);
-    unproven.send(head.as_bytes()).expect("send");
-    assert_eq!(unproven.read_response().expect("ping").status, 200);
-    unproven
+    let mut pinged = proxy.client_with(tls()).expect("connect");
+    assert_eq!(pinged.send("GET", "/ping", &[], b"").status, 200);
+    let mut silent = RawTls::connect(proxy.addr, tls()).expect("connect");
+    let rest = silent
         .wait_closed(Duration::from_secs(10))
-        .expect("the unproven connection was closed at its deadline");
-    // Well past the proof deadline, the proven connection is still served.
+        .expect("the silent connection was closed at the first-request deadline");
+    assert!(
+        rest.is_empty(),
+        "the server sent {} bytes to a silent connection",
+        rest.len()
+    );
+    // Past the deadline, both connections that sent a request are still served.
     std::thread::sleep(Duration::from_millis(1000));
     let r = signed_health(&mut proven, &fx.signer()).expect("the proven connection was kept");
     assert_eq!(r.status, 200, "{}", r.text());
+    let headers = vec![("host".to_owned(), pinged.authority.clone())];
+    let r = pinged
+        .try_send_raw("GET", "/ping", &headers, Vec::new())
+        .expect("the connection that sent a request was kept");
+    assert_eq!(r.status, 200);
 }
 
 /// Unsigned requests on one connection are answered up to `max_requests_before_proof`; the
