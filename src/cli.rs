@@ -8,8 +8,11 @@ use xks_bridge::config::{Config, EXIT_BAD_CONFIG};
 use xks_bridge::control::protocol::{AdminReply, AdminRequest, ChangeReport, KeyOp, Scope, Usage};
 use xks_bridge::exit::Exit;
 
+mod doctor;
 mod reach;
 mod render;
+
+pub use doctor::{doctor, DoctorArgs};
 
 type CliResult = Result<(), (i32, String)>;
 const EXIT_FAILED: i32 = Exit::Failed as i32;

@@ -21,7 +21,7 @@
 //! | Layer | Modules |
 //! |---|---|
 //! | assembly | [`daemon`] (start sequence, reload, signals), [`quickstart`], [`mod@bench`] |
-//! | operator side | [`control`]: kill-switch state machine, state file, admin protocol, socket, key verbs, instance lock |
+//! | operator side | [`control`]: kill-switch state machine, state file, admin protocol, socket, key verbs, instance lock; [`doctor_report`]: judging a token examined by `hsm::doctor` |
 //! | request path | [`server`] → [`app`] → [`ops`] → [`keystore`], [`auth`], [`authz`], [`ratelimit`], [`request`] |
 //! | sinks | [`metrics`], [`audit`], [`logging`] |
 //! | token | [`hsm`]: the only module that calls PKCS#11 |
@@ -39,6 +39,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod doctor_report;
 pub mod error;
 pub mod exit;
 pub mod gates;

@@ -72,6 +72,10 @@ enum Command {
     Keys(cli::KeysCmd),
     /// Load-test an XKS proxy (or, with --raw-token, the PKCS#11 token itself).
     Bench(xks_bridge::bench::BenchArgs),
+    /// Examine a token before using it: mechanisms, IV mode, tag failures, sessions, latency,
+    /// configured keys; prints a verdict and a `[[tokens]]` snippet (exit 0 usable, 1 not, 69
+    /// cannot run).
+    Doctor(cli::DoctorArgs),
 }
 
 fn main() -> ExitCode {
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
         } => run_quickstart(&dir, listen, setup_only),
         Command::CheckConfig { config } => check_config(&config),
         Command::Bench(args) => xks_bridge::bench::run(args),
+        Command::Doctor(args) => cli::doctor(args),
     };
     match code {
         Ok(()) => ExitCode::SUCCESS,
@@ -184,7 +189,7 @@ fn check_config(path: &Path) -> CliResult {
     }
     for (i, k) in cfg.keystores.iter().enumerate() {
         for (j, c) in k.credentials.iter().enumerate() {
-            c.secret.load().map_err(|e| {
+            c.load_secret().map_err(|e| {
                 (
                     EXIT_BAD_CONFIG,
                     format!("keystores[{i}].credentials[{j}].secret: {e}"),

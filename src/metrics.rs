@@ -9,6 +9,7 @@ use crate::server::{Finished, Rejection};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -18,7 +19,18 @@ use prometheus_client::registry::Registry;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Connections the metrics listener serves at once. A scraper needs one or two; the cap keeps
+/// any local process from holding sockets and memory on this listener without bound.
+pub const MAX_METRICS_CONNECTIONS: usize = 64;
+/// Largest request head on the metrics listener (hyper's smallest buffer; a scrape is a
+/// one-line GET).
+const METRICS_MAX_HEAD_BYTES: usize = 8192;
+/// Pause after a failed accept (as on the API listener).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -370,11 +382,25 @@ impl Metrics {
         out
     }
 
-    /// Serves `GET /metrics` on `listener` until the process ends.
-    pub fn serve(self: Arc<Self>, listener: TcpListener) {
+    /// Serves `GET /metrics` on `listener` until the process ends, with the API listener's
+    /// defences: at most [`MAX_METRICS_CONNECTIONS`] connections (further ones are closed at
+    /// accept), `header_timeout` for each request head (which also closes idle keep-alive
+    /// connections, so idle sockets cannot keep the cap filled), and a pause after a failed
+    /// accept instead of a busy loop (EMFILE repeats until a descriptor frees).
+    pub fn serve(self: Arc<Self>, listener: TcpListener, header_timeout: Duration) {
+        let slots = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics: accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "metrics: connection limit reached; closing new connection");
                     continue;
                 };
                 let this = self.clone();
@@ -384,8 +410,13 @@ impl Metrics {
                         async move { Ok::<_, std::convert::Infallible>(this.respond(&req)) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .timer(TokioTimer::new())
+                        .keep_alive(true)
+                        .header_read_timeout(header_timeout)
+                        .max_buf_size(METRICS_MAX_HEAD_BYTES)
+                        .serve_connection(TokioIo::new(stream), svc)
                         .await;
+                    drop(slot);
                 });
             }
         });

@@ -337,9 +337,14 @@ fn reload_under_load_fails_no_request() {
     load.into_iter().for_each(|t| t.join().unwrap());
     let results = results.lock().unwrap();
     assert!(results.len() > 20, "the load did not run");
+    let mut by_status = std::collections::BTreeMap::new();
+    for s in results.iter() {
+        *by_status.entry(*s).or_insert(0usize) += 1;
+    }
     assert!(
         results.iter().all(|s| *s == 200),
-        "a request failed across reloads: {results:?}"
+        "a request failed across reloads (count by status: {by_status:?}); daemon log:\n{}",
+        proxy.logs()
     );
     eprintln!(
         "reload under load: 5 reloads, {} requests, 0 failed",

@@ -494,6 +494,54 @@ fn serve_with_a_broken_config_exits_64_naming_the_field() {
     );
 }
 
+/// Points `keystores[0].credentials[0].secret` at a file holding `value`.
+fn with_secret(fx: &Fixture, name: &str, value: &str) -> std::path::PathBuf {
+    fx.write_secret(name, value);
+    let mut cfg = fx.config();
+    let cred = entry(&mut cfg, "keystores", 0)["credentials"]
+        .as_array_mut()
+        .unwrap()[0]
+        .as_table_mut()
+        .unwrap();
+    let mut secret = toml::Table::new();
+    secret.insert("file".into(), format!("secrets/{name}").into());
+    cred.insert("secret".into(), secret.into());
+    fx.write_config(&cfg)
+}
+
+/// SigV4 secrets outside the spec's 43-64 characters of `A-Za-z0-9/+=` can never be entered in
+/// KMS: `check-config` and `serve` refuse them with exit 64 naming the credential, and never
+/// echo the value. The bounds themselves are accepted.
+#[test]
+fn sigv4_secrets_outside_the_spec_alphabet_and_length_are_refused_naming_the_field() {
+    let fx = Fixture::new();
+    let field = "keystores[0].credentials[0].secret";
+    let bad = [
+        ("42 characters", "A".repeat(42)),
+        ("65 characters", "B".repeat(65)),
+        ("a dash", format!("{}-{}", "C".repeat(30), "D".repeat(20))),
+    ];
+    for (what, value) in &bad {
+        let path = with_secret(&fx, "bad-secret", value);
+        let (code, out, err) = check_config(&path);
+        assert_eq!(code, Some(64), "{what}: check-config\n{out}\n{err}");
+        assert!(err.contains(field), "{what}: field not named: {err}");
+        assert!(!err.contains(value.as_str()), "{what}: secret echoed: {err}");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").arg("--config").arg(&path).env_remove("RUST_LOG");
+        let (code, out, err) = run_bounded(cmd, Duration::from_secs(30));
+        assert_eq!(code, Some(64), "{what}: serve\n{out}\n{err}");
+        assert!(err.contains(field), "{what}: serve did not name the field: {err}");
+        assert!(!out.contains("listening"), "{what}: bound a port: {out}");
+    }
+    for value in ["a/b+".repeat(10) + "xy=", "Zz09+/=".repeat(9) + "q"] {
+        assert!(value.len() == 43 || value.len() == 64, "{}", value.len());
+        let path = with_secret(&fx, "good-secret", &value);
+        let (code, out, err) = check_config(&path);
+        assert_eq!(code, Some(0), "{} characters refused\n{out}\n{err}", value.len());
+    }
+}
+
 /// A token refusing the PIN stops start-up with exit 69 (EX_UNAVAILABLE), before serving.
 #[test]
 fn serve_with_a_wrong_pin_exits_69_mentioning_the_pin() {

@@ -62,13 +62,34 @@ impl Faulty {
 
     /// The fixture config with token 0 behind the shim, edited further by `edit`.
     fn start_with(edit: impl FnOnce(&mut toml::Table, &Fixture)) -> Faulty {
+        Self::start_inner(edit, None)
+    }
+
+    /// Like [`Faulty::start_with`], with systemd's watchdog enabled at `watchdog_usec` and
+    /// its notifications sent to `notify_socket`.
+    fn start_watched(
+        edit: impl FnOnce(&mut toml::Table, &Fixture),
+        notify_socket: &Path,
+        watchdog_usec: &str,
+    ) -> Faulty {
+        Self::start_inner(edit, Some((notify_socket, watchdog_usec)))
+    }
+
+    fn start_inner(edit: impl FnOnce(&mut toml::Table, &Fixture), watchdog: Option<(&Path, &str)>) -> Faulty {
         let fx = Fixture::new();
         let control = fx.path("faultshim.control");
         set_control(&control, "none");
         let mut cfg = fx.config();
         shim_token(&mut cfg, &control);
         edit(&mut cfg, &fx);
-        let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+        let proxy = match watchdog {
+            None => TestProxy::start_with(&fx, &cfg, &[]),
+            Some((sock, usec)) => {
+                let sock = sock.display().to_string();
+                let env = [("NOTIFY_SOCKET", sock.as_str()), ("WATCHDOG_USEC", usec)];
+                TestProxy::start_with_watchdog(&fx, &cfg, &env)
+            }
+        };
         let xks = proxy.xks(&fx);
         Faulty {
             xks,
@@ -374,7 +395,7 @@ fn add_healthy_token(cfg: &mut toml::Table, fx: &Fixture) {
 }
 
 fn healthy_secret() -> String {
-    "healthy-keystore-secret-0123456789abcdef".to_owned()
+    "aGVhbHRoeS1rZXlzdG9yZS1zZWNyZXQtMDEyMzQ1Njc4OWFiY2RlZg==".to_owned()
 }
 
 fn healthy_session(proxy: &TestProxy) -> Xks {
@@ -434,6 +455,118 @@ fn slow_token_answers_dependency_timeout_while_ping_and_another_token_stay_healt
         took.as_millis()
     );
     assert_eq!(health_status(&mut healthy), "ACTIVE");
+}
+
+/// Datagrams received on `sock` until `until` holds for one of them or `wait` passes.
+fn notifications_until(
+    sock: &std::os::unix::net::UnixDatagram,
+    wait: Duration,
+    mut until: impl FnMut(&str) -> bool,
+) -> (bool, Vec<String>) {
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).trim_end().to_owned();
+            let hit = until(&msg);
+            seen.push(msg);
+            if hit {
+                return (true, seen);
+            }
+        }
+    }
+    (false, seen)
+}
+
+/// The systemd watchdog reads the workers' progress, not a probe job through the queue: with
+/// the only worker's queue kept full by clients, WATCHDOG=1 keeps coming while the worker
+/// finishes jobs; once the worker is stuck inside one slow PKCS#11 call for longer than a
+/// watchdog tick, the ping is withheld; it resumes when the call returns.
+#[test]
+fn watchdog_pings_while_a_saturated_pool_progresses_and_stops_when_it_is_wedged() {
+    require_tool("softhsm2-util", "softhsm2");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("read timeout");
+    // One worker and a two-job queue, so a handful of clients keep it full; a watchdog tick
+    // (half of WATCHDOG_USEC) of 500 ms.
+    let f = Faulty::start_watched(
+        |cfg, _| {
+            let t = entry(cfg, "tokens", 0);
+            t.insert("workers".into(), 1.into());
+            t.insert("queue_depth".into(), 2.into());
+        },
+        &sock_path,
+        "1000000",
+    );
+    let (ready, seen) = notifications_until(&sock, WAIT, |m| m.lines().any(|l| l == "WATCHDOG=1"));
+    assert!(ready, "no first WATCHDOG=1; got {seen:?}");
+
+    // Saturated but progressing: every job takes a little while, eight clients refill the
+    // queue as soon as a slot frees.
+    f.set_fault("slow 20");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let throttled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let mut xks = f.proxy.xks(&f.fx);
+            let (stop, throttled) = (stop.clone(), throttled.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = xks.encrypt(KEY_AES, &encrypt_body(b"busy", None, false));
+                    if r.status == 429 {
+                        throttled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut pings = 0;
+    let (saturated, seen) = notifications_until(&sock, WAIT, |m| {
+        pings += m.lines().filter(|l| *l == "WATCHDOG=1").count();
+        pings >= 4 && throttled.load(std::sync::atomic::Ordering::Relaxed) > 0
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    clients.into_iter().for_each(|c| c.join().expect("client thread"));
+    assert!(
+        saturated,
+        "{pings} WATCHDOG=1 while the queue was full ({} throttled); got {seen:?}\n{}",
+        throttled.load(std::sync::atomic::Ordering::Relaxed),
+        f.proxy.logs()
+    );
+    assert!(
+        !f.proxy.logs().contains("withholding the watchdog ping"),
+        "a progressing pool withheld the ping:\n{}",
+        f.proxy.logs()
+    );
+
+    // Wedged: the worker sits inside one call far longer than a tick.
+    f.set_fault("slow 6000");
+    let mut wedger = f.proxy.xks(&f.fx);
+    let wedge = std::thread::spawn(move || wedger.encrypt(KEY_AES, &encrypt_body(b"stuck", None, false)));
+    let withheld = wait_until(Duration::from_secs(20), || {
+        f.proxy.logs().contains("withholding the watchdog ping")
+    });
+    assert!(withheld, "the ping was not withheld:\n{}", f.proxy.logs());
+    // Drop the pings sent before the wedge, so the next one is proof of recovery.
+    sock.set_nonblocking(true).expect("non-blocking");
+    let mut buf = [0u8; 4096];
+    while sock.recv(&mut buf).is_ok() {}
+    sock.set_nonblocking(false).expect("blocking");
+    f.set_fault("none");
+    assert_error(
+        &wedge.join().expect("wedged request"),
+        503,
+        "DependencyTimeoutException",
+    );
+    // Back to normal once the call returns: drain what was queued, then pings come again.
+    let (resumed, seen) = notifications_until(&sock, Duration::from_secs(30), |m| {
+        m.lines().any(|l| l == "WATCHDOG=1")
+    });
+    assert!(resumed, "no WATCHDOG=1 after the call returned; got {seen:?}");
 }
 
 #[test]

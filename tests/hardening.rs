@@ -17,6 +17,8 @@ mod certs;
 mod connections;
 #[path = "hardening/memory.rs"]
 mod memory;
+#[path = "hardening/metrics_listener.rs"]
+mod metrics_listener;
 #[path = "hardening/mtls.rs"]
 mod mtls;
 #[path = "hardening/quotas.rs"]

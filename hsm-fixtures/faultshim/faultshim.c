@@ -39,6 +39,12 @@
  *                         destroyed by C_DestroyObject (while the word is set) is remembered, and
  *                         the next objects made by C_CreateObject, C_CopyObject, C_GenerateKey,
  *                         C_UnwrapKey or C_DeriveKey receive those numbers, oldest first
+ *   hide_mechanism <hex>  a token without that mechanism (e.g. "hide_mechanism 0x1087" for
+ *                         CKM_AES_GCM): C_GetMechanismList leaves it out, C_GetMechanismInfo
+ *                         and every call that takes a mechanism (C_EncryptInit, C_DecryptInit,
+ *                         C_GenerateKey, C_WrapKey, C_UnwrapKey) return CKR_MECHANISM_INVALID
+ *                         (0x70) for it without reaching the token. The word may be repeated
+ *                         (up to 8 mechanisms)
  *
  * Handle translation: the shim keeps a table from the handle numbers it handed out to the real
  * module's handles. A handle never remapped is passed through unchanged (SoftHSM2 itself never
@@ -85,7 +91,12 @@ typedef CK_ULONG CK_USER_TYPE;
 typedef CK_ULONG CK_STATE;
 typedef CK_RV (*CK_NOTIFY)(CK_SESSION_HANDLE, CK_ULONG, void *);
 /* Only passed through by pointer: their layout does not matter here. */
-typedef struct CK_MECHANISM CK_MECHANISM;
+/* Read by hide_mechanism: the mechanism type is the first member. */
+typedef struct CK_MECHANISM {
+    CK_ULONG mechanism;
+    void *pParameter;
+    CK_ULONG ulParameterLen;
+} CK_MECHANISM;
 typedef struct CK_TOKEN_INFO CK_TOKEN_INFO;
 
 /* Read by refuse_data_objects to find CKA_CLASS in a template. */
@@ -114,6 +125,7 @@ typedef struct {
 #define CKR_GENERAL_ERROR 0x05UL
 #define CKR_FUNCTION_FAILED 0x06UL
 #define CKR_DEVICE_ERROR 0x30UL
+#define CKR_MECHANISM_INVALID 0x70UL
 #define CKR_DEVICE_REMOVED 0x32UL
 #define CKR_PIN_INCORRECT 0xA0UL
 #define CKR_SESSION_HANDLE_INVALID 0xB3UL
@@ -141,8 +153,8 @@ struct CK_FUNCTION_LIST {
     CK_RV (*C_GetSlotList)(CK_BBOOL, CK_SLOT_ID *, CK_ULONG *);
     ANY_FN C_GetSlotInfo;
     CK_RV (*C_GetTokenInfo)(CK_SLOT_ID, CK_TOKEN_INFO *);
-    ANY_FN C_GetMechanismList;
-    ANY_FN C_GetMechanismInfo;
+    CK_RV (*C_GetMechanismList)(CK_SLOT_ID, CK_ULONG *, CK_ULONG *);
+    CK_RV (*C_GetMechanismInfo)(CK_SLOT_ID, CK_ULONG, void *);
     ANY_FN C_InitToken;
     ANY_FN C_InitPIN;
     ANY_FN C_SetPIN;
@@ -220,6 +232,8 @@ struct fault {
     int pin_incorrect;   /* pin_incorrect */
     int refuse_data;     /* refuse_data_objects */
     int reuse_handles;   /* reuse_handles */
+    CK_ULONG hidden[8];  /* hide_mechanism <hex>, each */
+    size_t n_hidden;
 };
 
 /* Serializes "read the file, then rewrite it to none" so a one-shot fault fires once even
@@ -256,6 +270,10 @@ static void parse(const char *line, struct fault *f)
             f->refuse_data = 1;
         } else if (!strcmp(w, "reuse_handles")) {
             f->reuse_handles = 1;
+        } else if (!strcmp(w, "hide_mechanism")) {
+            char *m = strtok_r(NULL, " \t\r\n", &save);
+            if (m && f->n_hidden < sizeof f->hidden / sizeof f->hidden[0])
+                f->hidden[f->n_hidden++] = strtoul(m, NULL, 16);
         }
         /* "none" and unknown words inject nothing. */
     }
@@ -512,6 +530,42 @@ static CK_RV shim_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user, CK_BYTE *p
     return rv;
 }
 
+/* hide_mechanism: is `type` hidden by the current control file? */
+static int mechanism_hidden(CK_ULONG type)
+{
+    struct fault f;
+    current_fault(&f, 0);
+    for (size_t i = 0; i < f.n_hidden; i++)
+        if (f.hidden[i] == type)
+            return 1;
+    return 0;
+}
+
+static int mech_hidden(const CK_MECHANISM *mech)
+{
+    return mech && mechanism_hidden(mech->mechanism);
+}
+
+static CK_RV shim_GetMechanismList(CK_SLOT_ID slot, CK_ULONG *list, CK_ULONG *count)
+{
+    CK_RV rv = real->C_GetMechanismList(slot, list, count);
+    if (rv != CKR_OK || !list || !count)
+        return rv; /* a size query may over-count: PKCS#11 allows it */
+    CK_ULONG kept = 0;
+    for (CK_ULONG i = 0; i < *count; i++)
+        if (!mechanism_hidden(list[i]))
+            list[kept++] = list[i];
+    *count = kept;
+    return rv;
+}
+
+static CK_RV shim_GetMechanismInfo(CK_SLOT_ID slot, CK_ULONG type, void *info)
+{
+    if (mechanism_hidden(type))
+        return CKR_MECHANISM_INVALID;
+    return real->C_GetMechanismInfo(slot, type, info);
+}
+
 static CK_RV shim_FindObjectsInit(CK_SESSION_HANDLE session, CK_ATTRIBUTE *tmpl, CK_ULONG n)
 {
     CK_RV rv = device_gate();
@@ -520,6 +574,8 @@ static CK_RV shim_FindObjectsInit(CK_SESSION_HANDLE session, CK_ATTRIBUTE *tmpl,
 
 static CK_RV shim_EncryptInit(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_OBJECT_HANDLE key)
 {
+    if (mech_hidden(mech))
+        return CKR_MECHANISM_INVALID;
     CK_RV rv = crypto_gate();
     return rv ? rv : real->C_EncryptInit(session, mech, to_real(key));
 }
@@ -533,6 +589,8 @@ static CK_RV shim_Encrypt(CK_SESSION_HANDLE session, CK_BYTE *in, CK_ULONG in_le
 
 static CK_RV shim_DecryptInit(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_OBJECT_HANDLE key)
 {
+    if (mech_hidden(mech))
+        return CKR_MECHANISM_INVALID;
     CK_RV rv = crypto_gate();
     return rv ? rv : real->C_DecryptInit(session, mech, to_real(key));
 }
@@ -689,6 +747,8 @@ static CK_RV shim_VerifyRecoverInit(CK_SESSION_HANDLE session, CK_MECHANISM *mec
 static CK_RV shim_GenerateKey(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_ATTRIBUTE *tmpl,
                               CK_ULONG n, CK_OBJECT_HANDLE *key)
 {
+    if (mech_hidden(mech))
+        return CKR_MECHANISM_INVALID;
     CK_RV rv = real->C_GenerateKey(session, mech, tmpl, n, key);
     if (rv == CKR_OK)
         adopt_new_handle(key);
@@ -698,6 +758,8 @@ static CK_RV shim_GenerateKey(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_
 static CK_RV shim_WrapKey(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_OBJECT_HANDLE wrapping,
                           CK_OBJECT_HANDLE key, CK_BYTE *out, CK_ULONG *out_len)
 {
+    if (mech_hidden(mech))
+        return CKR_MECHANISM_INVALID;
     return real->C_WrapKey(session, mech, to_real(wrapping), to_real(key), out, out_len);
 }
 
@@ -705,6 +767,8 @@ static CK_RV shim_UnwrapKey(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_OB
                             CK_BYTE *wrapped_key, CK_ULONG wrapped_len, CK_ATTRIBUTE *tmpl, CK_ULONG n,
                             CK_OBJECT_HANDLE *key)
 {
+    if (mech_hidden(mech))
+        return CKR_MECHANISM_INVALID;
     CK_RV rv = real->C_UnwrapKey(session, mech, to_real(unwrapping), wrapped_key, wrapped_len, tmpl,
                                  n, key);
     if (rv == CKR_OK)
@@ -746,6 +810,8 @@ static CK_RV load_real(void)
             wrapped.C_GetFunctionList = shim_GetFunctionList;
             wrapped.C_GetSlotList = shim_GetSlotList;
             wrapped.C_GetTokenInfo = shim_GetTokenInfo;
+            wrapped.C_GetMechanismList = shim_GetMechanismList;
+            wrapped.C_GetMechanismInfo = shim_GetMechanismInfo;
             wrapped.C_OpenSession = shim_OpenSession;
             wrapped.C_GetSessionInfo = shim_GetSessionInfo;
             wrapped.C_Login = shim_Login;

@@ -14,6 +14,9 @@ pub enum AuthError {
     /// No `Authorization` or no `X-Amz-Date` header.
     #[error("missing Authorization or X-Amz-Date header")]
     MissingHeader,
+    /// `Authorization` or `X-Amz-Date` appears more than once.
+    #[error("Authorization or X-Amz-Date header repeated")]
+    DuplicateHeader,
     /// The header could not be parsed.
     #[error("malformed authorization: {0}")]
     Malformed(&'static str),

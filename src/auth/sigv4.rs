@@ -95,8 +95,8 @@ impl CredentialSet {
         body: &[u8],
         now: SystemTime,
     ) -> Result<Verified, AuthError> {
-        let auth = header_str(headers, "authorization").ok_or(AuthError::MissingHeader)?;
-        let amz_date = header_str(headers, "x-amz-date").ok_or(AuthError::MissingHeader)?;
+        let auth = single_header(headers, "authorization")?;
+        let amz_date = single_header(headers, "x-amz-date")?;
         let parsed = parse_authorization(auth)?;
         let scope = parse_scope(parsed.credential)?;
         let cred = self
@@ -214,8 +214,16 @@ struct Scope<'a> {
     service: &'a str,
 }
 
-fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
+/// The one value of `name`. A repeated `Authorization` or `X-Amz-Date` is refused rather
+/// than resolved: a proxy in front of us may pick a different copy than we do, and the
+/// signature must cover exactly what every hop sees.
+fn single_header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, AuthError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next().ok_or(AuthError::MissingHeader)?;
+    if values.next().is_some() {
+        return Err(AuthError::DuplicateHeader);
+    }
+    first.to_str().map_err(|_| AuthError::MissingHeader)
 }
 
 fn parse_authorization(value: &str) -> Result<ParsedAuth<'_>, AuthError> {

@@ -185,6 +185,21 @@ fn unknown_key_missing_header_and_wrong_service_are_refused() {
 }
 
 #[test]
+fn repeated_authorization_or_date_is_refused_as_duplicate() {
+    let now = SystemTime::now();
+    for name in ["authorization", "x-amz-date"] {
+        let mut h = signed_headers(now, XKS_AKID, SECRET);
+        let copy = h[name].clone();
+        h.append(name, copy);
+        assert_eq!(
+            set().verify("POST", PATH, &h, BODY, now),
+            Err(AuthError::DuplicateHeader),
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn host_and_date_must_be_signed_and_lists_must_be_canonical() {
     let now = SystemTime::now();
     let s = set();

@@ -344,6 +344,17 @@ pub struct CredentialConfig {
     pub secret: SecretSource,
 }
 
+impl CredentialConfig {
+    /// Reads the secret access key and checks it has the spec's shape. The secret lives outside
+    /// the config file, so this runs where it is read (start, reload, `check-config`), not at
+    /// parse time. Errors never contain the value.
+    pub fn load_secret(&self) -> Result<secrecy::SecretString, String> {
+        let secret = self.secret.load()?;
+        rules::check_sigv4_secret(secrecy::ExposeSecret::expose_secret(&secret))?;
+        Ok(secret)
+    }
+}
+
 fn one() -> u32 {
     1
 }

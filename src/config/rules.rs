@@ -250,6 +250,27 @@ fn validate_keystore(cfg: &Config, k: &KeystoreConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// The XKS spec's secret access key: 43 to 64 characters of `A-Za-z0-9/+=`. KMS refuses to
+/// store any other, so a proxy accepting one could never be reached; refusing it at load says
+/// so before the operator pastes it into the console. The message never contains the value.
+pub(crate) fn check_sigv4_secret(secret: &str) -> Result<(), String> {
+    let len = secret.chars().count();
+    if !(43..=64).contains(&len) {
+        return Err(format!(
+            "must be 43-64 characters of A-Za-z0-9/+= (the XKS spec), found {len} characters"
+        ));
+    }
+    if !secret
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'+' | b'='))
+    {
+        return Err(
+            "must be 43-64 characters of A-Za-z0-9/+= (the XKS spec), found another character".into(),
+        );
+    }
+    Ok(())
+}
+
 /// Resolves a group name (or a numeric gid) through the group database (NSS).
 pub fn group_id(name: &str) -> Result<u32, String> {
     if let Ok(gid) = name.parse() {
@@ -309,5 +330,17 @@ mod tests {
         assert!(!valid_access_key_id("ABCDEFGHIJKLMNOPQRS"));
         assert!(!valid_access_key_id("ABCDEFGHIJKLMNOPQRS1"));
         assert!(!valid_access_key_id(&"A".repeat(31)));
+    }
+
+    #[test]
+    fn sigv4_secrets_are_43_to_64_characters_of_the_base64_alphabet() {
+        assert!(check_sigv4_secret(&"A".repeat(43)).is_ok());
+        assert!(check_sigv4_secret(&"a/+=9".repeat(13)[..64]).is_ok());
+        assert!(check_sigv4_secret(&"A".repeat(42)).is_err());
+        assert!(check_sigv4_secret(&"A".repeat(65)).is_err());
+        let dashed = format!("{}-", "A".repeat(44));
+        let e = check_sigv4_secret(&dashed).unwrap_err();
+        assert!(!e.contains(&dashed), "{e}");
+        assert!(check_sigv4_secret(&format!("{}é", "A".repeat(44))).is_err());
     }
 }

@@ -13,21 +13,19 @@ use crate::ratelimit::TokenBucket;
 use crate::server::tls;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio_rustls::TlsAcceptor;
 
 /// Everything a reload may change: keystores (secrets re-read), limits, TLS.
 pub(super) fn build_app(
     cfg: &Config,
     pools: &HashMap<String, Hsm>,
     gates: &Arc<Gates>,
-) -> Result<(App, Option<TlsAcceptor>), StartError> {
+) -> Result<(App, Option<tls::Tls>), StartError> {
     let mut keystores = Vec::new();
     for (i, k) in cfg.keystores.iter().enumerate() {
         let mut creds = Vec::new();
         for (j, c) in k.credentials.iter().enumerate() {
             let secret = c
-                .secret
-                .load()
+                .load_secret()
                 .map_err(|e| config_error(format!("keystores[{i}].credentials[{j}].secret: {e}")))?;
             creds.push(Credential::new(c.access_key_id.clone(), secret));
         }
@@ -69,7 +67,7 @@ pub(super) fn build_app(
         ks.policy = policy.clone();
     }
     let tls = match &cfg.tls {
-        Some(t) => Some(TlsAcceptor::from(tls::server_config(t).map_err(config_error)?)),
+        Some(t) => Some(tls::Tls::from_config(t).map_err(config_error)?),
         None => None,
     };
     Ok((

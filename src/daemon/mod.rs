@@ -121,7 +121,11 @@ impl Daemon {
         signals::install(control.clone(), reloader);
         let (listeners, addrs) = bind_listeners(cfg).await?;
         let metrics_addr = match (&cfg.metrics, metrics) {
-            (Some(m), Some(metrics)) => Some(serve_metrics(m.listen, metrics).await?),
+            (Some(m), Some(metrics)) => {
+                // The API listener's header deadline: a scrape's head is as small as a request's.
+                let header = std::time::Duration::from_millis(cfg.server.header_read_timeout_ms);
+                Some(serve_metrics(m.listen, metrics, header).await?)
+            }
             _ => None,
         };
         Ok(Daemon {
@@ -198,12 +202,16 @@ async fn bind_listeners(cfg: &Config) -> Result<(Vec<TcpListener>, Vec<SocketAdd
 }
 
 /// Binds the metrics listener and serves it.
-async fn serve_metrics(listen: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr, StartError> {
+async fn serve_metrics(
+    listen: SocketAddr,
+    metrics: Arc<Metrics>,
+    header_timeout: std::time::Duration,
+) -> Result<SocketAddr, StartError> {
     let l = TcpListener::bind(listen)
         .await
         .map_err(|e| startup::unavailable(format!("metrics.listen: cannot bind {listen}: {e}")))?;
     let addr = l.local_addr().unwrap_or(listen);
-    metrics.serve(l);
+    metrics.serve(l, header_timeout);
     Ok(addr)
 }
 

@@ -26,8 +26,12 @@ where
     });
 }
 
-/// Pings systemd's watchdog at half its interval, but only while every worker pool answers a
-/// liveness job: a wedged pool stops the pings and systemd restarts the service.
+/// Pings systemd's watchdog at half its interval while every worker pool made progress since
+/// the previous tick ([`Hsm::progress`]: a worker finished a job or woke from its idle check).
+/// Liveness is read, not probed through the queue: a saturated pool that keeps serving is
+/// alive (a restart would only drop its work and deepen the overload), while a pool whose
+/// workers are all stuck inside PKCS#11 calls for a whole tick withholds the ping and systemd
+/// restarts the service.
 pub(super) fn spawn_watchdog(pools: Vec<Hsm>) {
     let mut usec = 0;
     if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
@@ -35,16 +39,24 @@ pub(super) fn spawn_watchdog(pools: Vec<Hsm>) {
     }
     let every = Duration::from_micros(usec / 2);
     tokio::spawn(async move {
+        let mut last: Vec<u64> = pools.iter().map(Hsm::progress).collect();
         loop {
             tokio::time::sleep(every).await;
-            let mut alive = true;
-            for p in &pools {
-                alive &= p.ping().await;
-            }
-            if alive {
+            let now: Vec<u64> = pools.iter().map(Hsm::progress).collect();
+            let stalled: Vec<&str> = pools
+                .iter()
+                .zip(last.iter().zip(&now))
+                .filter(|(_, (before, after))| before == after)
+                .map(|(p, _)| p.token().name.as_str())
+                .collect();
+            last = now;
+            if stalled.is_empty() {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             } else {
-                tracing::error!("an HSM worker pool did not answer; withholding the watchdog ping");
+                tracing::error!(
+                    tokens = ?stalled,
+                    "no HSM worker of these tokens made progress; withholding the watchdog ping"
+                );
             }
         }
     });

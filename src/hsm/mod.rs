@@ -5,12 +5,14 @@
 //!
 //! Every PKCS#11 call of the crate lives under this module: the daemon's workers and
 //! supervisor, key lifecycle ([`lifecycle`], [`marks`]), token setup for the quickstart and
-//! the offline CLI ([`setup`]) and the benchmark's raw-token ceiling ([`raw`]).
+//! the offline CLI ([`setup`]), the benchmark's raw-token ceiling ([`raw`]) and the probes of
+//! `xks-bridge doctor` ([`doctor`]).
 
 mod cache;
 mod classify;
 mod connection;
 mod crypto;
+pub mod doctor;
 pub mod health;
 pub mod keyspec;
 pub mod keystate;
@@ -36,6 +38,7 @@ pub type Gate = std::sync::Arc<std::sync::atomic::AtomicBool>;
 
 use crate::config::TokenConfig;
 use crossbeam_channel::{Sender, TrySendError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -133,8 +136,6 @@ pub(crate) enum Op {
         label: String,
     },
     Health,
-    /// Answered by any live worker without touching the token (watchdog liveness).
-    Ping,
 }
 
 pub(crate) enum Reply {
@@ -142,7 +143,6 @@ pub(crate) enum Reply {
     Plain(Zeroizing<Vec<u8>>),
     KeyInfo(KeyInfo),
     Health(TokenHealth),
-    Pong,
 }
 
 pub(crate) struct Job {
@@ -159,6 +159,8 @@ pub struct Hsm {
     timeout: Duration,
     /// Submit-to-reply time of every job (exported as a metric).
     call_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Steps of the pool's workers (see [`Hsm::progress`]).
+    progress: Arc<AtomicU64>,
 }
 
 impl Hsm {
@@ -171,14 +173,17 @@ impl Hsm {
         call_latency: prometheus_client::metrics::histogram::Histogram,
     ) -> Hsm {
         let (tx, rx) = crossbeam_channel::bounded(cfg.queue_depth);
+        let progress = Arc::new(AtomicU64::new(0));
         for i in 0..cfg.workers {
-            worker::spawn(format!("hsm-{}-{i}", cfg.name), token.clone(), rx.clone());
+            let name = format!("hsm-{}-{i}", cfg.name);
+            worker::spawn(name, token.clone(), rx.clone(), progress.clone());
         }
         Hsm {
             token,
             jobs: tx,
             timeout: Duration::from_millis(cfg.request_timeout_ms),
             call_latency,
+            progress,
         }
     }
 
@@ -278,25 +283,12 @@ impl Hsm {
         }
     }
 
-    /// Proves a worker thread of this pool is alive and taking jobs from the queue.
-    pub async fn ping(&self) -> bool {
-        let deadline = Instant::now() + self.timeout.max(Duration::from_secs(1));
-        let (reply, rx) = oneshot::channel();
-        if self
-            .jobs
-            .try_send(Job {
-                op: Op::Ping,
-                deadline,
-                reply,
-            })
-            .is_err()
-        {
-            return false;
-        }
-        matches!(
-            tokio::time::timeout_at(deadline.into(), rx).await,
-            Ok(Ok(Ok(Reply::Pong)))
-        )
+    /// How many times the pool's workers have come back to the queue: after each job and after
+    /// each idle check ([`IDLE_CHECK`]). It keeps rising while any worker is alive and
+    /// not stuck inside one PKCS#11 call, whether the queue is empty or full; it stands still
+    /// when every worker is wedged (or gone). Needs no queue slot, unlike a probe job.
+    pub fn progress(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
     }
 
     /// A health probe that goes through the worker pool, so it proves the workers, their

@@ -110,6 +110,11 @@ impl UserSession {
     pub fn key_admin(&self) -> KeyAdmin<'_> {
         KeyAdmin::new(&self.session, None)
     }
+
+    /// The session itself, for the doctor's probes.
+    pub(super) fn session(&self) -> &Session {
+        &self.session
+    }
 }
 
 impl Drop for UserSession {

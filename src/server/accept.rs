@@ -8,6 +8,7 @@ use super::Server;
 use http::{header, HeaderValue};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
+use rustls::pki_types::CertificateDer;
 use socket2::{SockRef, TcpKeepalive};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -88,19 +89,34 @@ impl Server {
             .keep_alive(true)
             .header_read_timeout(self.limits.header_timeout)
             .max_buf_size(self.limits.max_header_bytes);
-        let acceptor = self.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
         let service = self.clone().service(peer, proof.clone());
-        let result = match acceptor {
-            Some(acceptor) => {
-                match tokio::time::timeout(self.limits.handshake_timeout, acceptor.accept(io)).await {
-                    Ok(Ok(tls)) => {
-                        // The verifier has checked the chain and the name: this is KMS.
-                        if tls.get_ref().1.peer_certificates().is_some() {
+        // Subscribed before the TLS snapshot is taken, so a reload landing after it is seen.
+        let epoch = self.trust_epoch.subscribe();
+        let result = match self.current_tls() {
+            Some(tls) => {
+                match tokio::time::timeout(self.limits.handshake_timeout, tls.acceptor.accept(io)).await {
+                    Ok(Ok(stream)) => {
+                        let chain: Vec<CertificateDer<'static>> = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .map(<[_]>::to_vec)
+                            .unwrap_or_default();
+                        // A resumed session skipped the verifier: check its chain against the
+                        // trust in force now (cheap on a full handshake, which passed it already).
+                        if let Err(why) = tls.admits(&chain) {
+                            tracing::warn!(reason = %why, "resumed TLS session refused by the client trust");
+                            return;
+                        }
+                        // A certificate that passed the client trust is KMS: a reserved slot.
+                        if !chain.is_empty() {
                             proof.prove();
                         }
-                        watcher
-                            .watch(http.serve_connection(TokioIo::new(tls), service))
-                            .await
+                        let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+                        match self.serve_while_trusted(conn, &chain, epoch).await {
+                            Some(result) => result,
+                            None => return,
+                        }
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "TLS handshake failed");

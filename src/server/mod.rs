@@ -23,13 +23,14 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::server::graceful::GracefulShutdown;
+use rustls::pki_types::CertificateDer;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
+use tls::Tls;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 /// Connection-level limits, from `[server]`.
 #[derive(Debug, Clone)]
@@ -79,7 +80,10 @@ impl From<&ServerConfig> for ConnLimits {
 /// Shared state of the HTTP front end.
 pub struct Server {
     app: RwLock<Arc<App>>,
-    tls: RwLock<Option<TlsAcceptor>>,
+    tls: RwLock<Option<Tls>>,
+    /// Bumped by every [`Server::swap`]: each open TLS connection watches it and re-checks
+    /// its client certificate against the new trust.
+    trust_epoch: watch::Sender<u64>,
     limits: ConnLimits,
     next_id: AtomicU64,
     budget: Arc<budget::Budget>,
@@ -92,13 +96,14 @@ impl Server {
     /// `observer` sees every finished request.
     pub fn new(
         app: Arc<App>,
-        tls: Option<TlsAcceptor>,
+        tls: Option<Tls>,
         limits: ConnLimits,
         observer: Option<Observer>,
     ) -> Arc<Server> {
         Arc::new(Server {
             app: RwLock::new(app),
             tls: RwLock::new(tls),
+            trust_epoch: watch::Sender::new(0),
             budget: budget::Budget::new(limits.budget.clone()),
             limits,
             next_id: AtomicU64::new(1),
@@ -117,10 +122,43 @@ impl Server {
     }
 
     /// Replaces the app and TLS configuration for new requests and new connections. Requests
-    /// in flight finish with the snapshot they started with; established connections stay up.
-    pub fn swap(&self, app: Arc<App>, tls: Option<TlsAcceptor>) {
+    /// in flight finish with the snapshot they started with; established connections stay up,
+    /// except those whose client certificate (or lack of one) the new client trust refuses:
+    /// a trust change must not wait for clients to reconnect.
+    pub fn swap(&self, app: Arc<App>, tls: Option<Tls>) {
         *self.app.write().unwrap_or_else(|p| p.into_inner()) = app;
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+        self.trust_epoch.send_modify(|e| *e = e.wrapping_add(1));
+    }
+
+    fn current_tls(&self) -> Option<Tls> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Serves `conn` until it ends, or until a reload installs a client trust that refuses
+    /// `chain` (then the connection is dropped, which closes it).
+    async fn serve_while_trusted<F: std::future::Future>(
+        &self,
+        conn: F,
+        chain: &[CertificateDer<'static>],
+        mut epoch: watch::Receiver<u64>,
+    ) -> Option<F::Output> {
+        let mut conn = std::pin::pin!(conn);
+        loop {
+            tokio::select! {
+                done = &mut conn => return Some(done),
+                changed = epoch.changed() => {
+                    if changed.is_err() {
+                        return Some(conn.await);
+                    }
+                    let verdict = self.current_tls().map_or(Ok(()), |t| t.admits(chain));
+                    if let Err(why) = verdict {
+                        tracing::warn!(reason = %why, "client no longer trusted after reload; closing its connection");
+                        return None;
+                    }
+                }
+            }
+        }
     }
 
     /// Accepts connections until `shutdown` flips, then waits up to `grace` for open

@@ -3,6 +3,11 @@
 //! as its subject CN or a DNS SAN. Any failure aborts the handshake, so no HTTP response is
 //! ever sent to a wrong client. The spec names the CN; we also accept a SAN because public CAs
 //! put host names there.
+//!
+//! rustls runs the verifier on full handshakes only: a resumed session (TLS 1.2 session id or
+//! TLS 1.3 ticket) carries the chain verified when it was made. So the server checks the
+//! peer's chain again with [`NameCheckingVerifier::admits`] after every handshake, and again
+//! on every open connection when a reload replaces the trust (see `server::Server::swap`).
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -36,6 +41,34 @@ impl NameCheckingVerifier {
             .build()
             .map_err(|e| format!("tls.client_ca: {e}"))?;
         Ok(NameCheckingVerifier { inner, names })
+    }
+}
+
+impl NameCheckingVerifier {
+    fn allows_one_of(&self, names: &[String]) -> bool {
+        names
+            .iter()
+            .any(|n| self.names.iter().any(|allowed| allowed.eq_ignore_ascii_case(n)))
+    }
+
+    /// Whether a peer's chain (leaf first, as rustls reports it) passes this trust now: the
+    /// same chain, validity and name checks as a full handshake. Used for resumed sessions
+    /// and for open connections after a reload; the error says why, for the log.
+    pub fn admits(&self, chain: &[CertificateDer<'_>]) -> Result<(), String> {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err("no client certificate".into());
+        };
+        self.inner
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map_err(|e| format!("client certificate: {e}"))?;
+        let names = certificate_names(leaf)?;
+        if self.allows_one_of(&names) {
+            Ok(())
+        } else {
+            Err(format!(
+                "client certificate names {names:?} not in tls.client_names"
+            ))
+        }
     }
 }
 
@@ -91,10 +124,7 @@ impl ClientCertVerifier for NameCheckingVerifier {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
         let names = certificate_names(end_entity)
             .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if names
-            .iter()
-            .any(|n| self.names.iter().any(|allowed| allowed.eq_ignore_ascii_case(n)))
-        {
+        if self.allows_one_of(&names) {
             Ok(verified)
         } else {
             tracing::warn!(presented = ?names, "client certificate name not in tls.client_names; handshake aborted");

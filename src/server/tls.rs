@@ -1,6 +1,10 @@
 //! rustls server configuration: TLS 1.2 and 1.3 only, the spec's AEAD cipher suites (plus
 //! TLS 1.3's mandatory AES-128-GCM), HTTP/1.1 via ALPN, session resumption (stateful cache and
 //! TLS 1.3 tickets) so KMS reconnects skip a full handshake, and optional mutual TLS.
+//!
+//! Resumption stays on with mutual TLS: the server re-checks the client chain of every
+//! connection, resumed or not, against the current trust ([`Tls::admits`]), so a session
+//! cannot carry a certificate past a trust change, and KMS keeps its cheap reconnects.
 
 use super::mtls::NameCheckingVerifier;
 use crate::config::TlsConfig;
@@ -10,6 +14,37 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{RootCertStore, ServerConfig};
 use std::sync::Arc;
+use tokio_rustls::TlsAcceptor;
+
+/// The TLS side of the listener, swapped as a whole on reload: the acceptor for new
+/// connections and the client trust it applies, kept so that resumed sessions and open
+/// connections can be checked against it.
+#[derive(Clone)]
+pub struct Tls {
+    /// Accepts new connections with the `[tls]` configuration.
+    pub acceptor: TlsAcceptor,
+    client_trust: Option<Arc<NameCheckingVerifier>>,
+}
+
+impl Tls {
+    /// Builds the acceptor from the `[tls]` section; errors name the field.
+    pub fn from_config(tls: &TlsConfig) -> Result<Tls, String> {
+        let (cfg, client_trust) = server_config(tls)?;
+        Ok(Tls {
+            acceptor: TlsAcceptor::from(cfg),
+            client_trust,
+        })
+    }
+
+    /// Whether a connection whose client presented `chain` (empty: none) passes this
+    /// configuration's client trust. Always true without `client_ca`.
+    pub fn admits(&self, chain: &[CertificateDer<'_>]) -> Result<(), String> {
+        match &self.client_trust {
+            Some(trust) => trust.admits(chain),
+            None => Ok(()),
+        }
+    }
+}
 
 /// The cipher suites offered, strongest first.
 fn provider() -> CryptoProvider {
@@ -25,8 +60,9 @@ fn provider() -> CryptoProvider {
     }
 }
 
-/// Builds the server config from the `[tls]` section; errors name the field and the problem.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
+/// Builds the server config from the `[tls]` section, with the client verifier when
+/// `client_ca` is set; errors name the field and the problem.
+fn server_config(tls: &TlsConfig) -> Result<(Arc<ServerConfig>, Option<Arc<NameCheckingVerifier>>), String> {
     let (cert, key) = (&tls.certificate, &tls.private_key);
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<_, _>>())
@@ -43,6 +79,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("tls: {e}"))?;
+    let mut trust = None;
     let builder = match &tls.client_ca {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
@@ -57,8 +94,13 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
             if roots.is_empty() {
                 return Err(format!("tls.client_ca: {} holds no certificate", ca.display()));
             }
-            let v = NameCheckingVerifier::new(roots, tls.client_names.clone(), provider)?;
-            builder.with_client_cert_verifier(Arc::new(v))
+            let v = Arc::new(NameCheckingVerifier::new(
+                roots,
+                tls.client_names.clone(),
+                provider,
+            )?);
+            trust = Some(v.clone());
+            builder.with_client_cert_verifier(v)
         }
         None => builder.with_no_client_auth(),
     };
@@ -67,5 +109,5 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
         .map_err(|e| format!("tls: certificate and private key do not match or are unsupported: {e}"))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     cfg.ticketer = Ticketer::new().map_err(|e| format!("tls: cannot create session ticketer: {e}"))?;
-    Ok(Arc::new(cfg))
+    Ok((Arc::new(cfg), trust))
 }

@@ -40,6 +40,19 @@ impl TestProxy {
         Self::start_command(fx, config, Command::new(BIN), env)
     }
 
+    /// Serves `cfg` with systemd's watchdog enabled: `WATCHDOG_USEC` from `env`, and
+    /// `WATCHDOG_PID` set to the daemon's own pid (as systemd does; a shell `exec`s the binary
+    /// so the pid is known before it starts).
+    pub fn start_with_watchdog(fx: &Fixture, cfg: &toml::Table, env: &[(&str, &str)]) -> TestProxy {
+        let config = fx.write_config(cfg);
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"WATCHDOG_PID=$$ exec "$0" "$@""#)
+            .arg(BIN)
+            .env_remove("WATCHDOG_PID");
+        Self::start_command(fx, config, cmd, env).unwrap_or_else(|e| panic!("daemon did not start: {e}"))
+    }
+
     /// Serves `cfg` as the unprivileged user [`NOBODY`] (through `setpriv`): the whole fixture
     /// directory is handed to that user first. Needs root.
     pub fn start_as_nobody(fx: &Fixture, cfg: &toml::Table) -> TestProxy {

@@ -129,6 +129,36 @@ fn missing_authorization_or_date_header_is_authentication_failed() {
     assert_error(&r, 401, "AuthenticationFailedException");
 }
 
+/// A repeated `Authorization` or `X-Amz-Date` is refused even when one copy is correctly
+/// signed: which copy counts must not depend on which hop reads it.
+#[test]
+fn repeated_authorization_or_date_header_is_authentication_failed() {
+    let mut h = Harness::start();
+    let path = format!("{BASE}/health");
+    let body = health_json();
+    let signed = h
+        .xks
+        .signer
+        .headers("POST", &h.xks.client.authority, &path, &body);
+    let value = |name: &str| signed.iter().find(|(k, _)| k == name).unwrap().1.clone();
+    let garbage = "AWS4-HMAC-SHA256 Credential=x/20200101/us-east-1/kms-xks-proxy/aws4_request, \
+                   SignedHeaders=host;x-amz-date, Signature=00";
+    let cases = [
+        ("authorization", value("authorization")),
+        ("authorization", garbage.to_owned()),
+        ("x-amz-date", value("x-amz-date")),
+    ];
+    for (name, extra) in cases {
+        let mut headers = signed.clone();
+        headers.push((name.to_owned(), extra.clone()));
+        let r = h.xks.client.send("POST", &path, &headers, &body);
+        assert_error(&r, 401, "AuthenticationFailedException");
+    }
+    // The same request with each header once is accepted.
+    let r = h.xks.client.send("POST", &path, &signed, &body);
+    assert_ok(&r);
+}
+
 /// A signed header whose value changes in transit breaks the signature.
 #[test]
 fn changed_signed_header_is_authentication_failed() {

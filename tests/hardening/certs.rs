@@ -93,6 +93,15 @@ impl Ca {
     }
 
     pub fn issue(&self, spec: LeafSpec) -> Leaf {
+        self.issue_with(spec, None)
+    }
+
+    /// Like [`Ca::issue`], valid from a day ago until `not_after`.
+    pub fn issue_until(&self, spec: LeafSpec, not_after: time::OffsetDateTime) -> Leaf {
+        self.issue_with(spec, Some(not_after))
+    }
+
+    fn issue_with(&self, spec: LeafSpec, not_after: Option<time::OffsetDateTime>) -> Leaf {
         let key = KeyPair::generate().expect("leaf key");
         let sans: Vec<String> = spec.sans.iter().map(|s| s.to_string()).collect();
         let mut p = CertificateParams::new(sans).expect("leaf params");
@@ -108,7 +117,7 @@ impl Ca {
             p.not_after = now - time::Duration::days(1);
         } else {
             p.not_before = now - time::Duration::days(1);
-            p.not_after = now + time::Duration::days(10);
+            p.not_after = not_after.unwrap_or(now + time::Duration::days(10));
         }
         let cert = p.signed_by(&key, &self.cert, &self.key).expect("sign leaf");
         Leaf {

@@ -3,7 +3,8 @@
 
 use crate::certs::*;
 use crate::common::*;
-use crate::signed_health;
+use crate::raw::{request_head, RawTls};
+use crate::{rewrite_config, signed_health};
 use rcgen::ExtendedKeyUsagePurpose;
 
 /// The name KMS presents in its client certificate (one region).
@@ -184,6 +185,190 @@ fn mtls_client_without_a_certificate_is_refused_in_the_handshake() {
             panic!("GET /ping without a client certificate answered {}", r.status);
         }
     }
+}
+
+/// Another region's KMS client name, allowed next to [`KMS_CLIENT_NAME`] until a reload drops it.
+const OTHER_CLIENT_NAME: &str = "cks.kms.us-east-1.amazonaws.com";
+
+/// The fixture config trusting `ca_path` for `names`.
+fn mtls_config(fx: &Fixture, ca_path: &std::path::Path, names: &[&str]) -> toml::Table {
+    let mut cfg = fx.config();
+    let tls = section(&mut cfg, "tls");
+    tls.insert("client_ca".into(), ca_path.display().to_string().into());
+    tls.insert("client_names".into(), toml_strings(names));
+    cfg
+}
+
+/// Applies `cfg` with `xks-bridge reload` (which returns once the daemon has swapped it).
+fn reload_to(proxy: &TestProxy, cfg: &toml::Table) {
+    rewrite_config(proxy, cfg);
+    let (code, out, err) = cli(&proxy.config, &["reload"]);
+    assert_eq!(code, Some(0), "reload: {out}\n{err}");
+}
+
+fn raw_ping(c: &mut RawTls) -> Result<u16, String> {
+    let head = request_head("GET", "/ping", &c.authority.clone(), &[]);
+    c.send(head.as_bytes()).map_err(|e| e.to_string())?;
+    c.read_response().map(|r| r.status)
+}
+
+/// With mTLS, sessions still resume (KMS reconnects stay cheap), and a resumed session is
+/// checked against the client trust in force: once a reload drops the client's name, its
+/// saved session no longer gets it served, over TLS 1.3 and TLS 1.2.
+#[test]
+fn mtls_sessions_resume_but_not_for_a_client_whose_name_a_reload_removed() {
+    let fx = Fixture::new();
+    let client_ca = Ca::new("KMS client CA (test)");
+    let ca_path = fx.path("tls/kms-client-ca.pem");
+    client_ca.write_pem(&ca_path);
+    let cfg = mtls_config(&fx, &ca_path, &[KMS_CLIENT_NAME, OTHER_CLIENT_NAME]);
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    let cert = client_ca.issue(LeafSpec {
+        cn: Some(OTHER_CLIENT_NAME),
+        sans: &[],
+        eku: ExtendedKeyUsagePurpose::ClientAuth,
+        expired: false,
+    });
+    // One client config per version: its resumption store carries the sessions.
+    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+    let configs: Vec<_> = versions
+        .iter()
+        .map(|v| client_tls(&proxy.ca, v, Some(&cert)))
+        .collect();
+    for (v, c) in versions.iter().zip(&configs) {
+        let mut first = RawTls::connect(proxy.addr, c.clone()).expect("first connection");
+        assert_eq!(raw_ping(&mut first), Ok(200), "{v:?}");
+        let mut second = RawTls::connect(proxy.addr, c.clone()).expect("second connection");
+        assert_eq!(raw_ping(&mut second), Ok(200), "{v:?}: resumed session refused");
+        assert_eq!(
+            second.stream.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed),
+            "{v:?}: the second connection did not resume the first one's session"
+        );
+    }
+
+    reload_to(&proxy, &mtls_config(&fx, &ca_path, &[KMS_CLIENT_NAME]));
+    for (v, c) in versions.iter().zip(&configs) {
+        if let Ok(mut conn) = RawTls::connect(proxy.addr, c.clone()) {
+            let kind = conn.stream.conn.handshake_kind();
+            if let Ok(status) = raw_ping(&mut conn) {
+                panic!("{v:?}: served {status} to a client no longer allowed (handshake {kind:?})");
+            }
+        }
+    }
+}
+
+/// A resumed session skips rustls' certificate verifier; the server checks the chain again,
+/// so a session made while the client certificate was valid is not served once it expired.
+#[test]
+fn mtls_session_made_before_the_client_certificate_expired_is_not_resumed_after() {
+    let m = Mtls::start();
+    let not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(5);
+    let cert = m.client_ca.issue_until(
+        LeafSpec {
+            cn: Some(KMS_CLIENT_NAME),
+            sans: &[],
+            eku: ExtendedKeyUsagePurpose::ClientAuth,
+            expired: false,
+        },
+        not_after,
+    );
+    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+    let configs: Vec<_> = versions
+        .iter()
+        .map(|v| client_tls(&m.proxy.ca, v, Some(&cert)))
+        .collect();
+    for (v, c) in versions.iter().zip(&configs) {
+        let mut first = RawTls::connect(m.proxy.addr, c.clone()).expect("first connection");
+        assert_eq!(raw_ping(&mut first), Ok(200), "{v:?}");
+        let mut second = RawTls::connect(m.proxy.addr, c.clone()).expect("second connection");
+        assert_eq!(raw_ping(&mut second), Ok(200), "{v:?}: resumed session refused");
+        assert_eq!(
+            second.stream.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed),
+            "{v:?}: the second connection did not resume the first one's session"
+        );
+    }
+    // Certificate times have one-second resolution: wait until the end of validity is behind.
+    let expired_at = std::time::SystemTime::UNIX_EPOCH
+        + std::time::Duration::from_secs(not_after.unix_timestamp() as u64 + 2);
+    while std::time::SystemTime::now() < expired_at {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for (v, c) in versions.iter().zip(&configs) {
+        if let Ok(mut conn) = RawTls::connect(m.proxy.addr, c.clone()) {
+            let kind = conn.stream.conn.handshake_kind();
+            if let Ok(status) = raw_ping(&mut conn) {
+                panic!("{v:?}: served {status} with an expired client certificate (handshake {kind:?})");
+            }
+        }
+    }
+    // Refused by the re-check of the resumed session, not by a fresh handshake.
+    assert!(
+        wait_until(WAIT, || m
+            .proxy
+            .logs()
+            .matches("resumed TLS session refused")
+            .count()
+            >= 2),
+        "{}",
+        m.proxy.logs()
+    );
+}
+
+/// A reload that changes the client trust closes the open connections it would refuse and
+/// keeps the others: first dropping one client's name, then replacing the client CA.
+#[test]
+fn reload_closes_open_connections_of_clients_the_new_trust_refuses_and_keeps_the_rest() {
+    let fx = Fixture::new();
+    let client_ca = Ca::new("KMS client CA (test)");
+    let ca_path = fx.path("tls/kms-client-ca.pem");
+    client_ca.write_pem(&ca_path);
+    let cfg = mtls_config(&fx, &ca_path, &[KMS_CLIENT_NAME, OTHER_CLIENT_NAME]);
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    let leaf = |cn| {
+        client_ca.issue(LeafSpec {
+            cn: Some(cn),
+            sans: &[],
+            eku: ExtendedKeyUsagePurpose::ClientAuth,
+            expired: false,
+        })
+    };
+    let (kept_cert, dropped_cert) = (leaf(KMS_CLIENT_NAME), leaf(OTHER_CLIENT_NAME));
+    let connect = |cert: &Leaf| {
+        let tls = client_tls(&proxy.ca, &rustls::version::TLS13, Some(cert));
+        proxy.client_with(tls).expect("mTLS handshake")
+    };
+    let signer = fx.signer();
+    let (mut kept, mut dropped) = (connect(&kept_cert), connect(&dropped_cert));
+    assert_ok(&signed_health(&mut kept, &signer).expect("kept client served"));
+    assert_ok(&signed_health(&mut dropped, &signer).expect("dropped client served"));
+
+    reload_to(&proxy, &mtls_config(&fx, &ca_path, &[KMS_CLIENT_NAME]));
+    assert!(
+        proxy.wait_for_log("client no longer trusted after reload"),
+        "{}",
+        proxy.logs()
+    );
+    if let Ok(r) = signed_health(&mut dropped, &signer) {
+        panic!(
+            "the connection of a client no longer allowed was served: {}",
+            r.status
+        );
+    }
+    assert_ok(&signed_health(&mut kept, &signer).expect("still-allowed client on its open connection"));
+
+    // A new client CA: the remaining client's chain no longer verifies, its connection closes.
+    let new_ca = Ca::new("Replacement KMS client CA (test)");
+    let new_ca_path = fx.path("tls/kms-client-ca-2.pem");
+    new_ca.write_pem(&new_ca_path);
+    reload_to(&proxy, &mtls_config(&fx, &new_ca_path, &[KMS_CLIENT_NAME]));
+    let closed = wait_until(WAIT, || signed_health(&mut kept, &signer).is_err());
+    assert!(
+        closed,
+        "a client of the replaced CA is still served:\n{}",
+        proxy.logs()
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ use rcgen::ExtendedKeyUsagePurpose;
 
 /// A second SigV4 credential for the fixture keystore (26 characters of A-Z2-7).
 const SECOND_ACCESS_KEY_ID: &str = "HARDENINGSECONDCREDENTIAL2";
-const SECOND_SECRET: &str = "second-credential-secret-4f1c9a0e7b2d";
+const SECOND_SECRET: &str = "c2Vjb25kLWNyZWRlbnRpYWwtc2VjcmV0LTRmMWM5YTBlN2IyZA";
 
 /// Adds a second credential (secret in `secrets/sigv4-secret-2`) to `keystores[0]`.
 fn add_second_credential(fx: &Fixture, cfg: &mut toml::Table) -> Signer {
@@ -252,7 +252,7 @@ fn reload_swaps_the_server_certificate_for_new_connections_and_keeps_existing_on
 }
 
 #[test]
-fn reload_turning_on_mtls_requires_client_certificates_on_new_connections_only() {
+fn reload_turning_on_mtls_requires_client_certificates_and_closes_connections_without_one() {
     let fx = Fixture::new();
     let proxy = TestProxy::start(&fx);
     let mut old = proxy.xks(&fx);
@@ -272,8 +272,14 @@ fn reload_turning_on_mtls_requires_client_certificates_on_new_connections_only()
     let m = Mtls { proxy, client_ca, fx };
     m.assert_refused(None, "CertificateRequired");
     m.assert_served(&m.client_cert(Some(KMS_CLIENT_NAME), &[], false));
-    // The connection opened before the reload is not renegotiated.
-    assert_ok(&old.health());
+    // The connection opened before the reload has no client certificate: the new trust
+    // refuses it, so the reload closed it rather than leaving it served.
+    if let Ok(r) = signed_health(&mut old.client, &m.fx.signer()) {
+        panic!(
+            "a connection without a client certificate was served after mTLS was turned on: {}",
+            r.status
+        );
+    }
 }
 
 /// TLS sessions are resumable (so KMS reconnects cheaply), but a session made before a reload

@@ -1,0 +1,163 @@
+//! Verdicts of the doctor's report on made-up findings.
+
+use super::*;
+use crate::hsm::doctor::{
+    BadTag, IvFacts, KeyFacts, KeySizes, LibraryFacts, MechanismFact, Probe, SessionFacts, SessionLimit,
+    TokenFacts, NEEDED_MECHANISMS,
+};
+
+fn token(iv: &str) -> TokenConfig {
+    toml::from_str(&format!(
+        "name = \"hsm\"\nmodule = \"/lib/p11.so\"\ntoken_label = \"t\"\npin = {{ env = \"PIN\" }}\niv_source = \"{iv}\""
+    ))
+    .expect("token config")
+}
+
+fn key(label: &str) -> KeyFacts {
+    KeyFacts {
+        label: label.into(),
+        named: true,
+        found: 1,
+        key_spec: "AES_256".into(),
+        sensitive: Some(true),
+        extractable: Some(false),
+        private: Some(true),
+        modifiable: Some(false),
+        usages: vec!["ENCRYPT", "DECRYPT"],
+    }
+}
+
+/// What a good token reports.
+fn good() -> Findings {
+    Findings {
+        library: LibraryFacts {
+            pkcs11_version: "2.40".into(),
+            manufacturer: "m".into(),
+            description: "d".into(),
+            version: "1.0".into(),
+        },
+        token: TokenFacts {
+            label: "t".into(),
+            manufacturer: "m".into(),
+            model: "x".into(),
+            serial: "1".into(),
+            firmware: "1.0".into(),
+            hardware: "1.0".into(),
+            flags: vec![
+                "RNG",
+                "LOGIN_REQUIRED",
+                "USER_PIN_INITIALIZED",
+                "TOKEN_INITIALIZED",
+            ],
+            max_sessions: SessionLimit::Infinite,
+            max_rw_sessions: SessionLimit::Infinite,
+        },
+        mechanisms: NEEDED_MECHANISMS
+            .iter()
+            .map(|(name, used_for)| MechanismFact {
+                name,
+                used_for,
+                listed: true,
+                info: Ok(KeySizes {
+                    min: 16,
+                    max: 32,
+                    flags: vec!["ENCRYPT", "DECRYPT"],
+                }),
+            })
+            .collect(),
+        scratch_key: Ok(()),
+        iv: IvFacts {
+            caller_random: Probe::Works,
+            mechanism_generated: Probe::Wrong("no IV written back".into()),
+        },
+        bad_tag: BadTag::Refused {
+            code: "CKR_GENERAL_ERROR".into(),
+            function: "C_Decrypt".into(),
+            invalid_ciphertext: true,
+        },
+        data_objects: None,
+        handle_reuse: None,
+        sessions: SessionFacts {
+            wanted: 4,
+            opened: 4,
+            refusal: None,
+        },
+        latency: None,
+        keys: vec![key("k")],
+    }
+}
+
+fn verdict_of<'r>(r: &'r Report, name: &str) -> &'r Check {
+    r.checks
+        .iter()
+        .find(|c| c.name.starts_with(name))
+        .expect("check present")
+}
+
+#[test]
+fn a_token_that_only_generates_ivs_itself_is_usable_with_the_iv_source_changed() {
+    let mut f = good();
+    f.latency = Some(crate::hsm::doctor::Latency {
+        ops: 10,
+        ops_per_sec: 5.0,
+        p50_us: 100,
+        p99_us: 200,
+    });
+    f.iv = IvFacts {
+        caller_random: Probe::Refused("CKR_MECHANISM_PARAM_INVALID from C_EncryptInit".into()),
+        mechanism_generated: Probe::Works,
+    };
+    let r = judge(&token("token-random"), f);
+    assert_eq!(r.verdict, Overall::UsableWithChanges);
+    assert_eq!(r.exit_code, 0);
+    let iv = verdict_of(&r, "IV: caller-supplied");
+    assert_eq!(iv.verdict, Verdict::Warn);
+    assert!(iv
+        .fix
+        .as_deref()
+        .is_some_and(|f| f.contains("iv_source = \"mechanism\"")));
+    assert!(r.snippet.contains("iv_source = \"mechanism\""), "{}", r.snippet);
+    assert!(render(&r).contains("changes needed:"));
+}
+
+#[test]
+fn no_working_iv_mode_an_accepted_forgery_or_a_weak_key_is_not_usable() {
+    let mut f = good();
+    f.iv.caller_random = Probe::Refused("CKR_MECHANISM_INVALID from C_EncryptInit".into());
+    let r = judge(&token("token-random"), f);
+    assert_eq!((r.verdict, r.exit_code), (Overall::NotUsable, 1));
+
+    let mut f = good();
+    f.bad_tag = BadTag::Accepted;
+    assert_eq!(judge(&token("token-random"), f).verdict, Overall::NotUsable);
+
+    let mut f = good();
+    f.keys[0].extractable = Some(true);
+    let r = judge(&token("token-random"), f);
+    assert_eq!(r.verdict, Overall::NotUsable);
+    assert!(verdict_of(&r, "key k")
+        .fix
+        .as_deref()
+        .is_some_and(|f| f.contains("extractable")));
+}
+
+#[test]
+fn an_unclassified_tag_failure_and_a_modifiable_key_are_warnings() {
+    let mut f = good();
+    f.bad_tag = BadTag::Refused {
+        code: "CKR_DATA_INVALID".into(),
+        function: "C_Decrypt".into(),
+        invalid_ciphertext: false,
+    };
+    f.keys[0].modifiable = Some(true);
+    f.latency = Some(crate::hsm::doctor::Latency {
+        ops: 1,
+        ops_per_sec: 1.0,
+        p50_us: 1,
+        p99_us: 1,
+    });
+    let r = judge(&token("token-random"), f);
+    assert_eq!(r.verdict, Overall::UsableWithChanges);
+    assert_eq!(verdict_of(&r, "bad GCM tag").verdict, Verdict::Warn);
+    assert_eq!(verdict_of(&r, "key k").verdict, Verdict::Warn);
+}
