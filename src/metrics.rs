@@ -64,6 +64,86 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// The connection budget as metrics see it, sampled at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionSample {
+    /// Open connections by state (`proven`, `unproven`).
+    pub open: Vec<(&'static str, u64)>,
+    /// Unproven connections evicted to admit a newcomer, by reason.
+    pub evictions: Vec<(&'static str, u64)>,
+    /// Newcomers refused, by reason.
+    pub refusals: Vec<(&'static str, u64)>,
+    /// Connections closed by a budget deadline or limit, by reason.
+    pub closes: Vec<(&'static str, u64)>,
+}
+
+/// Takes a [`ConnectionSample`] (the server provides it once it exists).
+pub type ConnectionProbe = Arc<dyn Fn() -> ConnectionSample + Send + Sync>;
+
+/// The connection-budget families, filled from a [`ConnectionProbe`] at scrape time.
+#[derive(Default)]
+struct ConnectionFamilies {
+    probe: std::sync::OnceLock<ConnectionProbe>,
+    open: Family<StateLabels, Gauge>,
+    evictions: Family<ReasonLabels, Counter>,
+    refusals: Family<ReasonLabels, Counter>,
+    closes: Family<ReasonLabels, Counter>,
+}
+
+impl ConnectionFamilies {
+    fn register(&self, r: &mut Registry) {
+        r.register("connections", "open connections by state", self.open.clone());
+        r.register(
+            "connection_evictions",
+            "unproven connections evicted to admit a newer connection, by reason",
+            self.evictions.clone(),
+        );
+        r.register(
+            "connection_refusals",
+            "new connections closed at accept, by reason",
+            self.refusals.clone(),
+        );
+        r.register(
+            "connection_closes",
+            "connections closed by a budget deadline or limit, by reason",
+            self.closes.clone(),
+        );
+    }
+
+    fn refresh(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(probe) = self.probe.get() else {
+            return;
+        };
+        let s = probe();
+        for (state, n) in s.open {
+            self.open.get_or_create(&StateLabels { state }).set(n as i64);
+        }
+        for (family, values) in [
+            (&self.evictions, s.evictions),
+            (&self.refusals, s.refusals),
+            (&self.closes, s.closes),
+        ] {
+            for (reason, n) in values {
+                family
+                    .get_or_create(&ReasonLabels { reason })
+                    .inner()
+                    .store(n, Relaxed);
+            }
+        }
+    }
+}
+
 /// The latency buckets used throughout.
 pub fn latency_histogram() -> Histogram {
     // 50 µs .. ~1.6 s: from a local SoftHSM2 call to KMS's 250 ms budget and beyond.
@@ -96,6 +176,7 @@ pub struct Metrics {
     certificate: Option<PathBuf>,
     counters: Arc<Counters>,
     audit_write_errors: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    connections: ConnectionFamilies,
     /// Requests refused before authentication, by reason (they get no log line or record).
     unauthenticated: Family<RejectionLabels, Counter>,
     /// Authenticated request records the audit queue refused.
@@ -139,6 +220,7 @@ impl Metrics {
             certificate,
             counters,
             audit_write_errors,
+            connections: ConnectionFamilies::default(),
             unauthenticated: Family::default(),
             audit_dropped: Counter::default(),
         };
@@ -195,6 +277,7 @@ impl Metrics {
                 "1 when the kill switch state file holds the state in force, 0 while an engage is not yet durable",
                 m.switch_durable.clone(),
             );
+            m.connections.register(&mut r);
             r.register(
                 "unauthenticated_requests",
                 "requests refused before authentication, by reason (not logged one by one, not audited)",
@@ -218,6 +301,12 @@ impl Metrics {
             }
         }
         Arc::new(m)
+    }
+
+    /// Installs the connection budget's probe (the server is built after the metrics, since
+    /// its observer feeds them); later calls are ignored.
+    pub fn set_connection_probe(&self, probe: ConnectionProbe) {
+        let _ = self.connections.probe.set(probe);
     }
 
     /// Records one finished request (installed as the server's observer).
@@ -284,6 +373,7 @@ impl Metrics {
         if let Some(f) = &self.audit_write_errors {
             self.audit_errors.set(f() as i64);
         }
+        self.connections.refresh();
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {

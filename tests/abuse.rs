@@ -178,3 +178,156 @@ fn pipelined_garbage_gets_an_error_and_a_closed_connection_without_disturbing_ot
     eprintln!("{n} garbage connections answered and closed");
     report("probe under pipelined garbage", lat);
 }
+
+/// The daemon's `/metrics` text (the fixture config serves metrics on loopback).
+fn scrape_metrics(proxy: &TestProxy) -> String {
+    use std::io::{Read, Write};
+    let mut addr = None;
+    assert!(wait_until(WAIT, || {
+        addr = proxy.stdout_lines().iter().find_map(|l| {
+            l.strip_prefix("xks-bridge metrics on http://")?
+                .strip_suffix("/metrics")
+                .map(String::from)
+        });
+        addr.is_some()
+    }));
+    let mut s = std::net::TcpStream::connect(addr.unwrap()).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The value of one series line (`name{labels} value`), 0 if absent.
+fn series(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// More idle TLS connections than `max_connections`, plus clients that pipeline unsigned
+/// requests and never read: the budget evicts the oldest unproven connections, so a fresh
+/// connection carrying a signed request is still admitted and answered, and a connection that
+/// proved itself before the attack is never evicted. Before the budget, the idle connections
+/// held every slot and newcomers were closed at accept.
+#[test]
+fn fresh_signed_clients_are_served_while_idle_and_never_reading_connections_exceed_the_budget() {
+    let fx = Fixture::new();
+    let mut cfg = fx.config();
+    let server = section(&mut cfg, "server");
+    server.insert("max_connections".into(), 1000.into());
+    // The proven connection below must not meet the idle keep-alive timeout on a slow machine.
+    server.insert("header_read_timeout_ms".into(), 600_000.into());
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    let addr = proxy.addr;
+    let mut proven = proxy.xks(&fx);
+    assert_eq!(proven.health().status, 200);
+    let before = series(
+        &scrape_metrics(&proxy),
+        "xks_bridge_connection_evictions_total{reason=\"unproven_share\"}",
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tls = tls_config(&fx.ca_pem(), None, None, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    // 1,200 idle TLS connections, opened concurrently, held without a byte sent.
+    let idle: Vec<_> = (0..1200)
+        .map(|_| {
+            let connector = tokio_rustls::TlsConnector::from(tls.clone());
+            rt.spawn(async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                connector.connect(name, tcp).await.ok()
+            })
+        })
+        .collect();
+    let held: Vec<_> = idle
+        .into_iter()
+        .filter_map(|t| rt.block_on(t).ok().flatten())
+        .collect();
+    eprintln!("{} idle TLS connections completed their handshake", held.len());
+    // 100 clients that pipeline unsigned requests and never read; they reconnect when closed.
+    let pipelined = Arc::new(AtomicUsize::new(0));
+    for _ in 0..100 {
+        let (tls, stop, pipelined) = (tls.clone(), stop.clone(), pipelined.clone());
+        rt.spawn(async move {
+            let connector = tokio_rustls::TlsConnector::from(tls);
+            let one = format!(
+                "POST {BASE}/health HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+            );
+            let burst = one.repeat(64).into_bytes();
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                let Ok(mut s) = connector.connect(name, tcp).await else {
+                    continue;
+                };
+                pipelined.fetch_add(1, Ordering::Relaxed);
+                while !stop.load(Ordering::SeqCst) && s.write_all(&burst).await.is_ok() {}
+                // Reconnects are paced to keep the test's CPU modest (scripts/attack.sh does not).
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+
+    // Fresh connections, each with one signed request.
+    let mut lat = Vec::new();
+    let mut ok = 0;
+    for _ in 0..20 {
+        let t = Instant::now();
+        let served = proxy
+            .client_with(tls_config(&fx.ca_pem(), None, None, &[]))
+            .map_err(|e| e.to_string())
+            .and_then(|mut client| {
+                let path = format!("{BASE}/health");
+                let body = health_body("abuse-probe", "KmsHealthCheck").to_string();
+                let mut headers = vec![("host".to_owned(), client.authority.clone())];
+                headers.extend(
+                    fx.signer()
+                        .headers("POST", &client.authority, &path, body.as_bytes()),
+                );
+                client.try_send_raw("POST", &path, &headers, body.into_bytes())
+            });
+        lat.push(t.elapsed());
+        match served {
+            Ok(r) if r.status == 200 => ok += 1,
+            Ok(r) => eprintln!("probe answered {}: {}", r.status, r.text()),
+            Err(e) => eprintln!("probe failed: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The connection proven before the attack was kept.
+    assert_eq!(proven.health().status, 200, "the proven connection was not kept");
+    let after = scrape_metrics(&proxy);
+    stop.store(true, Ordering::SeqCst);
+    drop(held);
+    rt.shutdown_timeout(Duration::from_secs(1));
+
+    report("fresh signed probe under idle + never-reading connections", lat);
+    eprintln!(
+        "{} pipelining connections opened",
+        pipelined.load(Ordering::Relaxed)
+    );
+    assert!(ok >= 19, "only {ok} of 20 fresh signed probes were answered 200");
+    let evicted = series(
+        &after,
+        "xks_bridge_connection_evictions_total{reason=\"unproven_share\"}",
+    );
+    assert!(
+        evicted > before,
+        "no unproven connection was evicted ({before} -> {evicted}):\n{after}"
+    );
+    assert!(
+        after.contains("xks_bridge_connections{state=\"proven\"}"),
+        "connections by state are not exported:\n{after}"
+    );
+}

@@ -320,6 +320,29 @@ fn check_config_rejects_broken_configs_with_exit_64_naming_the_field() {
             "bogus",
         ),
         (
+            "unproven share larger than the whole budget",
+            Box::new(|c, _| {
+                let s = section(c, "server");
+                s.insert("max_connections".into(), 10.into());
+                s.insert("max_unproven_connections".into(), 11.into());
+            }),
+            "server.max_unproven_connections",
+        ),
+        (
+            "zero write timeout",
+            Box::new(|c, _| {
+                section(c, "server").insert("write_timeout_ms".into(), 0.into());
+            }),
+            "server.write_timeout_ms",
+        ),
+        (
+            "zero first-request timeout",
+            Box::new(|c, _| {
+                section(c, "server").insert("first_request_timeout_ms".into(), 0.into());
+            }),
+            "server.first_request_timeout_ms",
+        ),
+        (
             "uri_prefix without leading slash",
             Box::new(|c, _| {
                 entry(c, "keystores", 0).insert("uri_prefix".into(), "quickstart".into());

@@ -9,6 +9,8 @@
 
 mod common;
 
+#[path = "hardening/budget.rs"]
+mod budget;
 #[path = "hardening/certs.rs"]
 mod certs;
 #[path = "hardening/connections.rs"]

@@ -163,6 +163,42 @@ pub struct ServerConfig {
     /// Largest request head (request line + headers) accepted.
     #[serde(default = "default_max_header")]
     pub max_header_bytes: usize,
+    /// Slots unproven connections (no verified request yet) may share; the rest stay free
+    /// for proven ones. Default: a quarter of `max_connections` (at least 1).
+    #[serde(default)]
+    pub max_unproven_connections: Option<usize>,
+    /// Time from accept within which an unproven connection must finish its TLS handshake and
+    /// send its first request head; otherwise it is closed (an idle newcomer holds a slot for
+    /// this long at most, not for `header_read_timeout_ms`).
+    #[serde(default = "default_first_request_ms")]
+    pub first_request_timeout_ms: u64,
+    /// Requests answered on an unproven connection before it is closed; 0 = no limit (the
+    /// default: unauthenticated answers are cheap, and an unproven connection stays evictable).
+    #[serde(default)]
+    pub max_requests_before_proof: u32,
+    /// A response that makes no write progress for this long closes its connection (a client
+    /// that never reads would otherwise hold it for ever).
+    #[serde(default = "default_write_ms")]
+    pub write_timeout_ms: u64,
+    /// Unproven connections one source address may hold; a newcomer beyond it evicts that
+    /// source's oldest unproven connection. 0 = no cap.
+    #[serde(default = "default_unproven_per_source")]
+    pub max_unproven_per_source: usize,
+    /// Connections (proven or not) one source address may hold; newcomers beyond it are
+    /// refused. 0 = no cap (a load balancer may present all of KMS as one address).
+    #[serde(default)]
+    pub max_connections_per_source: usize,
+    /// Apply the per-source caps to loopback sources too (off: local tools and tests).
+    #[serde(default)]
+    pub per_source_limits_on_loopback: bool,
+    /// TCP keepalive idle time in seconds (probes every third of it, three of them), so the
+    /// slot of a peer that vanished is freed.
+    #[serde(default = "default_keepalive_secs")]
+    pub tcp_keepalive_secs: u64,
+    /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged before the kernel drops
+    /// the connection.
+    #[serde(default = "default_user_timeout_ms")]
+    pub tcp_user_timeout_ms: u64,
     /// Allow running as root (uid 0). Refused by default: the daemon needs no privilege.
     #[serde(default)]
     pub allow_root: bool,
@@ -352,6 +388,21 @@ fn default_body_ms() -> u64 {
 fn default_max_header() -> usize {
     16 * 1024
 }
+fn default_first_request_ms() -> u64 {
+    5_000
+}
+fn default_write_ms() -> u64 {
+    10_000
+}
+fn default_unproven_per_source() -> usize {
+    256
+}
+fn default_keepalive_secs() -> u64 {
+    60
+}
+fn default_user_timeout_ms() -> u64 {
+    30_000
+}
 fn default_workers() -> usize {
     2
 }
@@ -378,6 +429,14 @@ impl Default for Limits {
             max_aad_bytes: default_max_aad(),
             max_body_bytes: default_max_body(),
         }
+    }
+}
+
+impl ServerConfig {
+    /// Slots unproven connections share: `max_unproven_connections` or its default.
+    pub fn unproven_share(&self) -> usize {
+        self.max_unproven_connections
+            .unwrap_or((self.max_connections / 4).max(1))
     }
 }
 

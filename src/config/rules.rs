@@ -51,6 +51,7 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), String> {
             "server.tls_handshake_timeout_ms / header_read_timeout_ms / body_read_timeout_ms: must be positive".into(),
         );
     }
+    validate_budget(srv)?;
     if srv.max_header_bytes < 8192 {
         return Err("server.max_header_bytes: must be at least 8192".into());
     }
@@ -280,6 +281,34 @@ pub fn group_id(name: &str) -> Result<u32, String> {
         Ok(None) => Err(format!("no group named {name:?}")),
         Err(e) => Err(format!("cannot look up group {name:?}: {e}")),
     }
+}
+
+/// The connection budget's fields (`[server]`).
+fn validate_budget(srv: &super::ServerConfig) -> Result<(), String> {
+    match srv.max_unproven_connections {
+        Some(0) => return Err("server.max_unproven_connections: must be at least 1".into()),
+        Some(n) if n > srv.max_connections => {
+            return Err(format!(
+                "server.max_unproven_connections: {n} exceeds server.max_connections ({})",
+                srv.max_connections
+            ))
+        }
+        _ => {}
+    }
+    for (field, v) in [
+        ("first_request_timeout_ms", srv.first_request_timeout_ms),
+        ("write_timeout_ms", srv.write_timeout_ms),
+        ("tcp_keepalive_secs", srv.tcp_keepalive_secs),
+        ("tcp_user_timeout_ms", srv.tcp_user_timeout_ms),
+    ] {
+        if v == 0 {
+            return Err(format!("server.{field}: must be positive"));
+        }
+    }
+    if srv.tcp_keepalive_secs > 7200 {
+        return Err("server.tcp_keepalive_secs: at most 7200".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! background and reported UNAVAILABLE meanwhile. A daemon whose proxy kill switch is engaged
 //! starts without loading any module or logging in.
 
+mod connections;
 mod keystores;
 mod observer;
 mod reload;
@@ -93,6 +94,9 @@ impl Daemon {
         let alarms = Arc::new(observer::Alarms::default());
         let observer = observer::observer(audit.clone(), metrics.clone(), alarms.clone());
         let server = Server::new(Arc::new(app), tls, limits, Some(observer));
+        if let Some(m) = &metrics {
+            m.set_connection_probe(connections::probe(server.budget().clone()));
+        }
         let reloader = Arc::new(Reloader {
             path: config_path,
             pools,

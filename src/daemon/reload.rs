@@ -67,7 +67,7 @@ impl Reloader {
         let fixed = |c: &Config| {
             let s = &c.server;
             format!(
-                "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}|{}",
+                "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}|{}|{:?}",
                 c.logging,
                 c.tokens,
                 c.state,
@@ -80,7 +80,8 @@ impl Reloader {
                 s.header_read_timeout_ms,
                 s.body_read_timeout_ms,
                 s.max_header_bytes,
-                s.allow_root
+                s.allow_root,
+                crate::server::ConnLimits::from(s)
             )
         };
         if fixed(&cfg) != fixed(&self.base) {

@@ -3,10 +3,13 @@
 //! response is built and (through [`Finished`]) handed to whoever records it; authenticated
 //! requests also get their log line there (`finished.rs` says what refused ones get).
 
+mod accept;
+pub mod budget;
 mod finished;
 pub mod mtls;
 pub mod routes;
 pub mod tls;
+pub mod write_deadline;
 
 pub use finished::{Finished, Observer, Rejection};
 
@@ -19,16 +22,15 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::CertificateDer;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 use tls::Tls;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 /// Connection-level limits, from `[server]`.
 #[derive(Debug, Clone)]
@@ -43,6 +45,18 @@ pub struct ConnLimits {
     pub max_header_bytes: usize,
     /// Deadline for the body once the head has arrived.
     pub body_timeout: Duration,
+    /// Who gets a slot (see [`budget`]).
+    pub budget: budget::BudgetLimits,
+    /// Deadline for an unproven connection's handshake and first request head.
+    pub first_request_timeout: Duration,
+    /// Answers on an unproven connection before it is closed; 0 = no limit.
+    pub max_requests_before_proof: u32,
+    /// A write stalled this long closes the connection.
+    pub write_timeout: Duration,
+    /// TCP keepalive idle time.
+    pub tcp_keepalive: Duration,
+    /// TCP_USER_TIMEOUT.
+    pub tcp_user_timeout: Duration,
 }
 
 impl From<&ServerConfig> for ConnLimits {
@@ -53,6 +67,12 @@ impl From<&ServerConfig> for ConnLimits {
             header_timeout: Duration::from_millis(s.header_read_timeout_ms),
             max_header_bytes: s.max_header_bytes,
             body_timeout: Duration::from_millis(s.body_read_timeout_ms),
+            budget: budget::BudgetLimits::from(s),
+            first_request_timeout: Duration::from_millis(s.first_request_timeout_ms),
+            max_requests_before_proof: s.max_requests_before_proof,
+            write_timeout: Duration::from_millis(s.write_timeout_ms),
+            tcp_keepalive: Duration::from_secs(s.tcp_keepalive_secs),
+            tcp_user_timeout: Duration::from_millis(s.tcp_user_timeout_ms),
         }
     }
 }
@@ -66,7 +86,7 @@ pub struct Server {
     trust_epoch: watch::Sender<u64>,
     limits: ConnLimits,
     next_id: AtomicU64,
-    connections: Arc<Semaphore>,
+    budget: Arc<budget::Budget>,
     /// Called for every finished request (audit record, metrics); fixed at construction.
     observer: Option<Observer>,
 }
@@ -84,11 +104,16 @@ impl Server {
             app: RwLock::new(app),
             tls: RwLock::new(tls),
             trust_epoch: watch::Sender::new(0),
-            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            budget: budget::Budget::new(limits.budget.clone()),
             limits,
             next_id: AtomicU64::new(1),
             observer,
         })
+    }
+
+    /// The connection budget (its counters and a sample of open connections for metrics).
+    pub fn budget(&self) -> &Arc<budget::Budget> {
+        &self.budget
     }
 
     /// The current app (keystores, credentials, limits).
@@ -169,17 +194,16 @@ impl Server {
         loop {
             tokio::select! {
                 Some((stream, peer)) = conn_rx.recv() => {
-                    let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, "connection limit reached; closing new connection");
-                        continue;
+                    let slot = match self.budget.admit(peer.ip()) {
+                        Ok(slot) => slot,
+                        Err(reason) => {
+                            tracing::warn!(%peer, reason = reason.as_str(), "connection limit reached; closing new connection");
+                            continue;
+                        }
                     };
-                    let _ = stream.set_nodelay(true);
                     let this = self.clone();
                     let watcher = graceful.watcher();
-                    tokio::spawn(async move {
-                        this.connection(stream, watcher).await;
-                        drop(permit);
-                    });
+                    tokio::spawn(this.connection(stream, slot, watcher));
                 }
                 _ = shutdown.changed() => break,
             }
@@ -191,63 +215,6 @@ impl Server {
         tokio::select! {
             _ = graceful.shutdown() => tracing::info!("all connections drained"),
             _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
-        }
-    }
-
-    async fn connection(self: Arc<Self>, stream: TcpStream, watcher: Watcher) {
-        let this = self.clone();
-        let peer = stream.peer_addr().ok().map(|a| a.ip());
-        let service = hyper::service::service_fn(move |req| {
-            let this = this.clone();
-            async move { Ok::<_, std::convert::Infallible>(this.handle(req, peer).await) }
-        });
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .keep_alive(true)
-            .header_read_timeout(self.limits.header_timeout)
-            .max_buf_size(self.limits.max_header_bytes);
-        // Subscribed before the TLS snapshot is taken, so a reload landing after it is seen.
-        let epoch = self.trust_epoch.subscribe();
-        let result = match self.current_tls() {
-            Some(tls) => {
-                match tokio::time::timeout(self.limits.handshake_timeout, tls.acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        let chain: Vec<CertificateDer<'static>> = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .map(<[_]>::to_vec)
-                            .unwrap_or_default();
-                        // A resumed session skipped the verifier: check its chain against the
-                        // trust in force now (cheap on a full handshake, which passed it already).
-                        if let Err(why) = tls.admits(&chain) {
-                            tracing::warn!(reason = %why, "resumed TLS session refused by the client trust");
-                            return;
-                        }
-                        let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
-                        match self.serve_while_trusted(conn, &chain, epoch).await {
-                            Some(result) => result,
-                            None => return,
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!("TLS handshake timed out");
-                        return;
-                    }
-                }
-            }
-            None => {
-                watcher
-                    .watch(http.serve_connection(TokioIo::new(stream), service))
-                    .await
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "connection ended with an error");
         }
     }
 
@@ -347,7 +314,13 @@ async fn process(
         SystemTime::now(),
     );
     match verified {
-        Ok(v) => ctx.access_key_id = Some(v.access_key_id),
+        Ok(v) => {
+            ctx.access_key_id = Some(v.access_key_id);
+            // Present only while the connection is unproven; it now holds a reserved slot.
+            if let Some(p) = parts.extensions.get::<budget::Proof>() {
+                p.prove();
+            }
+        }
         Err(e) => return (op, ks_name, key_id, Err(e.into())),
     }
     let result = app

@@ -8,17 +8,21 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 #[test]
-fn connections_beyond_max_connections_are_closed_at_accept_until_one_is_freed() {
+fn connections_beyond_max_connections_are_closed_at_accept_when_every_slot_is_proven() {
     let fx = Fixture::new();
     let mut cfg = fx.config();
-    section(&mut cfg, "server").insert("max_connections".into(), 4.into());
+    let server = section(&mut cfg, "server");
+    server.insert("max_connections".into(), 4.into());
+    // All four may be unproven at once (the default share would be one).
+    server.insert("max_unproven_connections".into(), 4.into());
     let proxy = TestProxy::start_with(&fx, &cfg, &[]);
     let tls = || tls_config(&proxy.ca, None, None, &[]);
 
-    // Four established, idle connections (each served one request, so the server holds them).
+    // Four established, idle connections, each proven by a signed request: nothing may evict
+    // them to make room.
     let mut held: Vec<Xks> = (0..4).map(|_| proxy.xks(&fx)).collect();
     for x in held.iter_mut() {
-        assert_eq!(x.client.send("GET", "/ping", &[], b"").status, 200);
+        assert_ok(&x.health());
     }
 
     // A fifth is closed at accept: the handshake (or, at the latest, the first request) fails.
@@ -58,6 +62,7 @@ fn connections_that_never_start_tls_are_dropped_after_the_handshake_timeout_free
     let mut cfg = fx.config();
     let server = section(&mut cfg, "server");
     server.insert("max_connections".into(), 2.into());
+    server.insert("max_unproven_connections".into(), 2.into());
     server.insert("tls_handshake_timeout_ms".into(), 500.into());
     let proxy = TestProxy::start_with(&fx, &cfg, &[]);
 
