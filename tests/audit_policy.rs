@@ -82,7 +82,11 @@ fn policy_denial_is_403_naming_the_rule_while_health_stays_exempt() {
     assert_eq!(xks.health().status, 200, "GetHealthStatus is always exempt");
     assert!(proxy.wait_for_log("request denied by policy"), "{}", proxy.logs());
     // The rule is a field after the message: wait for it too (the line may arrive in pieces).
-    assert!(proxy.wait_for_log("deny-everything-for-mallory"), "{}", proxy.logs());
+    assert!(
+        proxy.wait_for_log("deny-everything-for-mallory"),
+        "{}",
+        proxy.logs()
+    );
 }
 
 #[test]
