@@ -9,6 +9,7 @@ macro_rules! outln {
 }
 
 mod cli;
+mod gendocs;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -72,6 +73,13 @@ enum Command {
     Keys(cli::KeysCmd),
     /// Load-test an XKS proxy (or, with --raw-token, the PKCS#11 token itself).
     Bench(xks_bridge::bench::BenchArgs),
+    /// Write man pages and shell completions (packaging; see scripts/package.sh).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory to write `man/man1/` and `completions/` into.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -101,6 +109,9 @@ fn main() -> ExitCode {
         } => run_quickstart(&dir, listen, setup_only),
         Command::CheckConfig { config } => check_config(&config),
         Command::Bench(args) => xks_bridge::bench::run(args),
+        Command::GenerateDocs { out } => {
+            gendocs::generate(<Cli as clap::CommandFactory>::command(), &out).map_err(|e| (1, e))
+        }
     };
     match code {
         Ok(()) => ExitCode::SUCCESS,
