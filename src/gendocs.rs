@@ -28,10 +28,26 @@ pub fn generate(cmd: clap::Command, out: &Path) -> Result<(), String> {
         (Shell::Fish, format!("{name}.fish")),
     ] {
         let mut buf = Vec::new();
-        clap_complete::generate(shell, &mut cmd.clone(), name.clone(), &mut buf);
+        clap_complete::generate(shell, &mut without_hidden(&cmd), name.clone(), &mut buf);
         write(&completions.join(file), &buf)?;
     }
     Ok(())
+}
+
+/// `cmd` without its hidden subcommands (the completion generators offer every subcommand).
+fn without_hidden(cmd: &clap::Command) -> clap::Command {
+    let mut root = clap::Command::new(env!("CARGO_PKG_NAME"))
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand_required(cmd.is_subcommand_required_set())
+        .subcommands(
+            cmd.get_subcommands()
+                .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+                .cloned(),
+        );
+    if let Some(about) = cmd.get_about() {
+        root = root.about(about.clone());
+    }
+    root
 }
 
 /// The page for `cmd` (named `page`), then one per visible subcommand, recursively.
