@@ -6,8 +6,9 @@
 #      (`xks-bridge generate-docs`), so they always match the CLI;
 #   3. the unit is copied with ExecStart/ExecReload pointing at /usr/bin instead of
 #      /usr/local/bin (systemd/xks-bridge.service stays the single source);
-#   4. cargo deb --no-build (files and maintainer scripts: [package.metadata.deb] in
-#      Cargo.toml, packaging/debian/).
+#   4. cargo deb --no-build --dbgsym: the binary stripped, its debug symbols in a separate
+#      xks-bridge-dbgsym .ddeb next to it (files and maintainer scripts:
+#      [package.metadata.deb] in Cargo.toml, packaging/debian/).
 # Prints the package's path on the last line of stdout. Installs cargo-deb when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,8 +36,8 @@ fi
 grep -qx 'ExecStart=/usr/bin/xks-bridge serve --config /etc/xks-bridge/config.toml' "$files/xks-bridge.service"
 
 deb_dir="$target/debian"
-rm -f "$deb_dir"/xks-bridge_*.deb
-cargo deb --no-build --locked --output "$deb_dir" >&2
+rm -f "$deb_dir"/xks-bridge_*.deb "$deb_dir"/xks-bridge-dbgsym_*.ddeb
+cargo deb --no-build --locked --dbgsym --output "$deb_dir" >&2
 deb=$(ls "$deb_dir"/xks-bridge_*.deb)
 echo "package contents:" >&2
 dpkg-deb -c "$deb" >&2
