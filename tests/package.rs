@@ -256,7 +256,12 @@ fn postinst_creates_user_and_directories_and_never_starts_or_enables_the_service
     let postinst = read(pkg, "DEBIAN/postinst");
     // Statically, whether or not systemd runs here: the only systemctl verbs are
     // daemon-reload and try-restart (which never starts a stopped service).
-    for line in postinst.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
+    // (`echo` lines are the message telling the administrator what to run.)
+    for line in postinst
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.starts_with("echo "))
+    {
         if let Some(rest) = line.split("systemctl ").nth(1) {
             let verb = rest.split_whitespace().next().unwrap_or_default();
             assert!(
