@@ -12,7 +12,9 @@
 # Prints the package's path on the last line of stdout. Installs cargo-deb when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target="${CARGO_TARGET_DIR:-target}"
+# The asset paths in Cargo.toml name target/: build there whatever the environment says.
+unset CARGO_TARGET_DIR
+target=target
 files="$target/package-files"
 
 if ! cargo deb --version >/dev/null 2>&1; then
@@ -43,7 +45,8 @@ echo "package contents:" >&2
 dpkg-deb -c "$deb" >&2
 
 if cargo generate-rpm --version >/dev/null 2>&1; then
-  cargo generate-rpm --output "$target/generate-rpm/" >&2
+  rm -f "$target"/generate-rpm/xks-bridge-*.rpm
+  cargo generate-rpm >&2
   echo "rpm: $(ls "$target"/generate-rpm/xks-bridge-*.rpm)" >&2
 else
   echo "cargo generate-rpm not installed: no RPM (cargo install cargo-generate-rpm --locked)" >&2
