@@ -17,6 +17,8 @@ type -P kill >/dev/null 2>&1 || need+=(procps)                    # tests send t
 command -v flock >/dev/null 2>&1 || need+=(util-linux)          # tests hold the daemon's state lock from outside
 command -v useradd >/dev/null 2>&1 || need+=(passwd)            # tests create an admin-group member in the group database
 command -v getent >/dev/null 2>&1 || need+=(libc-bin)           # tests look the group up
+command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)             # scripts/package.sh and tests/package.rs unpack the .deb
+command -v man >/dev/null 2>&1 || need+=(man-db)                # tests render the packaged man pages (man-db pulls groff-base)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo_cmd=""

@@ -9,6 +9,7 @@ macro_rules! outln {
 }
 
 mod cli;
+mod gendocs;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -76,6 +77,13 @@ enum Command {
     /// configured keys; prints a verdict and a `[[tokens]]` snippet (exit 0 usable, 1 not, 69
     /// cannot run).
     Doctor(cli::DoctorArgs),
+    /// Write man pages and shell completions (packaging; see scripts/package.sh).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory to write `man/man1/` and `completions/` into.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -106,6 +114,9 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::Bench(args) => xks_bridge::bench::run(args),
         Command::Doctor(args) => cli::doctor(args),
+        Command::GenerateDocs { out } => {
+            gendocs::generate(<Cli as clap::CommandFactory>::command(), &out).map_err(|e| (1, e))
+        }
     };
     match code {
         Ok(()) => ExitCode::SUCCESS,
