@@ -20,12 +20,12 @@
 //!
 //! | Layer | Modules |
 //! |---|---|
-//! | assembly | [`daemon`] (start sequence, reload, signals), [`quickstart`], [`mod@bench`] |
+//! | assembly | [`daemon`] (start sequence, reload, signals), [`quickstart`], [`mod@bench`], [`doctor_report`] (verdicts on what `hsm`'s doctor probes found) |
 //! | operator side | [`control`]: kill-switch state machine, state file, admin protocol, socket, key verbs, instance lock; [`doctor_report`]: judging a token examined by `hsm::doctor` |
 //! | request path | [`server`] → [`app`] → [`ops`] → [`keystore`], [`auth`], [`authz`], [`ratelimit`], [`request`] |
 //! | sinks | [`metrics`], [`audit`], [`logging`] |
 //! | token | [`hsm`]: the only module that calls PKCS#11 |
-//! | foundations | [`config`], [`secret`], [`gates`] (kill-switch flags as the request path reads them), [`error`], [`xks`] (wire types, operation names, id syntax), [`aead`], [`clock`], [`exit`] |
+//! | foundations | [`config`], [`secret`], [`gates`] (kill-switch flags as the request path reads them), [`error`], [`xks`] (wire types, operation names, id syntax), [`aead`], [`clock`], [`exit`], [`module_env`] (a PKCS#11 module's environment, applied by re-executing) |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
