@@ -179,27 +179,6 @@ fn pipelined_garbage_gets_an_error_and_a_closed_connection_without_disturbing_ot
     report("probe under pipelined garbage", lat);
 }
 
-/// The daemon's `/metrics` text (the fixture config serves metrics on loopback).
-fn scrape_metrics(proxy: &TestProxy) -> String {
-    use std::io::{Read, Write};
-    let mut addr = None;
-    assert!(wait_until(WAIT, || {
-        addr = proxy.stdout_lines().iter().find_map(|l| {
-            l.strip_prefix("xks-bridge metrics on http://")?
-                .strip_suffix("/metrics")
-                .map(String::from)
-        });
-        addr.is_some()
-    }));
-    let mut s = std::net::TcpStream::connect(addr.unwrap()).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
-}
-
 /// The value of one series line (`name{labels} value`), 0 if absent.
 fn series(text: &str, name: &str) -> u64 {
     text.lines()

@@ -35,27 +35,6 @@ fn verify(args: &[&str], path: &std::path::Path) -> (Option<i32>, String) {
     (code, out + &err)
 }
 
-/// `GET /metrics` on the daemon's metrics listener (its address is printed on stdout).
-fn scrape(proxy: &TestProxy) -> String {
-    use std::io::{Read, Write};
-    let mut addr = None;
-    assert!(wait_until(WAIT, || {
-        addr = proxy.stdout_lines().iter().find_map(|l| {
-            l.strip_prefix("xks-bridge metrics on http://")?
-                .strip_suffix("/metrics")
-                .map(String::from)
-        });
-        addr.is_some()
-    }));
-    let mut s = std::net::TcpStream::connect(addr.unwrap()).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
-}
-
 /// One unauthenticated request of kind `i % 4`: unsigned, wrongly signed, unknown path,
 /// wrong method. Returns the status.
 fn unauthenticated(client: &mut Client, forger: &Signer, i: usize) -> u16 {
@@ -114,7 +93,7 @@ fn twenty_thousand_unauthenticated_requests_write_no_audit_record_and_few_log_li
     md["requestMetadata"]["kmsRequestId"] = json!("after-flood");
     assert_eq!(xks.post("/health", &md).status, 200);
     assert!(wait_until(WAIT, || audit_requests(&fx).len() >= 2));
-    let metrics = scrape(&proxy);
+    let metrics = scrape_metrics(&proxy);
     let logs = proxy.stop();
     let records = audit_requests(&fx);
     assert_eq!(
@@ -197,7 +176,7 @@ fn an_unauthenticated_flood_does_not_cost_a_signed_request_its_audit_record() {
     // With an fsync per record the writer trails the requests: wait (bounded) for it. The
     // daemon is killed afterwards, so nothing is flushed on the way out.
     wait_until(WAIT, || audited_ids(&fx).len() >= expected.len());
-    let metrics = scrape(&proxy);
+    let metrics = scrape_metrics(&proxy);
     drop(proxy);
     let records = audit_requests(&fx);
     let audited = audited_ids(&fx);

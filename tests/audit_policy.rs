@@ -274,30 +274,15 @@ fn operator_actions_join_the_chain_and_tampering_is_reported_at_the_edited_line(
 
 #[test]
 fn metrics_scrape_contains_every_named_series() {
-    use std::io::{Read, Write};
     let fx = Fixture::new();
     let proxy = TestProxy::start(&fx);
     assert_eq!(proxy.xks(&fx).health().status, 200);
-    let mut addr = None;
-    assert!(wait_until(WAIT, || {
-        addr = proxy.stdout_lines().iter().find_map(|l| {
-            l.strip_prefix("xks-bridge metrics on http://")?
-                .strip_suffix("/metrics")
-                .map(String::from)
-        });
-        addr.is_some()
-    }));
-    let addr = addr.unwrap();
+    let addr = metrics_addr(&proxy);
     assert!(
         addr.starts_with("127.0.0.1:"),
         "metrics must listen on loopback: {addr}"
     );
-    let mut s = std::net::TcpStream::connect(&addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
+    let text = scrape_metrics(&proxy);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     for series in [
         "xks_bridge_requests_total{keystore=\"/quickstart\",operation=\"GetHealthStatus\",outcome=\"OK\"} 1",

@@ -9,27 +9,6 @@ use common::*;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-/// `GET /metrics` on the daemon's metrics listener (its address is printed on stdout).
-fn scrape(proxy: &TestProxy) -> String {
-    use std::io::{Read, Write};
-    let mut addr = None;
-    assert!(wait_until(WAIT, || {
-        addr = proxy.stdout_lines().iter().find_map(|l| {
-            l.strip_prefix("xks-bridge metrics on http://")?
-                .strip_suffix("/metrics")
-                .map(String::from)
-        });
-        addr.is_some()
-    }));
-    let mut s = std::net::TcpStream::connect(addr.unwrap()).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
-}
-
 /// Every `xks_bridge_[a-z0-9_]+` word in `text` (not the bare prefix, as prose names it).
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
@@ -77,7 +56,7 @@ fn dashboard_and_alert_rules_query_only_metrics_the_daemon_exports() {
     let proxy = TestProxy::start(&fx);
     // One request, so the per-operation families have samples (and the HSM was called).
     assert_eq!(proxy.xks(&fx).health().status, 200);
-    let exposition = scrape(&proxy);
+    let exposition = scrape_metrics(&proxy);
     let samples = exported_samples(&exposition);
     let families = exported_families(&exposition);
     assert!(

@@ -173,3 +173,34 @@ impl Harness {
 pub fn ping(proxy: &TestProxy) -> u16 {
     proxy.client().send("GET", "/ping", &[], b"").status
 }
+
+/// The daemon's metrics address (`IP:PORT`), from the line it prints on stdout.
+#[track_caller]
+pub fn metrics_addr(proxy: &TestProxy) -> String {
+    let mut addr = None;
+    assert!(
+        crate::common::process::wait_until(WAIT, || {
+            addr = proxy.stdout_lines().iter().find_map(|l| {
+                l.strip_prefix("xks-bridge metrics on http://")?
+                    .strip_suffix("/metrics")
+                    .map(String::from)
+            });
+            addr.is_some()
+        }),
+        "the daemon never printed its metrics address"
+    );
+    addr.expect("metrics address")
+}
+
+/// One `GET /metrics` on a new connection: the whole HTTP response, head included.
+#[track_caller]
+pub fn scrape_metrics(proxy: &TestProxy) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(metrics_addr(proxy)).expect("connect to /metrics");
+    s.set_read_timeout(Some(WAIT)).expect("read timeout");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send the scrape");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read the scrape");
+    text
+}

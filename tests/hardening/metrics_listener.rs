@@ -9,19 +9,6 @@ use std::time::Duration;
 /// The daemon's `MAX_METRICS_CONNECTIONS`.
 const CAP: usize = 64;
 
-fn metrics_addr(proxy: &TestProxy) -> String {
-    let mut addr = None;
-    assert!(wait_until(WAIT, || {
-        addr = proxy.stdout_lines().iter().find_map(|l| {
-            l.strip_prefix("xks-bridge metrics on http://")?
-                .strip_suffix("/metrics")
-                .map(String::from)
-        });
-        addr.is_some()
-    }));
-    addr.unwrap()
-}
-
 /// Sends a keep-alive scrape on `s`; true when a 200 response head comes back.
 fn scrape_on(s: &mut TcpStream) -> bool {
     if s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").is_err() {
