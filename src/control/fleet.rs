@@ -404,7 +404,7 @@ impl Control {
     }
 
     /// Starts the watch (the running daemon only): a first pass now, before serving, then one
-    /// every [`WATCH_EVERY`].
+    /// every 0.1 s.
     pub fn start_fleet_watch(self: &Arc<Self>) {
         if self.adopt_marks() {
             let this = self.clone();
