@@ -11,7 +11,8 @@
 //!   arrives within 1 s. Success ratio and latency percentiles are printed at the end.
 //!
 //! Endpoint and credentials come from the `bench` options (`--quickstart FILE` is enough).
-//! All attackers share one source address, as on loopback.
+//! All attackers share one source address, as on loopback; `--probe-source` sends the probes
+//! from another one.
 
 use clap::Parser;
 use rustls::pki_types::pem::PemObject;
@@ -37,6 +38,10 @@ struct Cli {
     /// Idle attackers reopen a connection the server closed.
     #[arg(long)]
     reconnect: bool,
+    /// Attackers give up a TLS handshake after this long and reconnect (0 = never), as a
+    /// flooder that notices a stalled connection would.
+    #[arg(long, default_value_t = 0)]
+    handshake_timeout_ms: u64,
     /// Pipelining connections that never read (they always reopen).
     #[arg(long, default_value_t = 300)]
     pipeliners: usize,
@@ -49,6 +54,10 @@ struct Cli {
     /// Pause between probes.
     #[arg(long, default_value_t = 100)]
     probe_interval_ms: u64,
+    /// Probe from this local address (e.g. 127.0.0.2) instead of the attackers' one: KMS's
+    /// connections come from other addresses than an attacker's, and per-source caps apply.
+    #[arg(long)]
+    probe_source: Option<std::net::IpAddr>,
     /// Endpoint, credentials, CA.
     #[command(flatten)]
     bench: BenchArgs,
@@ -89,13 +98,15 @@ fn main() {
         for _ in 0..cli.idle {
             let (tls, name, addr, stop, tally) = (tls.clone(), name.clone(), addr.clone(), stop.clone(), tally.clone());
             let reconnect = cli.reconnect;
-            tokio::spawn(async move { idle_attacker(tls, name, addr, reconnect, stop, tally).await });
+            let patience = (cli.handshake_timeout_ms > 0).then(|| Duration::from_millis(cli.handshake_timeout_ms));
+            tokio::spawn(async move { idle_attacker(tls, name, addr, reconnect, patience, stop, tally).await });
         }
         let garbage = pipeline_payload(&target.uri_path, &target.endpoint.authority);
         for _ in 0..cli.pipeliners {
             let (tls, name, addr, stop, tally) = (tls.clone(), name.clone(), addr.clone(), stop.clone(), tally.clone());
             let garbage = garbage.clone();
-            tokio::spawn(async move { pipeliner(tls, name, addr, garbage, stop, tally).await });
+            let patience = (cli.handshake_timeout_ms > 0).then(|| Duration::from_millis(cli.handshake_timeout_ms));
+            tokio::spawn(async move { pipeliner(tls, name, addr, garbage, patience, stop, tally).await });
         }
         tokio::time::sleep(Duration::from_secs(cli.ramp)).await;
         eprintln!(
@@ -106,7 +117,10 @@ fn main() {
             tally.idle_closed_by_server.load(Ordering::Relaxed),
             tally.pipeline_connections.load(Ordering::Relaxed),
         );
-        let connector = Connector::new(target.endpoint.clone(), Some(&ca), target.resumption).expect("connector");
+        let mut connector = Connector::new(target.endpoint.clone(), Some(&ca), target.resumption).expect("connector");
+        if let Some(src) = cli.probe_source {
+            connector = connector.from_source(src);
+        }
         let signer = Signer {
             access_key_id: target.access_key_id.clone(),
             secret: target.secret.clone(),
@@ -207,6 +221,7 @@ async fn idle_attacker(
     name: ServerName<'static>,
     addr: String,
     reconnect: bool,
+    patience: Option<Duration>,
     stop: Arc<AtomicBool>,
     t: Arc<Tally>,
 ) {
@@ -217,7 +232,12 @@ async fn idle_attacker(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let Ok(mut s) = tls.connect(name.clone(), tcp).await else {
+        let handshake = tls.connect(name.clone(), tcp);
+        let done = match patience {
+            Some(p) => tokio::time::timeout(p, handshake).await.ok(),
+            None => Some(handshake.await),
+        };
+        let Some(Ok(mut s)) = done else {
             continue;
         };
         t.idle_handshakes.fetch_add(1, Ordering::Relaxed);
@@ -251,6 +271,7 @@ async fn pipeliner(
     name: ServerName<'static>,
     addr: String,
     payload: Arc<Vec<u8>>,
+    patience: Option<Duration>,
     stop: Arc<AtomicBool>,
     t: Arc<Tally>,
 ) {
@@ -259,7 +280,12 @@ async fn pipeliner(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let Ok(mut s) = tls.connect(name.clone(), tcp).await else {
+        let handshake = tls.connect(name.clone(), tcp);
+        let done = match patience {
+            Some(p) => tokio::time::timeout(p, handshake).await.ok(),
+            None => Some(handshake.await),
+        };
+        let Some(Ok(mut s)) = done else {
             continue;
         };
         t.pipeline_connections.fetch_add(1, Ordering::Relaxed);

@@ -4,20 +4,26 @@
 # daemon's peak RSS and open descriptors during the attack (from /proc/<pid>), and its
 # connection-budget metrics afterwards.
 #   scripts/attack.sh [--daemon BIN] [--no-build] [--idle N] [--pipeliners N] [--probes N] [--ramp S] [--reconnect]
+#                     [--probe-source IP] [--handshake-timeout-ms MS]
 # --daemon runs another build of xks-bridge (e.g. an older one, for a before/after comparison);
-# the attack tool is always built from this tree.
+# the attack tool is always built from this tree. --probe-source IP (e.g. 127.0.0.2) probes from
+# another loopback address than the attackers and turns the per-source caps on for loopback
+# (server.per_source_limits_on_loopback), as for an attacker and KMS on different addresses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 daemon=target/release/xks-bridge
 build=1
 attack_args=()
+probe_source=""
+
 while [ $# -gt 0 ]; do
     case "$1" in
         --daemon) daemon="$2"; shift 2 ;;
         --no-build) build=0; shift ;;
-        --idle|--pipeliners|--probes|--ramp|--probe-interval-ms) attack_args+=("$1" "$2"); shift 2 ;;
+        --idle|--pipeliners|--probes|--ramp|--probe-interval-ms|--handshake-timeout-ms) attack_args+=("$1" "$2"); shift 2 ;;
         --reconnect) attack_args+=("$1"); shift ;;
+        --probe-source) attack_args+=("$1" "$2"); probe_source="$2"; shift 2 ;;
         *) echo "attack.sh: unknown option $1" >&2; exit 64 ;;
     esac
 done
@@ -31,6 +37,11 @@ attack=target/release/examples/attack
 
 dir=$(mktemp -d /tmp/xks-attack.XXXXXX)
 log="$dir/daemon.log"
+if [ -n "$probe_source" ]; then
+    "$daemon" quickstart --dir "$dir/qs" --listen 127.0.0.1:0 --setup-only >/dev/null
+    sed -i 's/^\[server\]$/[server]\nper_source_limits_on_loopback = true/' "$dir/qs/config.toml"
+    grep -q '^per_source_limits_on_loopback = true' "$dir/qs/config.toml" || { echo "attack.sh: cannot enable per-source caps" >&2; exit 1; }
+fi
 "$daemon" quickstart --dir "$dir/qs" --listen 127.0.0.1:0 >"$log" 2>&1 &
 pid=$!
 sampler=""

@@ -73,6 +73,8 @@ pub struct Signer {
 pub struct Connector {
     endpoint: Endpoint,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// Local address to connect from (a client on another address than an attacker).
+    source: Option<std::net::IpAddr>,
 }
 
 impl Connector {
@@ -83,14 +85,40 @@ impl Connector {
             (true, None) => return Err("https needs a CA file".into()),
             (true, Some(ca)) => Some(tls_connector(&endpoint, ca, resumption)?),
         };
-        Ok(Connector { endpoint, tls })
+        Ok(Connector {
+            endpoint,
+            tls,
+            source: None,
+        })
+    }
+
+    /// Connects from `source` (bound before connecting) instead of the system's choice.
+    pub fn from_source(mut self, source: std::net::IpAddr) -> Connector {
+        self.source = Some(source);
+        self
+    }
+
+    async fn tcp(&self) -> std::io::Result<TcpStream> {
+        let target = (self.endpoint.host.as_str(), self.endpoint.port);
+        let Some(source) = self.source else {
+            return TcpStream::connect(target).await;
+        };
+        let addr = tokio::net::lookup_host(target)
+            .await?
+            .find(|a| a.is_ipv4() == source.is_ipv4())
+            .ok_or_else(|| std::io::Error::other("no address of the endpoint's family"))?;
+        let socket = if source.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        socket.connect(addr).await
     }
 
     /// TCP connect, TLS handshake, HTTP/1.1 handshake.
     pub async fn connect(&self) -> Result<Conn, Failure> {
-        let tcp = TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port))
-            .await
-            .map_err(|e| Failure::new("ConnectFailed", e))?;
+        let tcp = self.tcp().await.map_err(|e| Failure::new("ConnectFailed", e))?;
         // Requests are small and strictly request/response: Nagle would only add delay.
         tcp.set_nodelay(true)
             .map_err(|e| Failure::new("ConnectFailed", e))?;

@@ -21,6 +21,10 @@ pub(super) fn probe(budget: Arc<Budget>) -> ConnectionProbe {
             refusals: vec![
                 (Refusal::AllProven.as_str(), n(&s.refused_all_proven)),
                 (Refusal::PerSource.as_str(), n(&s.refused_per_source)),
+                (
+                    Refusal::PerSourceUnproven.as_str(),
+                    n(&s.refused_per_source_unproven),
+                ),
             ],
             closes: vec![
                 ("first_request_timeout", n(&s.first_request_timeouts)),

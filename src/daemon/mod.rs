@@ -194,13 +194,30 @@ async fn bind_listeners(cfg: &Config) -> Result<(Vec<TcpListener>, Vec<SocketAdd
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
     for addr in &cfg.server.listen {
-        let l = TcpListener::bind(addr)
-            .await
+        let l = bind_listener(*addr)
             .map_err(|e| startup::unavailable(format!("server.listen: cannot bind {addr}: {e}")))?;
         addrs.push(l.local_addr().unwrap_or(*addr));
         listeners.push(l);
     }
     Ok((listeners, addrs))
+}
+
+/// The accept queue's length. A flood of connections that the budget refuses still passes
+/// through this queue; when it overflows, the kernel drops the SYNs of every other client
+/// (KMS) too, which then retry only a second later. The kernel caps it at
+/// `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restart must not wait for TIME_WAIT sockets.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Binds the metrics listener and serves it.

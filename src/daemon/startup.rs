@@ -36,12 +36,13 @@ pub(crate) fn unavailable(message: String) -> StartError {
 /// Raises the soft open-file limit to the hard limit (systemd starts services at 1024), so
 /// `max_connections` is not cut short by "too many open files"; warns if it still does not fit.
 pub(super) fn raise_fd_limit(max_connections: usize) {
-    let wanted = max_connections as u64 + 256;
+    // The connections, the refused ones the server holds (its tarpit), and some to spare.
+    let wanted = ((1 + crate::server::TARPIT_PER_CONNECTION) * max_connections) as u64 + 256;
     match rlimit::increase_nofile_limit(wanted.max(65_536)) {
         Ok(got) if got < wanted => tracing::warn!(
             limit = got,
             max_connections,
-            "open-file limit is below server.max_connections + 256; raise LimitNOFILE"
+            "open-file limit is below 5 x server.max_connections + 256 (connections and held refused ones); raise LimitNOFILE"
         ),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),

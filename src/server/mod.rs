@@ -8,8 +8,10 @@ pub mod budget;
 mod finished;
 pub mod mtls;
 pub mod routes;
+mod tarpit;
 pub mod tls;
 pub mod write_deadline;
+use budget::Refusal;
 
 pub use finished::{Finished, Observer, Rejection};
 
@@ -31,6 +33,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tls::Tls;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+/// Size of the pen for refused connections, per allowed connection.
+pub const TARPIT_PER_CONNECTION: usize = 4;
+
+/// Refused connections are logged at most this often (with their count).
+const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Connection-level limits, from `[server]`.
 #[derive(Debug, Clone)]
@@ -191,13 +199,27 @@ impl Server {
             }));
         }
         drop(conn_tx);
+        let (mut last_refusal_warning, mut refused) = (None, 0u64);
+        // Room for more flooding sockets than a client can open on its own share of two
+        // cores; each held one costs a descriptor and a few KiB of kernel buffer.
+        let mut tarpit = tarpit::Tarpit::new(TARPIT_PER_CONNECTION * self.limits.max_connections);
+        let mut tarpit_sweep = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 Some((stream, peer)) = conn_rx.recv() => {
                     let slot = match self.budget.admit(peer.ip()) {
                         Ok(slot) => slot,
                         Err(reason) => {
-                            tracing::warn!(%peer, reason = reason.as_str(), "connection limit reached; closing new connection");
+                            if reason == Refusal::PerSourceUnproven {
+                                tarpit.hold(stream);
+                            }
+                            // Refusals come in floods: one WARN per interval with the count,
+                            // the rest in the refusal metric.
+                            refused += 1;
+                            if last_refusal_warning.is_none_or(|t: Instant| t.elapsed() >= REFUSAL_WARN_EVERY) {
+                                tracing::warn!(%peer, reason = reason.as_str(), refused_since_last_warning = refused, "connection limit reached; closing new connections");
+                                (last_refusal_warning, refused) = (Some(Instant::now()), 0);
+                            }
                             continue;
                         }
                     };
@@ -205,9 +227,11 @@ impl Server {
                     let watcher = graceful.watcher();
                     tokio::spawn(this.connection(stream, slot, watcher));
                 }
+                _ = tarpit_sweep.tick(), if !tarpit.is_empty() => tarpit.release_expired(),
                 _ = shutdown.changed() => break,
             }
         }
+        drop(tarpit);
         // Tell systemd we are stopping (before the drain, which may take the grace period), and
         // stop accepting at once: close the listening sockets.
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

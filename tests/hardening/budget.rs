@@ -100,3 +100,61 @@ fn an_unproven_connection_is_closed_after_its_request_allowance() {
         "the last allowed answer announces the close: {text}"
     );
 }
+
+/// A source at its unproven cap whose connections are all young (a flood): its newcomer gets no
+/// TLS answer and is held open, not closed (so the flooder cannot reconnect at once and fill the
+/// accept queue), while a client from another address is served at once.
+#[test]
+fn a_flooding_source_at_its_unproven_cap_is_held_off_while_other_sources_are_served() {
+    use std::io::Read;
+    require_tool("curl", "curl");
+    let fx = Fixture::new();
+    let mut cfg = fx.config();
+    let server = section(&mut cfg, "server");
+    server.insert("per_source_limits_on_loopback".into(), true.into());
+    server.insert("max_unproven_per_source".into(), 3.into());
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    let tls = || tls_config(&proxy.ca, None, None, &[]);
+    let mut held: Vec<RawTls> = (0..3)
+        .map(|_| RawTls::connect(proxy.addr, tls()).expect("admitted under the cap"))
+        .collect();
+    let mut refused = std::net::TcpStream::connect(proxy.addr).expect("TCP connect");
+    refused
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    match refused.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("the newcomer over the cap must be held open and unanswered, got {other:?}"),
+    }
+    // The source's young connections were not evicted for it: the oldest still answers.
+    let head = request_head("GET", "/ping", &held[0].authority.clone(), &[]);
+    held[0].send(head.as_bytes()).expect("send");
+    let r = held[0].read_response().expect("the oldest connection was kept");
+    assert_eq!(r.status, 200, "{}", r.head);
+    let url = format!("https://{}/ping", proxy.addr);
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+        .args(["--interface", "127.0.0.2", "--cacert"])
+        .arg(&proxy.ca)
+        .arg(&url)
+        .output()
+        .expect("run curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "another source must be served: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = scrape_metrics(&proxy);
+    assert!(
+        m.lines().any(|l| l
+            .starts_with("xks_bridge_connection_refusals_total{reason=\"per_source_unproven\"}")
+            && !l.ends_with(" 0")),
+        "{m}"
+    );
+}
