@@ -68,6 +68,10 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Take the running daemon out of its load balancer's rotation and stop it, as SIGTERM
+    /// does: `/ping` answers 503 for `server.drain_delay_ms` while requests are still served,
+    /// then the listeners close, in-flight requests are answered and the daemon exits 0.
+    Drain(cli::DrainArgs),
     /// Manage keys on the token: create, import, list, show, disable, enable, destroy.
     #[command(subcommand)]
     Keys(cli::KeysCmd),
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
         ),
         Command::Reload { config } => cli::reload(&config),
         Command::Keys(cmd) => cli::keys(cmd),
+        Command::Drain(args) => cli::drain(args),
         Command::Quickstart {
             dir,
             listen,

@@ -308,6 +308,18 @@ fn validate_budget(srv: &super::ServerConfig) -> Result<(), String> {
     if srv.tcp_keepalive_secs > 7200 {
         return Err("server.tcp_keepalive_secs: at most 7200".into());
     }
+    validate_drain(srv)
+}
+
+/// The drain timings (`[server]`).
+fn validate_drain(srv: &super::ServerConfig) -> Result<(), String> {
+    let max = super::MAX_DRAIN_MS;
+    if srv.drain_delay_ms > max {
+        return Err(format!("server.drain_delay_ms: at most {max}"));
+    }
+    if srv.drain_grace_ms == 0 || srv.drain_grace_ms > max {
+        return Err(format!("server.drain_grace_ms: must be between 1 and {max}"));
+    }
     Ok(())
 }
 

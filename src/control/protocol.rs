@@ -118,6 +118,28 @@ pub enum AdminRequest {
         /// What to do.
         op: KeyOp,
     },
+    /// Take the instance out of its load balancer's rotation, then stop (as SIGTERM does).
+    Drain {
+        /// Why (logged with the caller's uid).
+        reason: Option<String>,
+    },
+}
+
+/// What a `drain` request started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainReport {
+    /// A drain (from a signal or an earlier command) was already under way; nothing changed.
+    pub already_draining: bool,
+    /// Time since the drain began, when it was already under way.
+    pub elapsed_ms: u64,
+    /// How long `/ping` answers 503 before the listeners close (`server.drain_delay_ms`).
+    pub drain_delay_ms: u64,
+    /// How long open connections then get before the process exits anyway.
+    pub drain_grace_ms: u64,
+    /// Connections open when the request arrived.
+    pub open_connections: usize,
+    /// The daemon's process id, to follow its exit.
+    pub pid: u32,
 }
 
 /// Engage or release.
@@ -269,6 +291,8 @@ pub enum AdminReply {
         /// The key.
         id: String,
     },
+    /// A drain is under way.
+    Draining(DrainReport),
     /// The request failed; nothing was changed unless the message says otherwise.
     Failed {
         /// For the operator.

@@ -5,13 +5,14 @@
 
 use super::keys::{self, MarkOutcome};
 use super::protocol::{
-    Action, AdminReply, AdminRequest, ChangeReport, DaemonState, KeyOp, KeystoreState, Scope, ScopeState,
-    Status, TokenState,
+    Action, AdminReply, AdminRequest, ChangeReport, DaemonState, DrainReport, KeyOp, KeystoreState, Scope,
+    ScopeState, Status, TokenState,
 };
 use super::state_file::Engagement;
 use super::switch::{ReleaseError, Switch};
 use crate::audit::{AdminEvent, AuditEvent, AuditLog, AuditRecord};
 use crate::hsm::{Token, IDLE_CHECK};
+use crate::server::Drain;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -42,6 +43,8 @@ pub struct Control {
     reloader: Option<Arc<dyn Reload>>,
     audit: Option<Arc<AuditLog>>,
     daemon: DaemonState,
+    /// The server's drain, once the daemon has built it (an offline command has none).
+    drain: std::sync::OnceLock<Arc<Drain>>,
 }
 
 impl Control {
@@ -78,6 +81,30 @@ impl Control {
             reloader,
             audit,
             daemon,
+            drain: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Hands the control plane the server's drain (the server is built after it); later calls
+    /// are ignored.
+    pub fn set_drain(&self, drain: Arc<Drain>) {
+        let _ = self.drain.set(drain);
+    }
+
+    /// Starts the drain (or reports the one under way).
+    fn drain(&self, by: &Engagement) -> AdminReply {
+        let Some(d) = self.drain.get() else {
+            return AdminReply::failed("no running daemon to drain");
+        };
+        let via = format!("{} (uid {:?}): {}", by.via, by.by_uid, by.reason);
+        let started = d.begin(&via);
+        AdminReply::Draining(DrainReport {
+            already_draining: started.already,
+            elapsed_ms: started.since.as_millis() as u64,
+            drain_delay_ms: d.delay.as_millis() as u64,
+            drain_grace_ms: d.grace.as_millis() as u64,
+            open_connections: d.open_connections(),
+            pid: std::process::id(),
         })
     }
 
@@ -140,6 +167,7 @@ impl Control {
                 },
                 None => AdminReply::failed("no running daemon to reload"),
             },
+            AdminRequest::Drain { reason } => self.drain(&by(&reason)),
             AdminRequest::Keys { token, op } => {
                 let by = by(&None);
                 let reply = self.keys(token.as_deref(), &op, by.clone()).await;

@@ -62,9 +62,9 @@ pub(super) fn spawn_watchdog(pools: Vec<Hsm>) {
     });
 }
 
-/// A watch channel that flips on SIGTERM or SIGINT.
-pub fn shutdown_on_signals() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
+/// A watch channel that names SIGTERM or SIGINT once one arrives (it starts the drain).
+pub fn shutdown_on_signals() -> watch::Receiver<Option<&'static str>> {
+    let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
@@ -72,11 +72,12 @@ pub fn shutdown_on_signals() -> watch::Receiver<bool> {
             tracing::error!("cannot install signal handlers");
             return;
         };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-        let _ = tx.send(true);
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!("{name}: shutting down");
+        let _ = tx.send(Some(name));
     });
     rx
 }

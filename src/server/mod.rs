@@ -5,12 +5,14 @@
 
 mod accept;
 pub mod budget;
+pub mod drain;
 mod finished;
 pub mod mtls;
 pub mod routes;
 pub mod tls;
 pub mod write_deadline;
 
+pub use drain::{Drain, DrainPhase, DrainStart};
 pub use finished::{Finished, Observer, Rejection};
 
 use crate::app::App;
@@ -57,6 +59,10 @@ pub struct ConnLimits {
     pub tcp_keepalive: Duration,
     /// TCP_USER_TIMEOUT.
     pub tcp_user_timeout: Duration,
+    /// How long `/ping` answers 503 before a drain closes the listeners.
+    pub drain_delay: Duration,
+    /// How long open connections get once the listeners are closed.
+    pub drain_grace: Duration,
 }
 
 impl From<&ServerConfig> for ConnLimits {
@@ -73,6 +79,8 @@ impl From<&ServerConfig> for ConnLimits {
             write_timeout: Duration::from_millis(s.write_timeout_ms),
             tcp_keepalive: Duration::from_secs(s.tcp_keepalive_secs),
             tcp_user_timeout: Duration::from_millis(s.tcp_user_timeout_ms),
+            drain_delay: Duration::from_millis(s.drain_delay_ms),
+            drain_grace: Duration::from_millis(s.drain_grace_ms),
         }
     }
 }
@@ -89,6 +97,8 @@ pub struct Server {
     budget: Arc<budget::Budget>,
     /// Called for every finished request (audit record, metrics); fixed at construction.
     observer: Option<Observer>,
+    /// Graceful removal from a load balancer.
+    drain: Arc<Drain>,
 }
 
 impl Server {
@@ -100,11 +110,14 @@ impl Server {
         limits: ConnLimits,
         observer: Option<Observer>,
     ) -> Arc<Server> {
+        let budget = budget::Budget::new(limits.budget.clone());
+        let drain = Arc::new(Drain::new(limits.drain_delay, limits.drain_grace, budget.clone()));
         Arc::new(Server {
+            drain,
             app: RwLock::new(app),
             tls: RwLock::new(tls),
             trust_epoch: watch::Sender::new(0),
-            budget: budget::Budget::new(limits.budget.clone()),
+            budget,
             limits,
             next_id: AtomicU64::new(1),
             observer,
@@ -114,6 +127,11 @@ impl Server {
     /// The connection budget (its counters and a sample of open connections for metrics).
     pub fn budget(&self) -> &Arc<budget::Budget> {
         &self.budget
+    }
+
+    /// The drain state (started by signals and the admin `drain` verb).
+    pub fn drain(&self) -> &Arc<Drain> {
+        &self.drain
     }
 
     /// The current app (keystores, credentials, limits).
@@ -161,14 +179,11 @@ impl Server {
         }
     }
 
-    /// Accepts connections until `shutdown` flips, then waits up to `grace` for open
-    /// connections to finish their in-flight requests.
-    pub async fn serve(
-        self: Arc<Self>,
-        listeners: Vec<TcpListener>,
-        mut shutdown: watch::Receiver<bool>,
-        grace: Duration,
-    ) {
+    /// Accepts connections until a drain begins ([`Server::drain`]); then answers `/ping`
+    /// with 503 for the drain delay while still accepting and serving, closes the listeners,
+    /// and waits up to the drain grace for open connections to finish their in-flight
+    /// requests. Each step is logged with its timing.
+    pub async fn serve(self: Arc<Self>, listeners: Vec<TcpListener>) {
         let graceful = GracefulShutdown::new();
         let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(1024);
         let mut acceptors = Vec::new();
@@ -191,6 +206,14 @@ impl Server {
             }));
         }
         drop(conn_tx);
+        let drain = self.drain.clone();
+        // Accepting goes on through the drain delay: the balancer may route new connections
+        // here until its health checks have seen the 503.
+        let announce_over = async {
+            drain.begun().await;
+            tokio::time::sleep(drain.delay).await;
+        };
+        tokio::pin!(announce_over);
         loop {
             tokio::select! {
                 Some((stream, peer)) = conn_rx.recv() => {
@@ -205,17 +228,35 @@ impl Server {
                     let watcher = graceful.watcher();
                     tokio::spawn(this.connection(stream, slot, watcher));
                 }
-                _ = shutdown.changed() => break,
+                () = &mut announce_over => break,
             }
         }
         // Tell systemd we are stopping (before the drain, which may take the grace period), and
         // stop accepting at once: close the listening sockets.
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         acceptors.iter().for_each(|a| a.abort());
+        drop(conn_rx);
+        let open = drain.open_connections();
+        let since = |d: &Drain| d.elapsed().unwrap_or_default().as_millis() as u64;
+        tracing::warn!(
+            elapsed_ms = since(&drain),
+            open_connections = open,
+            "drain: listeners closed; answering in-flight requests and closing keep-alive connections"
+        );
+        drain.advance(DrainPhase::Closing);
+        let closing = Instant::now();
         tokio::select! {
-            _ = graceful.shutdown() => tracing::info!("all connections drained"),
-            _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+            _ = graceful.shutdown() => tracing::warn!(
+                elapsed_ms = since(&drain),
+                closing_ms = closing.elapsed().as_millis() as u64,
+                "drain: all connections drained"
+            ),
+            _ = tokio::time::sleep(drain.grace) => tracing::warn!(
+                elapsed_ms = since(&drain),
+                "drain: grace period over; closing remaining connections"
+            ),
         }
+        drain.advance(DrainPhase::Done);
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: Option<IpAddr>) -> Response<Full<Bytes>> {
@@ -225,6 +266,10 @@ impl Server {
             // A load balancer takes an instance whose kill switch is engaged out of rotation.
             if app.gates.proxy().is_closed() {
                 return text_response(StatusCode::SERVICE_UNAVAILABLE, "kill switch engaged");
+            }
+            // Draining: out of rotation, while the requests the balancer still sends are served.
+            if self.drain.is_draining() {
+                return text_response(StatusCode::SERVICE_UNAVAILABLE, "draining");
             }
             return text_response(StatusCode::OK, "pong");
         }
