@@ -137,6 +137,8 @@ pub struct AdminConfig {
 /// `server.drain_delay_ms` when unset: a load balancer checking every second and marking an
 /// instance down after two failures has taken it out with room to spare.
 pub const DEFAULT_DRAIN_DELAY_MS: u64 = 5_000;
+/// `server.drain_grace_ms` when unset.
+pub const DEFAULT_DRAIN_GRACE_MS: u64 = 10_000;
 /// Upper bound of `server.drain_delay_ms` and `server.drain_grace_ms`: a stop that takes longer
 /// than this is a hang to the service manager.
 pub const MAX_DRAIN_MS: u64 = 300_000;
@@ -415,7 +417,7 @@ fn default_drain_delay_ms() -> u64 {
     DEFAULT_DRAIN_DELAY_MS
 }
 fn default_drain_grace_ms() -> u64 {
-    10_000
+    DEFAULT_DRAIN_GRACE_MS
 }
 fn default_unproven_per_source() -> usize {
     256

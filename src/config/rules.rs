@@ -328,6 +328,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shipped_unit_waits_longer_than_a_default_drain() {
+        let unit = include_str!("../../systemd/xks-bridge.service");
+        let secs: u64 = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("TimeoutStopSec= in seconds");
+        // Room beyond the drain for the audit flush and closing the token.
+        let needed = super::super::DEFAULT_DRAIN_DELAY_MS + super::super::DEFAULT_DRAIN_GRACE_MS + 5_000;
+        assert!(secs * 1000 >= needed, "TimeoutStopSec={secs} is shorter than a default drain ({needed} ms)");
+    }
+
+    #[test]
     fn key_ids_follow_the_spec_alphabet() {
         assert!(valid_key_id("foo.bar-1_2"));
         assert!(!valid_key_id(""));
