@@ -71,6 +71,55 @@ fn rolling_sigterm_restart_behind_haproxy_loses_no_request() {
         assert_eq!(v["xksProxyFleetSize"], 3, "{v}");
         assert_eq!(v["ekmFleetDetails"][0]["healthStatus"], "ACTIVE", "{v}");
     }
+    let r = f.xks().health();
+    assert_eq!(r.json()["xksProxyFleetSize"], 3, "{}", r.text());
+
+    // `bench` through the balancer reports each instance's share from its metrics.
+    let report = bench_through(&f);
+    let shares = report["instances"].as_array().expect("instances in the bench report");
+    assert_eq!(shares.len(), 3, "{report}");
+    let counted: u64 = shares.iter().map(|s| s["requests"].as_u64().unwrap_or(0)).sum();
+    let sent = report["total"].as_u64().unwrap_or(0) + report["warmup"]["requests"].as_u64().unwrap_or(0);
+    eprintln!("bench through HAProxy: {sent} requests sent; per instance: {shares:?}");
+    for s in shares {
+        assert!(s["requests"].as_u64().unwrap_or(0) > 0, "an instance got no request: {report}");
+    }
+    // The bench also sends a few requests outside its tally (set-up, the last in flight).
+    assert!(
+        (sent..=sent + 64).contains(&counted),
+        "the instances counted {counted} requests for {sent} sent: {report}"
+    );
+}
+
+/// `xks-bridge bench --json` through the balancer for 1 s, with every instance's metrics.
+fn bench_through(f: &Fleet) -> serde_json::Value {
+    let endpoint = format!("https://{}", f.lb.addr);
+    let secret = f.fx.path("secrets/sigv4-secret");
+    let ca = f.fx.ca_pem();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["bench", "--json", "--endpoint", &endpoint, "--uri-path", BASE])
+        .args(["--access-key-id", &f.fx.access_key_id, "--key-id", KEY_AES])
+        .arg("--secret-file")
+        .arg(&secret)
+        .arg("--ca-file")
+        .arg(&ca)
+        .args(["--duration", "1", "--warmup", "0", "--connections", "6", "--client-threads", "1"])
+        .env_remove("XKS_BENCH_SECRET");
+    for inst in &f.instances {
+        cmd.arg("--instance-metrics").arg(metrics_url(inst));
+    }
+    let (code, out, err) = run_bounded(cmd, WAIT);
+    assert_eq!(code, Some(0), "bench: {out}\n{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bench JSON ({e}): {out}"))
+}
+
+/// The metrics URL an instance printed.
+fn metrics_url(inst: &Instance) -> String {
+    let lines = inst.proc.as_ref().expect("running").stdout_lines();
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("xks-bridge metrics on ").map(str::to_owned))
+        .expect("metrics address printed")
 }
 
 #[test]
@@ -154,11 +203,11 @@ fn drain_command_answers_ping_503_while_serving_then_exits_zero() {
 /// `GET /metrics` of an instance, from the address it printed.
 fn scrape_metrics_at(inst: &Instance) -> String {
     use std::io::{Read, Write};
-    let lines = inst.proc.as_ref().expect("running").stdout_lines();
-    let addr = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("xks-bridge metrics on http://")?.strip_suffix("/metrics"))
-        .expect("metrics address printed");
+    let url = metrics_url(inst);
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|a| a.strip_suffix("/metrics"))
+        .expect("metrics URL");
     let mut s = std::net::TcpStream::connect(addr).expect("connect to /metrics");
     s.set_read_timeout(Some(WAIT)).expect("read timeout");
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
