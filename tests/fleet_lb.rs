@@ -42,14 +42,26 @@ fn rolling_sigterm_restart_behind_haproxy_loses_no_request() {
         let status = inst.proc().wait_exit(WAIT).expect("instance exits after SIGTERM");
         let logs = inst.proc().stderr_text();
         assert_eq!(status.code(), Some(0), "{name} after SIGTERM: {status:?}\n{logs}");
-        assert!(down.is_some(), "HAProxy never marked {name} DOWN during its drain: {:?}", f.lb.statuses());
+        assert!(
+            down.is_some(),
+            "HAProxy never marked {name} DOWN during its drain: {:?}",
+            f.lb.statuses()
+        );
         assert!(logs.contains("drain started"), "{logs}");
         assert!(logs.contains("drain: listeners closed"), "{logs}");
         assert!(logs.contains("drain: all connections drained"), "{logs}");
         inst.start();
         let up = f.lb.wait_status(&name, "UP", WAIT);
-        assert!(up.is_some(), "HAProxy never saw {name} UP again: {:?}", f.lb.statuses());
-        eprintln!("{name}: marked DOWN {:?} after SIGTERM, UP {:?} after restart", down.unwrap(), up.unwrap());
+        assert!(
+            up.is_some(),
+            "HAProxy never saw {name} UP again: {:?}",
+            f.lb.statuses()
+        );
+        eprintln!(
+            "{name}: marked DOWN {:?} after SIGTERM, UP {:?} after restart",
+            down.unwrap(),
+            up.unwrap()
+        );
     }
     std::thread::sleep(Duration::from_millis(300));
     let t = load.finish();
@@ -61,7 +73,11 @@ fn rolling_sigterm_restart_behind_haproxy_loses_no_request() {
         t.failed.len()
     );
     assert!(t.ok > 300, "the load did not run: {t:?}");
-    assert!(t.failed.is_empty(), "requests failed during the rolling restart: {:?}", t.failed);
+    assert!(
+        t.failed.is_empty(),
+        "requests failed during the rolling restart: {:?}",
+        t.failed
+    );
 
     // Every restarted instance, asked directly and through the balancer, reports the fleet.
     for inst in &f.instances {
@@ -76,13 +92,18 @@ fn rolling_sigterm_restart_behind_haproxy_loses_no_request() {
 
     // `bench` through the balancer reports each instance's share from its metrics.
     let report = bench_through(&f);
-    let shares = report["instances"].as_array().expect("instances in the bench report");
+    let shares = report["instances"]
+        .as_array()
+        .expect("instances in the bench report");
     assert_eq!(shares.len(), 3, "{report}");
     let counted: u64 = shares.iter().map(|s| s["requests"].as_u64().unwrap_or(0)).sum();
     let sent = report["total"].as_u64().unwrap_or(0) + report["warmup"]["requests"].as_u64().unwrap_or(0);
     eprintln!("bench through HAProxy: {sent} requests sent; per instance: {shares:?}");
     for s in shares {
-        assert!(s["requests"].as_u64().unwrap_or(0) > 0, "an instance got no request: {report}");
+        assert!(
+            s["requests"].as_u64().unwrap_or(0) > 0,
+            "an instance got no request: {report}"
+        );
     }
     // The bench also sends a few requests outside its tally (set-up, the last in flight).
     assert!(
@@ -103,7 +124,16 @@ fn bench_through(f: &Fleet) -> serde_json::Value {
         .arg(&secret)
         .arg("--ca-file")
         .arg(&ca)
-        .args(["--duration", "1", "--warmup", "0", "--connections", "6", "--client-threads", "1"])
+        .args([
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--connections",
+            "6",
+            "--client-threads",
+            "1",
+        ])
         .env_remove("XKS_BENCH_SECRET");
     for inst in &f.instances {
         cmd.arg("--instance-metrics").arg(metrics_url(inst));
@@ -139,7 +169,10 @@ fn kill_9_behind_haproxy_fails_only_requests_on_its_connections() {
     );
     let down = down.unwrap_or_else(|| panic!("HAProxy never marked xks2 DOWN: {:?}", f.lb.statuses()));
     // Two failed checks, the second 100 ms after the first, each bounded by `timeout check`.
-    assert!(down < Duration::from_millis(1500), "marked DOWN only after {down:?}");
+    assert!(
+        down < Duration::from_millis(1500),
+        "marked DOWN only after {down:?}"
+    );
     assert!(t.ok > 100, "the load did not run: {t:?}");
     // At most the request each worker had on a connection to the killed instance.
     assert!(
@@ -162,18 +195,28 @@ fn drain_command_answers_ping_503_while_serving_then_exits_zero() {
     let drain = std::thread::spawn(move || cli(&config, &["drain", "--reason", "test"]));
     let inst = &f.instances[1];
     assert!(
-        wait_until(Duration::from_secs(2), || inst.ping(&f.fx) == (503, "draining".to_owned())),
+        wait_until(Duration::from_secs(2), || inst.ping(&f.fx)
+            == (503, "draining".to_owned())),
         "/ping never answered 503 draining"
     );
     let announced = asked.elapsed();
     // Still served during the delay, and told to reconnect elsewhere.
-    let r = inst.xks(&f.fx).encrypt(KEY_AES, &encrypt_body(b"still here", None, false));
+    let r = inst
+        .xks(&f.fx)
+        .encrypt(KEY_AES, &encrypt_body(b"still here", None, false));
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.headers.get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]));
+    assert_eq!(
+        r.headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
     let metrics = scrape_metrics_at(&f.instances[1]);
     assert!(metrics.contains("xks_bridge_draining 1"), "{metrics}");
     let down = f.lb.wait_status("xks2", "DOWN", WAIT);
-    assert!(down.is_some(), "HAProxy never marked xks2 DOWN: {:?}", f.lb.statuses());
+    assert!(
+        down.is_some(),
+        "HAProxy never marked xks2 DOWN: {:?}",
+        f.lb.statuses()
+    );
     let (code, out, err) = drain.join().expect("drain command");
     let exited = asked.elapsed();
     assert_eq!(code, Some(0), "drain: {out}\n{err}");
@@ -192,7 +235,11 @@ fn drain_command_answers_ping_503_while_serving_then_exits_zero() {
         t.ok,
         t.failed.len()
     );
-    assert!(t.failed.is_empty(), "requests failed during the drain: {:?}", t.failed);
+    assert!(
+        t.failed.is_empty(),
+        "requests failed during the drain: {:?}",
+        t.failed
+    );
 
     // Nothing left to drain: the command says so with exit 69, and acts on nothing offline.
     let (code, _, err) = cli(&f.instances[1].config, &["drain"]);

@@ -56,7 +56,8 @@ impl MetricsUrl {
             .next()
             .ok_or("no address")?;
         let mut s = TcpStream::connect_timeout(&addr, SCRAPE_TIMEOUT).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(SCRAPE_TIMEOUT)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(SCRAPE_TIMEOUT))
+            .map_err(|e| e.to_string())?;
         let req = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
             self.path, self.authority
@@ -104,7 +105,11 @@ pub fn read_all(urls: &[MetricsUrl]) -> Vec<Result<u64, String>> {
 }
 
 /// Each instance's share, from the readings before and after.
-pub fn shares(urls: &[MetricsUrl], before: &[Result<u64, String>], after: &[Result<u64, String>]) -> Vec<InstanceShare> {
+pub fn shares(
+    urls: &[MetricsUrl],
+    before: &[Result<u64, String>],
+    after: &[Result<u64, String>],
+) -> Vec<InstanceShare> {
     let deltas: Vec<Result<u64, String>> = before
         .iter()
         .zip(after)
@@ -172,7 +177,10 @@ mod tests {
         let before = vec![Ok(10), Ok(0), Ok(50)];
         let after = vec![Ok(40), Ok(10), Ok(5)];
         let s = shares(&urls, &before, &after);
-        assert_eq!((s[0].requests, s[1].requests, s[2].requests), (Some(30), Some(10), None));
+        assert_eq!(
+            (s[0].requests, s[1].requests, s[2].requests),
+            (Some(30), Some(10), None)
+        );
         assert_eq!((s[0].share, s[1].share), (Some(0.75), Some(0.25)));
         assert!(s[2].note.as_deref().unwrap().contains("restarted"));
         assert!(MetricsUrl::parse("https://h/metrics").is_err());

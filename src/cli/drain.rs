@@ -44,7 +44,12 @@ pub fn drain(a: DrainArgs) -> CliResult {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| (Exit::OsError.code(), format!("cannot start the async runtime: {e}")))?;
+        .map_err(|e| {
+            (
+                Exit::OsError.code(),
+                format!("cannot start the async runtime: {e}"),
+            )
+        })?;
     let started = Instant::now();
     let req = AdminRequest::Drain { reason: a.reason };
     let report = match rt.block_on(request(&socket, &req)) {

@@ -337,7 +337,10 @@ mod tests {
             .expect("TimeoutStopSec= in seconds");
         // Room beyond the drain for the audit flush and closing the token.
         let needed = super::super::DEFAULT_DRAIN_DELAY_MS + super::super::DEFAULT_DRAIN_GRACE_MS + 5_000;
-        assert!(secs * 1000 >= needed, "TimeoutStopSec={secs} is shorter than a default drain ({needed} ms)");
+        assert!(
+            secs * 1000 >= needed,
+            "TimeoutStopSec={secs} is shorter than a default drain ({needed} ms)"
+        );
     }
 
     #[test]

@@ -96,7 +96,9 @@ impl Control {
         let Some(d) = self.drain.get() else {
             return AdminReply::failed("no running daemon to drain");
         };
-        let uid = by.by_uid.map_or_else(|| "unknown uid".to_owned(), |u| format!("uid {u}"));
+        let uid = by
+            .by_uid
+            .map_or_else(|| "unknown uid".to_owned(), |u| format!("uid {u}"));
         let via = format!("{} ({uid}): {}", by.via, by.reason);
         let started = d.begin(&via);
         AdminReply::Draining(DrainReport {

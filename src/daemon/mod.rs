@@ -193,10 +193,7 @@ impl Daemon {
                 tracing::error!(error = %e, "audit trail: final flush failed");
             }
         }
-        tracing::info!(
-            served_s = started.elapsed().as_secs(),
-            "stopped: exiting 0"
-        );
+        tracing::info!(served_s = started.elapsed().as_secs(), "stopped: exiting 0");
     }
 }
 

@@ -50,7 +50,8 @@ impl Instance {
             .arg(&self.config)
             .env_remove("RUST_LOG")
             .env_remove("SOFTHSM2_CONF");
-        let proc = Spawned::start(cmd).unwrap_or_else(|e| panic!("instance {} did not start: {e}", self.addr));
+        let proc =
+            Spawned::start(cmd).unwrap_or_else(|e| panic!("instance {} did not start: {e}", self.addr));
         assert_eq!(
             proc.first_line(),
             format!("xks-bridge listening on https://{}", self.addr),
@@ -214,9 +215,18 @@ fn tls(fx: &Fixture) -> Arc<ClientConfig> {
 
 /// The shipped HAProxy config with the `site:` lines set for loopback, the check timings of
 /// [`TEST_CHECK_TIMING`] and one server line per instance.
-pub fn haproxy_config(shipped: &str, bind: SocketAddr, stats: &Path, ca: &Path, instances: &[SocketAddr]) -> String {
+pub fn haproxy_config(
+    shipped: &str,
+    bind: SocketAddr,
+    stats: &Path,
+    ca: &Path,
+    instances: &[SocketAddr],
+) -> String {
     let replacements = [
-        ("log /dev/log local0 info", "log stdout format raw local0 info".to_owned()),
+        (
+            "log /dev/log local0 info",
+            "log stdout format raw local0 info".to_owned(),
+        ),
         (
             "stats socket /run/haproxy/admin.sock",
             format!("stats socket {}", stats.display()),
@@ -228,7 +238,10 @@ pub fn haproxy_config(shipped: &str, bind: SocketAddr, stats: &Path, ca: &Path, 
     ];
     let mut text = shipped.to_owned();
     for (from, to) in replacements {
-        assert!(text.contains(from), "deploy/haproxy/haproxy.cfg no longer contains {from:?}");
+        assert!(
+            text.contains(from),
+            "deploy/haproxy/haproxy.cfg no longer contains {from:?}"
+        );
         text = text.replace(from, &to);
     }
     // Unprivileged, in the foreground: no chroot or user switch. The server list is replaced.
@@ -236,7 +249,10 @@ pub fn haproxy_config(shipped: &str, bind: SocketAddr, stats: &Path, ca: &Path, 
         .lines()
         .filter(|l| {
             let t = l.trim_start();
-            !(t.starts_with("chroot ") || t.starts_with("user ") || t.starts_with("group ") || t.starts_with("server "))
+            !(t.starts_with("chroot ")
+                || t.starts_with("user ")
+                || t.starts_with("group ")
+                || t.starts_with("server "))
         })
         .map(str::to_owned)
         .collect();
@@ -247,13 +263,15 @@ pub fn haproxy_config(shipped: &str, bind: SocketAddr, stats: &Path, ca: &Path, 
 }
 
 fn start_haproxy(fx: &Fixture, instances: &[Instance]) -> HaProxy {
-    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy/haproxy.cfg"))
-        .expect("deploy/haproxy/haproxy.cfg");
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy/haproxy.cfg"))
+            .expect("deploy/haproxy/haproxy.cfg");
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let stats = fx.path("haproxy.sock");
     let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.addr).collect();
     let cfg = fx.path("haproxy.cfg");
-    std::fs::write(&cfg, haproxy_config(&shipped, addr, &stats, &fx.ca_pem(), &addrs)).expect("write haproxy.cfg");
+    std::fs::write(&cfg, haproxy_config(&shipped, addr, &stats, &fx.ca_pem(), &addrs))
+        .expect("write haproxy.cfg");
     let log = fx.path("haproxy.log");
     let out = std::fs::File::create(&log).expect("haproxy log");
     let child = Command::new("haproxy")

@@ -55,5 +55,6 @@ pub mod xks;
 // A binary that uses nothing from one module would warn that its re-export is unused.
 #[allow(unused_imports)]
 pub use {
-    assert::*, cli::*, client::*, fixture::*, fleet::*, host::*, process::*, proxy::*, shim::*, token::*, xks::*,
+    assert::*, cli::*, client::*, fixture::*, fleet::*, host::*, process::*, proxy::*, shim::*, token::*,
+    xks::*,
 };
