@@ -160,11 +160,11 @@ impl Daemon {
         &self.server
     }
 
-    /// Serves until a drain begins (`shutdown` names a signal, or the admin `drain` verb ran)
-    /// and completes (see [`crate::server::drain`]). Tells systemd READY=1 when serving starts
+    /// Serves until a drain begins (`shutdown` names a signal, or the admin `drain` verb ran;
+    /// a further signal cuts its delay short) and completes (see [`crate::server::drain`]). Tells systemd READY=1 when serving starts
     /// (STOPPING=1 is sent by the server when the listeners close), and pings its watchdog
     /// while the worker pools answer.
-    pub async fn run(self, mut shutdown: watch::Receiver<Option<&'static str>>) {
+    pub async fn run(self, mut shutdown: watch::Receiver<Option<(&'static str, u32)>>) {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         signals::spawn_watchdog(self.pools.clone());
         let alarms = self.alarms.clone();
@@ -177,9 +177,19 @@ impl Daemon {
         });
         let drain = self.server.drain().clone();
         let on_signal = tokio::spawn(async move {
-            if let Ok(signal) = shutdown.wait_for(Option::is_some).await {
-                let via = format!("signal {}", signal.unwrap_or("?"));
-                drain.begin(&via);
+            let mut seen = 0;
+            while shutdown.changed().await.is_ok() {
+                let Some((name, n)) = *shutdown.borrow_and_update() else {
+                    continue;
+                };
+                if seen == 0 {
+                    drain.begin(&format!("signal {name}"));
+                }
+                // A second signal (Ctrl-C pressed again) skips the rest of the delay.
+                if n > 1 {
+                    drain.hurry();
+                }
+                seen = n;
             }
         });
         let started = std::time::Instant::now();

@@ -62,8 +62,9 @@ pub(super) fn spawn_watchdog(pools: Vec<Hsm>) {
     });
 }
 
-/// A watch channel that names SIGTERM or SIGINT once one arrives (it starts the drain).
-pub fn shutdown_on_signals() -> watch::Receiver<Option<&'static str>> {
+/// A watch channel that names each SIGTERM or SIGINT as it arrives, with how many arrived so
+/// far: the first starts the drain, a later one cuts its delay short.
+pub fn shutdown_on_signals() -> watch::Receiver<Option<(&'static str, u32)>> {
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -72,12 +73,16 @@ pub fn shutdown_on_signals() -> watch::Receiver<Option<&'static str>> {
             tracing::error!("cannot install signal handlers");
             return;
         };
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        tracing::info!("{name}: shutting down");
-        let _ = tx.send(Some(name));
+        for n in 1.. {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::info!("{name}: shutting down");
+            if tx.send(Some((name, n))).is_err() {
+                return;
+            }
+        }
     });
     rx
 }

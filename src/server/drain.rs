@@ -3,7 +3,8 @@
 //! carrying `Connection: close` so keep-alive clients behind a TCP-mode balancer reconnect to an
 //! instance still in rotation), *closing* (listeners closed, in-flight requests answered, idle
 //! connections closed) and *done*. SIGTERM, SIGINT and the admin `drain` verb all start the same
-//! sequence; a second start while one runs only reports the drain already under way.
+//! sequence; a second start while one runs only reports the drain already under way, except
+//! that a repeated signal ([`Drain::hurry`]) cuts the announce phase short.
 
 use super::budget::Budget;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,12 +47,15 @@ pub struct Drain {
     started: Mutex<Option<(Instant, String)>>,
     /// Open connections, for the reports.
     budget: Arc<Budget>,
+    /// Ends the announce phase early (an operator pressing Ctrl-C twice).
+    hurry: tokio::sync::Notify,
 }
 
 impl Drain {
     /// A server not draining, with the delay and grace it will use.
     pub fn new(delay: Duration, grace: Duration, budget: Arc<Budget>) -> Drain {
         Drain {
+            hurry: tokio::sync::Notify::new(),
             budget,
             draining: AtomicBool::new(false),
             delay,
@@ -118,10 +122,21 @@ impl Drain {
         self.phase.send_replace(to);
     }
 
-    /// Resolves once a drain has begun.
-    pub(super) async fn begun(&self) {
+    /// Ends the announce phase now, if a drain is announcing (it is remembered otherwise).
+    pub fn hurry(&self) {
+        tracing::warn!("drain: cutting the drain delay short");
+        self.hurry.notify_one();
+    }
+
+    /// Resolves when the announce phase is over: a drain began and its delay passed (or
+    /// [`Drain::hurry`] was called).
+    pub(super) async fn announced(&self) {
         let mut rx = self.phase.subscribe();
         let _ = rx.wait_for(|p| *p != DrainPhase::Serving).await;
+        tokio::select! {
+            () = tokio::time::sleep(self.delay) => {}
+            () = self.hurry.notified() => {}
+        }
     }
 }
 

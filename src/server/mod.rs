@@ -209,10 +209,7 @@ impl Server {
         let drain = self.drain.clone();
         // Accepting goes on through the drain delay: the balancer may route new connections
         // here until its health checks have seen the 503.
-        let announce_over = async {
-            drain.begun().await;
-            tokio::time::sleep(drain.delay).await;
-        };
+        let announce_over = drain.announced();
         tokio::pin!(announce_over);
         loop {
             tokio::select! {
