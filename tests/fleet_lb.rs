@@ -211,6 +211,14 @@ fn drain_command_answers_ping_503_while_serving_then_exits_zero() {
     );
     let metrics = scrape_metrics_at(&f.instances[1]);
     assert!(metrics.contains("xks_bridge_draining 1"), "{metrics}");
+    let st = kill_switch_status(&f.instances[1].config);
+    assert_eq!(st["draining"]["stage"], "announcing", "{st}");
+    assert_eq!(st["draining"]["drain_delay_ms"], DRAIN_DELAY_MS, "{st}");
+    let other = kill_switch_status(&f.instances[0].config);
+    assert!(
+        other.get("draining").is_none(),
+        "instance 1 is not draining: {other}"
+    );
     let down = f.lb.wait_status("xks2", "DOWN", WAIT);
     assert!(
         down.is_some(),

@@ -259,6 +259,32 @@ pub struct Status {
     pub state_write_error: Option<String>,
     /// Recent events, oldest first.
     pub history: Vec<Event>,
+    /// The drain under way, if any (absent from an offline status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining: Option<DrainStatus>,
+}
+
+/// Where a drain stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrainStage {
+    /// `/ping` answers 503; requests are still served.
+    Announcing,
+    /// Listeners closed; in-flight requests are being answered.
+    Closing,
+    /// Every connection is closed; the process is exiting.
+    Done,
+}
+
+/// A drain under way, in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainStatus {
+    /// Its phase.
+    pub stage: DrainStage,
+    /// Time since it began.
+    pub elapsed_ms: u64,
+    /// `server.drain_delay_ms`: when the listeners close.
+    pub drain_delay_ms: u64,
 }
 
 /// One admin reply.

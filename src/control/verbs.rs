@@ -5,14 +5,14 @@
 
 use super::keys::{self, MarkOutcome};
 use super::protocol::{
-    Action, AdminReply, AdminRequest, ChangeReport, DaemonState, DrainReport, KeyOp, KeystoreState, Scope,
-    ScopeState, Status, TokenState,
+    Action, AdminReply, AdminRequest, ChangeReport, DaemonState, DrainReport, DrainStage, DrainStatus, KeyOp,
+    KeystoreState, Scope, ScopeState, Status, TokenState,
 };
 use super::state_file::Engagement;
 use super::switch::{ReleaseError, Switch};
 use crate::audit::{AdminEvent, AuditEvent, AuditLog, AuditRecord};
 use crate::hsm::{Token, IDLE_CHECK};
-use crate::server::Drain;
+use crate::server::{Drain, DrainPhase};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -437,6 +437,7 @@ impl Control {
             tokens,
             state_write_error: if v.durable { None } else { v.last_error.clone() },
             history: v.state.history,
+            draining: self.drain.get().and_then(|d| drain_status(d)),
         }
     }
 
@@ -482,6 +483,21 @@ impl Control {
             (None, _) => Err("several tokens are configured; name one with --token".into()),
         }
     }
+}
+
+/// The drain as `status` shows it; `None` while serving.
+fn drain_status(d: &Drain) -> Option<DrainStatus> {
+    let stage = match d.phase() {
+        DrainPhase::Serving => return None,
+        DrainPhase::Announcing => DrainStage::Announcing,
+        DrainPhase::Closing => DrainStage::Closing,
+        DrainPhase::Done => DrainStage::Done,
+    };
+    Some(DrainStatus {
+        stage,
+        elapsed_ms: d.elapsed().unwrap_or_default().as_millis() as u64,
+        drain_delay_ms: d.delay.as_millis() as u64,
+    })
 }
 
 fn not_durable_note(e: Option<String>) -> Option<String> {
