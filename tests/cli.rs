@@ -443,6 +443,20 @@ fn check_config_rejects_broken_configs_with_exit_64_naming_the_field() {
             "keystores[0].allowed_keys",
         ),
         (
+            "drain delay beyond its bound",
+            Box::new(|c, _| {
+                section(c, "server").insert("drain_delay_ms".into(), 300_001.into());
+            }),
+            "server.drain_delay_ms",
+        ),
+        (
+            "no drain grace",
+            Box::new(|c, _| {
+                section(c, "server").insert("drain_grace_ms".into(), 0.into());
+            }),
+            "server.drain_grace_ms",
+        ),
+        (
             "duplicate prefix",
             Box::new(|c, _| {
                 let ks = c["keystores"].as_array().unwrap()[0].clone();
