@@ -220,6 +220,12 @@ fn check_config(path: &Path) -> CliResult {
         "http (plain, behind a TLS load balancer only)"
     };
     outln!("  listeners: {:?} over {scheme}", cfg.server.listen);
+    outln!(
+        "  fleet: xksProxyFleetSize {}; on stop /ping answers 503 for {} ms, then in-flight requests get up to {} ms",
+        cfg.server.fleet_size,
+        cfg.server.drain_delay_ms,
+        cfg.server.drain_grace_ms
+    );
     for t in &cfg.tokens {
         outln!(
             "  token {:?}: label {:?} via {}, {} workers, queue {}, deadline {} ms, PIN from {}",
