@@ -26,12 +26,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::CertificateDer;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 use tls::Tls;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 /// Connection-level limits, from `[server]`.
@@ -185,46 +185,14 @@ impl Server {
     /// requests. Each step is logged with its timing.
     pub async fn serve(self: Arc<Self>, listeners: Vec<TcpListener>) {
         let graceful = GracefulShutdown::new();
-        let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(1024);
-        let mut acceptors = Vec::new();
-        for l in listeners {
-            let tx = conn_tx.clone();
-            acceptors.push(tokio::spawn(async move {
-                loop {
-                    match l.accept().await {
-                        Ok(c) => {
-                            if tx.send(c).await.is_err() {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            }));
-        }
-        drop(conn_tx);
-        let drain = self.drain.clone();
+        let (acceptors, mut accepted) = spawn_acceptors(listeners);
         // Accepting goes on through the drain delay: the balancer may route new connections
         // here until its health checks have seen the 503.
-        let announce_over = drain.announced();
+        let announce_over = self.drain.announced();
         tokio::pin!(announce_over);
         loop {
             tokio::select! {
-                Some((stream, peer)) = conn_rx.recv() => {
-                    let slot = match self.budget.admit(peer.ip()) {
-                        Ok(slot) => slot,
-                        Err(reason) => {
-                            tracing::warn!(%peer, reason = reason.as_str(), "connection limit reached; closing new connection");
-                            continue;
-                        }
-                    };
-                    let this = self.clone();
-                    let watcher = graceful.watcher();
-                    tokio::spawn(this.connection(stream, slot, watcher));
-                }
+                Some((stream, peer)) = accepted.recv() => self.admit(stream, peer, &graceful),
                 () = &mut announce_over => break,
             }
         }
@@ -232,24 +200,45 @@ impl Server {
         // stop accepting at once: close the listening sockets.
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         acceptors.iter().for_each(|a| a.abort());
-        drop(conn_rx);
-        let open = drain.open_connections();
-        let since = |d: &Drain| d.elapsed().unwrap_or_default().as_millis() as u64;
+        // Connections accepted before the close are served, not dropped unanswered.
+        while let Ok((stream, peer)) = accepted.try_recv() {
+            self.admit(stream, peer, &graceful);
+        }
+        self.close_connections(graceful).await;
+    }
+
+    /// Admits an accepted connection under the budget and serves it, watched by `graceful`.
+    fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, graceful: &GracefulShutdown) {
+        match self.budget.admit(peer.ip()) {
+            Ok(slot) => {
+                tokio::spawn(self.clone().connection(stream, slot, graceful.watcher()));
+            }
+            Err(reason) => {
+                tracing::warn!(%peer, reason = reason.as_str(), "connection limit reached; closing new connection");
+            }
+        }
+    }
+
+    /// The drain's closing phase: in-flight requests are answered and every connection closed
+    /// (hyper sends the last response, then closes), within the drain grace.
+    async fn close_connections(&self, graceful: GracefulShutdown) {
+        let drain = &self.drain;
+        let since = || drain.elapsed().unwrap_or_default().as_millis() as u64;
         tracing::warn!(
-            elapsed_ms = since(&drain),
-            open_connections = open,
+            elapsed_ms = since(),
+            open_connections = drain.open_connections(),
             "drain: listeners closed; answering in-flight requests and closing keep-alive connections"
         );
         drain.advance(DrainPhase::Closing);
         let closing = Instant::now();
         tokio::select! {
             _ = graceful.shutdown() => tracing::warn!(
-                elapsed_ms = since(&drain),
+                elapsed_ms = since(),
                 closing_ms = closing.elapsed().as_millis() as u64,
                 "drain: all connections drained"
             ),
             _ = tokio::time::sleep(drain.grace) => tracing::warn!(
-                elapsed_ms = since(&drain),
+                elapsed_ms = since(),
                 "drain: grace period over; closing remaining connections"
             ),
         }
@@ -309,6 +298,38 @@ impl Server {
             Err(e) => error_response(&e),
         }
     }
+}
+
+/// One accept loop per listener, feeding one channel; aborting a loop closes its listener.
+fn spawn_acceptors(
+    listeners: Vec<TcpListener>,
+) -> (
+    Vec<tokio::task::JoinHandle<()>>,
+    tokio::sync::mpsc::Receiver<(TcpStream, SocketAddr)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let acceptors = listeners
+        .into_iter()
+        .map(|l| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok(c) => {
+                            if tx.send(c).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    (acceptors, rx)
 }
 
 /// Route -> read body under the cap -> authenticate -> dispatch. Returns what the log line
