@@ -582,3 +582,21 @@ fn a_bare_config_file_name_is_resolved_against_the_working_directory() {
     let (code, out, err) = run_bounded(c, WAIT);
     assert_eq!(code, Some(0), "{out}{err}");
 }
+
+#[test]
+fn drain_without_a_reachable_daemon_exits_69_and_changes_nothing() {
+    let fx = Fixture::new();
+    let mut cfg = fx.config();
+    cfg.remove("admin");
+    let (code, _, err) = cli(&fx.write_config(&cfg), &["drain"]);
+    assert_eq!(code, Some(69), "{err}");
+    assert!(err.contains("[admin]"), "{err}");
+    // A socket configured but nobody listening: no offline fallback (which would create the
+    // state directory to take its lock).
+    let state = fx.path("state");
+    let existed = state.exists();
+    let (code, _, err) = cli(&fx.path("config.toml"), &["drain", "--reason", "test"]);
+    assert_eq!(code, Some(69), "{err}");
+    assert!(err.contains("no daemon answers"), "{err}");
+    assert_eq!(state.exists(), existed, "drain acted offline on {state:?}");
+}
