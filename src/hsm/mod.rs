@@ -13,6 +13,7 @@ mod classify;
 mod connection;
 mod crypto;
 pub mod doctor;
+pub mod fleet;
 pub mod health;
 pub mod keyspec;
 pub mod keystate;
