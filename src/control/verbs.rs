@@ -47,6 +47,18 @@ pub struct Control {
     pub(super) fleet_watch: super::fleet::Watch,
     /// The server's drain, once the daemon has built it (an offline command has none).
     drain: std::sync::OnceLock<Arc<Drain>>,
+    /// Admin-socket exchanges between receipt and the end of their reply's write: the daemon
+    /// waits for them before exiting, so the `drain` that stopped it gets its answer.
+    exchanges: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts one admin-socket exchange while it lives ([`Control::exchange`]).
+pub struct Exchange<'a>(&'a Control);
+
+impl Drop for Exchange<'_> {
+    fn drop(&mut self) {
+        self.0.exchanges.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Control {
@@ -85,7 +97,22 @@ impl Control {
             daemon,
             fleet_watch: Default::default(),
             drain: std::sync::OnceLock::new(),
+            exchanges: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// Marks an admin-socket exchange as under way until the guard is dropped.
+    pub fn exchange(&self) -> Exchange<'_> {
+        self.exchanges.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Exchange(self)
+    }
+
+    /// Waits until no admin-socket exchange is under way, at most `limit`.
+    pub async fn settle(&self, limit: Duration) {
+        let until = Instant::now() + limit;
+        while self.exchanges.load(std::sync::atomic::Ordering::SeqCst) > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Hands the control plane the server's drain (the server is built after it); later calls

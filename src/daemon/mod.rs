@@ -36,6 +36,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// How long an exiting daemon waits for admin-socket replies still being written.
+const ADMIN_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A daemon whose listeners are bound and whose tokens are connected, not yet serving.
 pub struct Daemon {
     server: Arc<Server>,
@@ -196,6 +199,8 @@ impl Daemon {
         });
         let started = std::time::Instant::now();
         self.server.serve(self.listeners).await;
+        // The `drain` command that stopped the daemon gets its answer before the process ends.
+        self.control.settle(ADMIN_SETTLE).await;
         on_signal.abort();
         ticker.abort();
         self.alarms.tick(true);
