@@ -1,5 +1,5 @@
 //! Restarts and crashes: SIGTERM under load drains every accepted request and exits 0, and a
-//! second SIGTERM cuts the drain delay short;
+//! second SIGTERM cuts the drain delay short; `drain` with no delay still gets its answer;
 //! `kill -9` at random moments during kill switch changes never tears or loses the state, and
 //! the audit trail still verifies up to its last complete record.
 
@@ -137,6 +137,33 @@ fn a_second_sigterm_cuts_the_drain_delay_short() {
     );
     let logs = proc.stderr_text();
     assert!(logs.contains("cutting the drain delay short"), "{logs}");
+}
+
+#[test]
+fn drain_command_without_delay_gets_its_answer_and_the_daemon_exits_zero() {
+    let fx = Fixture::new();
+    let mut cfg = fx.config();
+    section(&mut cfg, "server").insert("drain_delay_ms".into(), 0.into());
+    let config = fx.write_config(&cfg);
+    for round in 0..3 {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG");
+        let mut proc = Spawned::start(cmd).expect("daemon starts");
+        let pid = proc.pid();
+        // The daemon has nothing to wait for: it exits as soon as the drain starts, and must
+        // still answer the command that stopped it.
+        let (code, out, err) = cli(&config, &["drain", "--reason", "no delay"]);
+        assert_eq!(code, Some(0), "round {round}: {out}\n{err}");
+        assert!(out.contains(&format!("draining (pid {pid})")), "{out}");
+        assert!(out.contains("exited"), "{out}");
+        let status = proc.wait_exit(WAIT).expect("daemon exits");
+        assert_eq!(status.code(), Some(0), "{}", proc.stderr_text());
+        let logs = proc.stderr_text();
+        assert!(logs.contains("drain started"), "{logs}");
+        assert!(logs.contains("no delay"), "the reason is logged: {logs}");
+    }
 }
 
 /// The proxy switch state as stored: Some(true/false), or None if the file is absent.
