@@ -9,10 +9,12 @@ use xks_bridge::control::protocol::{AdminReply, AdminRequest, ChangeReport, KeyO
 use xks_bridge::exit::Exit;
 
 mod doctor;
+mod drain;
 mod reach;
 mod render;
 
 pub use doctor::{doctor, DoctorArgs};
+pub use drain::{drain, DrainArgs};
 
 type CliResult = Result<(), (i32, String)>;
 const EXIT_FAILED: i32 = Exit::Failed as i32;

@@ -68,6 +68,10 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Take the running daemon out of its load balancer's rotation and stop it, as SIGTERM
+    /// does: `/ping` answers 503 for `server.drain_delay_ms` while requests are still served,
+    /// then the listeners close, in-flight requests are answered and the daemon exits 0.
+    Drain(cli::DrainArgs),
     /// Manage keys on the token: create, import, list, show, disable, enable, destroy.
     #[command(subcommand)]
     Keys(cli::KeysCmd),
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
         ),
         Command::Reload { config } => cli::reload(&config),
         Command::Keys(cmd) => cli::keys(cmd),
+        Command::Drain(args) => cli::drain(args),
         Command::Quickstart {
             dir,
             listen,
@@ -215,6 +220,12 @@ fn check_config(path: &Path) -> CliResult {
         "http (plain, behind a TLS load balancer only)"
     };
     outln!("  listeners: {:?} over {scheme}", cfg.server.listen);
+    outln!(
+        "  fleet: xksProxyFleetSize {}; on stop /ping answers 503 for {} ms, then in-flight requests get up to {} ms",
+        cfg.server.fleet_size,
+        cfg.server.drain_delay_ms,
+        cfg.server.drain_grace_ms
+    );
     for t in &cfg.tokens {
         outln!(
             "  token {:?}: label {:?} via {}, {} workers, queue {}, deadline {} ms, PIN from {}",

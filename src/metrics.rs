@@ -181,7 +181,13 @@ pub struct Metrics {
     unauthenticated: Family<RejectionLabels, Counter>,
     /// Authenticated request records the audit queue refused.
     audit_dropped: Counter,
+    /// 1 while the instance drains (out of the load balancer's rotation, about to exit).
+    draining: Gauge,
+    draining_probe: std::sync::OnceLock<DrainProbe>,
 }
+
+/// Whether the server drains, read at scrape time (the server sits above the metrics).
+pub type DrainProbe = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// The kill switch as metrics see it, sampled at scrape time.
 #[derive(Debug, Clone, Default)]
@@ -223,6 +229,8 @@ impl Metrics {
             connections: ConnectionFamilies::default(),
             unauthenticated: Family::default(),
             audit_dropped: Counter::default(),
+            draining: Gauge::default(),
+            draining_probe: std::sync::OnceLock::new(),
         };
         for r in Rejection::ALL {
             // Present at 0 from the start, so that a rate() alert has a series to watch.
@@ -279,6 +287,11 @@ impl Metrics {
             );
             m.connections.register(&mut r);
             r.register(
+                "draining",
+                "1 while the instance drains: /ping answers 503, the listeners close after server.drain_delay_ms",
+                m.draining.clone(),
+            );
+            r.register(
                 "unauthenticated_requests",
                 "requests refused before authentication, by reason (not logged one by one, not audited)",
                 m.unauthenticated.clone(),
@@ -307,6 +320,11 @@ impl Metrics {
     /// its observer feeds them); later calls are ignored.
     pub fn set_connection_probe(&self, probe: ConnectionProbe) {
         let _ = self.connections.probe.set(probe);
+    }
+
+    /// Installs the drain probe; later calls are ignored.
+    pub fn set_drain_probe(&self, probe: DrainProbe) {
+        let _ = self.draining_probe.set(probe);
     }
 
     /// Records one finished request (installed as the server's observer).
@@ -374,6 +392,9 @@ impl Metrics {
             self.audit_errors.set(f() as i64);
         }
         self.connections.refresh();
+        if let Some(p) = self.draining_probe.get() {
+            self.draining.set(i64::from(p()));
+        }
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {

@@ -443,6 +443,20 @@ fn check_config_rejects_broken_configs_with_exit_64_naming_the_field() {
             "keystores[0].allowed_keys",
         ),
         (
+            "drain delay beyond its bound",
+            Box::new(|c, _| {
+                section(c, "server").insert("drain_delay_ms".into(), 300_001.into());
+            }),
+            "server.drain_delay_ms",
+        ),
+        (
+            "no drain grace",
+            Box::new(|c, _| {
+                section(c, "server").insert("drain_grace_ms".into(), 0.into());
+            }),
+            "server.drain_grace_ms",
+        ),
+        (
             "duplicate prefix",
             Box::new(|c, _| {
                 let ks = c["keystores"].as_array().unwrap()[0].clone();
@@ -567,4 +581,22 @@ fn a_bare_config_file_name_is_resolved_against_the_working_directory() {
         .args(["check-config", "--config", "config.toml"]);
     let (code, out, err) = run_bounded(c, WAIT);
     assert_eq!(code, Some(0), "{out}{err}");
+}
+
+#[test]
+fn drain_without_a_reachable_daemon_exits_69_and_changes_nothing() {
+    let fx = Fixture::new();
+    let mut cfg = fx.config();
+    cfg.remove("admin");
+    let (code, _, err) = cli(&fx.write_config(&cfg), &["drain"]);
+    assert_eq!(code, Some(69), "{err}");
+    assert!(err.contains("[admin]"), "{err}");
+    // A socket configured but nobody listening: no offline fallback (which would create the
+    // state directory to take its lock).
+    let state = fx.path("state");
+    let existed = state.exists();
+    let (code, _, err) = cli(&fx.path("config.toml"), &["drain", "--reason", "test"]);
+    assert_eq!(code, Some(69), "{err}");
+    assert!(err.contains("no daemon answers"), "{err}");
+    assert_eq!(state.exists(), existed, "drain acted offline on {state:?}");
 }

@@ -110,6 +110,7 @@ fn package_holds_every_file_with_its_mode_and_owner() {
         ),
         ("/usr/share/xks-bridge/prometheus-alerts.yml", "-rw-r--r--"),
         ("/usr/share/xks-bridge/grafana/xks-bridge.json", "-rw-r--r--"),
+        ("/usr/share/xks-bridge/haproxy/haproxy.cfg", "-rw-r--r--"),
     ] {
         let (m, owner) = entry(pkg, path);
         assert_eq!(m, mode, "mode of {path}");

@@ -1,4 +1,5 @@
-//! Restarts and crashes: SIGTERM under load drains every accepted request and exits 0;
+//! Restarts and crashes: SIGTERM under load drains every accepted request and exits 0, and a
+//! second SIGTERM cuts the drain delay short; `drain` with no delay still gets its answer;
 //! `kill -9` at random moments during kill switch changes never tears or loses the state, and
 //! the audit trail still verifies up to its last complete record.
 
@@ -92,6 +93,77 @@ fn sigterm_under_load_finishes_every_accepted_request_and_exits_zero() {
     let logs = strip_ansi(&proc.stderr_text());
     assert!(logs.contains("SIGTERM: shutting down"), "{logs}");
     assert!(logs.contains("all connections drained"), "{logs}");
+}
+
+#[test]
+fn a_second_sigterm_cuts_the_drain_delay_short() {
+    let fx = Fixture::new();
+    let mut cfg = fx.config();
+    section(&mut cfg, "server").insert("drain_delay_ms".into(), 60_000.into());
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config"])
+        .arg(fx.write_config(&cfg))
+        .env_remove("RUST_LOG");
+    let mut proc = Spawned::start(cmd).expect("daemon starts");
+    let addr: SocketAddr = proc
+        .first_line()
+        .strip_prefix("xks-bridge listening on https://")
+        .and_then(|a| a.parse().ok())
+        .expect("listening line");
+    let ping = || {
+        Client::connect(addr, tls_config(&fx.ca_pem(), None, None, &[]))
+            .map(|mut c| c.send("GET", "/ping", &[], b"").status)
+            .unwrap_or(0)
+    };
+    assert_eq!(ping(), 200);
+    send_signal(proc.pid(), "TERM");
+    assert!(
+        wait_until(Duration::from_secs(5), || ping() == 503),
+        "/ping never answered 503 after SIGTERM"
+    );
+    // Still draining a moment later: the delay is a minute.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ping(), 503);
+    let second = std::time::Instant::now();
+    send_signal(proc.pid(), "TERM");
+    let status = proc
+        .wait_exit(Duration::from_secs(20))
+        .expect("the second SIGTERM ends the drain delay");
+    assert_eq!(status.code(), Some(0), "{}", proc.stderr_text());
+    assert!(
+        second.elapsed() < Duration::from_secs(10),
+        "exit took {:?}",
+        second.elapsed()
+    );
+    let logs = proc.stderr_text();
+    assert!(logs.contains("cutting the drain delay short"), "{logs}");
+}
+
+#[test]
+fn drain_command_without_delay_gets_its_answer_and_the_daemon_exits_zero() {
+    let fx = Fixture::new();
+    let mut cfg = fx.config();
+    section(&mut cfg, "server").insert("drain_delay_ms".into(), 0.into());
+    let config = fx.write_config(&cfg);
+    for round in 0..3 {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG");
+        let mut proc = Spawned::start(cmd).expect("daemon starts");
+        let pid = proc.pid();
+        // The daemon has nothing to wait for: it exits as soon as the drain starts, and must
+        // still answer the command that stopped it.
+        let (code, out, err) = cli(&config, &["drain", "--reason", "no delay"]);
+        assert_eq!(code, Some(0), "round {round}: {out}\n{err}");
+        assert!(out.contains(&format!("draining (pid {pid})")), "{out}");
+        assert!(out.contains("exited"), "{out}");
+        let status = proc.wait_exit(WAIT).expect("daemon exits");
+        assert_eq!(status.code(), Some(0), "{}", proc.stderr_text());
+        let logs = proc.stderr_text();
+        assert!(logs.contains("drain started"), "{logs}");
+        assert!(logs.contains("no delay"), "the reason is logged: {logs}");
+    }
 }
 
 /// The proxy switch state as stored: Some(true/false), or None if the file is absent.

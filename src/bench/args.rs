@@ -71,6 +71,10 @@ pub struct BenchOptions {
     /// Disable TLS session resumption (every reconnect is a full handshake).
     #[arg(long)]
     pub no_resumption: bool,
+    /// An instance's metrics endpoint (`http://HOST:PORT/metrics`), repeatable: when the
+    /// endpoint is a load balancer, report each instance's share of the requests.
+    #[arg(long, value_name = "URL")]
+    pub instance_metrics: Vec<String>,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     pub json: bool,

@@ -3,7 +3,7 @@
 //!
 //! - [`args`]: the command line; [`plan`]: checks it (bad values exit 64).
 //! - [`client`]: one keep-alive HTTP/1.1 connection over rustls, every request freshly signed;
-//!   [`endpoint`]: the `--endpoint` URL.
+//!   [`endpoint`]: the `--endpoint` URL; [`instances`]: per-instance shares behind a balancer.
 //! - [`workload`]: request bodies and response checks (decrypts are compared with the plaintext).
 //! - [`mix`]: operation weights; [`schedule`]: warmup, then a deadline or a request budget.
 //! - [`runner`]: the proxy run; [`raw_token`]: the token run.
@@ -16,6 +16,7 @@
 pub mod args;
 pub mod client;
 pub mod endpoint;
+pub mod instances;
 pub mod mix;
 pub mod plan;
 pub mod progress;
@@ -53,14 +54,24 @@ pub struct Outcome {
 /// Runs `xks-bridge bench`; the error carries the exit status and a message for stderr.
 pub fn run(args: BenchArgs) -> Result<(), (i32, String)> {
     let plan = plan::resolve(args).map_err(|e| (EXIT_BAD_ARGS, e))?;
+    let before = instances::read_all(&plan.instance_metrics);
     let outcome = match &plan.target {
         Target::Proxy(t) => runner::run(&plan, t)?,
         Target::Token(t) => raw_token::run(&plan, t)?,
     };
+    let after = instances::read_all(&plan.instance_metrics);
+    let shares = instances::shares(&plan.instance_metrics, &before, &after);
     if plan.json {
-        println!("{}", report::json(&plan, &outcome));
+        let mut v = report::json(&plan, &outcome);
+        if !shares.is_empty() {
+            v["instances"] = serde_json::json!(shares);
+        }
+        println!("{v}");
     } else {
         print!("{}", report::text(&plan, &outcome));
+        if !shares.is_empty() {
+            print!("{}", instances::text(&shares));
+        }
     }
     let t = &outcome.tally;
     let failed = t.error_count() + t.warmup_errors;

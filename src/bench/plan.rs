@@ -41,6 +41,8 @@ pub struct Plan {
     pub json: bool,
     /// Proxy or token.
     pub target: Target,
+    /// Metrics endpoints of the instances behind the endpoint (per-instance distribution).
+    pub instance_metrics: Vec<super::instances::MetricsUrl>,
 }
 
 /// What is measured.
@@ -123,6 +125,14 @@ pub fn resolve(args: BenchArgs) -> Result<Plan, String> {
         .clone()
         .or(qs.keys.encrypt_decrypt.take())
         .ok_or("--key-id is required (or --quickstart)")?;
+    if args.raw_token && !args.instance_metrics.is_empty() {
+        return Err("--instance-metrics needs a proxy endpoint, not --raw-token".into());
+    }
+    let instance_metrics = args
+        .instance_metrics
+        .iter()
+        .map(|u| super::instances::MetricsUrl::parse(u))
+        .collect::<Result<Vec<_>, _>>()?;
     let target = if args.raw_token {
         token_target(&args, &mut qs, &mix)?
     } else {
@@ -141,6 +151,7 @@ pub fn resolve(args: BenchArgs) -> Result<Plan, String> {
         warmup: seconds("--warmup", &args.warmup, true)?,
         json: args.json,
         target,
+        instance_metrics,
     })
 }
 

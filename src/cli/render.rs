@@ -1,7 +1,7 @@
 //! Human-readable output of admin replies.
 
 use std::fmt::Write;
-use xks_bridge::control::protocol::{AdminReply, DaemonState, KeyInfo, ScopeState, Status};
+use xks_bridge::control::protocol::{AdminReply, DaemonState, DrainStage, KeyInfo, ScopeState, Status};
 use xks_bridge::exit::Exit;
 
 /// A reply that does not answer the request: a failure's message, or a protocol mismatch.
@@ -52,6 +52,18 @@ pub fn status(st: &Status) -> String {
     let mut o = String::new();
     if st.daemon == DaemonState::NotRunning {
         let _ = writeln!(o, "daemon: not running (state read from the state file)");
+    }
+    if let Some(d) = &st.draining {
+        let what = match d.stage {
+            DrainStage::Announcing => "/ping answers 503, requests still served",
+            DrainStage::Closing => "listeners closed, finishing in-flight requests",
+            DrainStage::Done => "every connection closed, exiting",
+        };
+        let _ = writeln!(
+            o,
+            "daemon: DRAINING for {} ms (drain delay {} ms): {what}",
+            d.elapsed_ms, d.drain_delay_ms
+        );
     }
     let _ = writeln!(
         o,

@@ -134,6 +134,15 @@ pub struct AdminConfig {
     pub group: Option<String>,
 }
 
+/// `server.drain_delay_ms` when unset: a load balancer checking every second and marking an
+/// instance down after two failures has taken it out with room to spare.
+pub const DEFAULT_DRAIN_DELAY_MS: u64 = 5_000;
+/// `server.drain_grace_ms` when unset.
+pub const DEFAULT_DRAIN_GRACE_MS: u64 = 10_000;
+/// Upper bound of `server.drain_delay_ms` and `server.drain_grace_ms`: a stop that takes longer
+/// than this is a hang to the service manager.
+pub const MAX_DRAIN_MS: u64 = 300_000;
+
 /// `[server]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,6 +211,16 @@ pub struct ServerConfig {
     /// Allow running as root (uid 0). Refused by default: the daemon needs no privilege.
     #[serde(default)]
     pub allow_root: bool,
+    /// On SIGTERM, SIGINT or `xks-bridge drain`: how long `/ping` answers 503 while everything
+    /// else is still served, before the listeners close. It must outlast the load balancer's
+    /// health checks marking the instance down (checks x interval), or new connections would
+    /// still arrive when the listeners close.
+    #[serde(default = "default_drain_delay_ms")]
+    pub drain_delay_ms: u64,
+    /// Once the listeners are closed, how long open connections get to finish their requests
+    /// before the process exits anyway.
+    #[serde(default = "default_drain_grace_ms")]
+    pub drain_grace_ms: u64,
 }
 
 /// `[tls]`
@@ -393,6 +412,12 @@ fn default_first_request_ms() -> u64 {
 }
 fn default_write_ms() -> u64 {
     10_000
+}
+fn default_drain_delay_ms() -> u64 {
+    DEFAULT_DRAIN_DELAY_MS
+}
+fn default_drain_grace_ms() -> u64 {
+    DEFAULT_DRAIN_GRACE_MS
 }
 fn default_unproven_per_source() -> usize {
     256

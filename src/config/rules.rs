@@ -308,12 +308,40 @@ fn validate_budget(srv: &super::ServerConfig) -> Result<(), String> {
     if srv.tcp_keepalive_secs > 7200 {
         return Err("server.tcp_keepalive_secs: at most 7200".into());
     }
+    validate_drain(srv)
+}
+
+/// The drain timings (`[server]`).
+fn validate_drain(srv: &super::ServerConfig) -> Result<(), String> {
+    let max = super::MAX_DRAIN_MS;
+    if srv.drain_delay_ms > max {
+        return Err(format!("server.drain_delay_ms: at most {max}"));
+    }
+    if srv.drain_grace_ms == 0 || srv.drain_grace_ms > max {
+        return Err(format!("server.drain_grace_ms: must be between 1 and {max}"));
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shipped_unit_waits_longer_than_a_default_drain() {
+        let unit = include_str!("../../systemd/xks-bridge.service");
+        let secs: u64 = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("TimeoutStopSec= in seconds");
+        // Room beyond the drain for the audit flush and closing the token.
+        let needed = super::super::DEFAULT_DRAIN_DELAY_MS + super::super::DEFAULT_DRAIN_GRACE_MS + 5_000;
+        assert!(
+            secs * 1000 >= needed,
+            "TimeoutStopSec={secs} is shorter than a default drain ({needed} ms)"
+        );
+    }
 
     #[test]
     fn key_ids_follow_the_spec_alphabet() {

@@ -124,6 +124,28 @@ pub enum AdminRequest {
         /// What to do.
         op: KeyOp,
     },
+    /// Take the instance out of its load balancer's rotation, then stop (as SIGTERM does).
+    Drain {
+        /// Why (logged with the caller's uid).
+        reason: Option<String>,
+    },
+}
+
+/// What a `drain` request started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainReport {
+    /// A drain (from a signal or an earlier command) was already under way; nothing changed.
+    pub already_draining: bool,
+    /// Time since the drain began, when it was already under way.
+    pub elapsed_ms: u64,
+    /// How long `/ping` answers 503 before the listeners close (`server.drain_delay_ms`).
+    pub drain_delay_ms: u64,
+    /// How long open connections then get before the process exits anyway.
+    pub drain_grace_ms: u64,
+    /// Connections open when the request arrived.
+    pub open_connections: usize,
+    /// The daemon's process id, to follow its exit.
+    pub pid: u32,
 }
 
 /// Engage or release.
@@ -268,6 +290,32 @@ pub struct Status {
     pub state_write_error: Option<String>,
     /// Recent events, oldest first.
     pub history: Vec<Event>,
+    /// The drain under way, if any (absent from an offline status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining: Option<DrainStatus>,
+}
+
+/// Where a drain stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrainStage {
+    /// `/ping` answers 503; requests are still served.
+    Announcing,
+    /// Listeners closed; in-flight requests are being answered.
+    Closing,
+    /// Every connection is closed; the process is exiting.
+    Done,
+}
+
+/// A drain under way, in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainStatus {
+    /// Its phase.
+    pub stage: DrainStage,
+    /// Time since it began.
+    pub elapsed_ms: u64,
+    /// `server.drain_delay_ms`: when the listeners close.
+    pub drain_delay_ms: u64,
 }
 
 /// One admin reply.
@@ -300,6 +348,8 @@ pub enum AdminReply {
         /// The key.
         id: String,
     },
+    /// A drain is under way.
+    Draining(DrainReport),
     /// The request failed; nothing was changed unless the message says otherwise.
     Failed {
         /// For the operator.

@@ -88,6 +88,8 @@ pub fn serve(
 }
 
 async fn handle(stream: UnixStream, control: Arc<Control>, own_uid: u32, gid: Option<u32>) {
+    // Held until the reply is written (the daemon waits for it before exiting).
+    let _exchange = control.exchange();
     let Ok(cred) = stream.peer_cred() else { return };
     let allowed = peer::allowed(cred.uid(), cred.gid(), own_uid, gid);
     let (rd, mut wr) = stream.into_split();

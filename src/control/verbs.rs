@@ -5,13 +5,14 @@
 
 use super::keys::{self, MarkOutcome};
 use super::protocol::{
-    Action, AdminReply, AdminRequest, ChangeReport, DaemonState, KeyOp, KeystoreState, Scope, ScopeState,
-    Status, TokenState,
+    Action, AdminReply, AdminRequest, ChangeReport, DaemonState, DrainReport, DrainStage, DrainStatus, KeyOp,
+    KeystoreState, Scope, ScopeState, Status, TokenState,
 };
 use super::state_file::Engagement;
 use super::switch::{FleetScope, ReleaseError, Switch};
 use crate::audit::{AdminEvent, AuditEvent, AuditLog, AuditRecord};
 use crate::hsm::{Token, IDLE_CHECK};
+use crate::server::{Drain, DrainPhase};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -44,6 +45,20 @@ pub struct Control {
     audit: Option<Arc<AuditLog>>,
     pub(super) daemon: DaemonState,
     pub(super) fleet_watch: super::fleet::Watch,
+    /// The server's drain, once the daemon has built it (an offline command has none).
+    drain: std::sync::OnceLock<Arc<Drain>>,
+    /// Admin-socket exchanges between receipt and the end of their reply's write: the daemon
+    /// waits for them before exiting, so the `drain` that stopped it gets its answer.
+    exchanges: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts one admin-socket exchange while it lives ([`Control::exchange`]).
+pub struct Exchange<'a>(&'a Control);
+
+impl Drop for Exchange<'_> {
+    fn drop(&mut self) {
+        self.0.exchanges.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Control {
@@ -81,6 +96,48 @@ impl Control {
             audit,
             daemon,
             fleet_watch: Default::default(),
+            drain: std::sync::OnceLock::new(),
+            exchanges: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Marks an admin-socket exchange as under way until the guard is dropped.
+    pub fn exchange(&self) -> Exchange<'_> {
+        self.exchanges.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Exchange(self)
+    }
+
+    /// Waits until no admin-socket exchange is under way, at most `limit`.
+    pub async fn settle(&self, limit: Duration) {
+        let until = Instant::now() + limit;
+        while self.exchanges.load(std::sync::atomic::Ordering::SeqCst) > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Hands the control plane the server's drain (the server is built after it); later calls
+    /// are ignored.
+    pub fn set_drain(&self, drain: Arc<Drain>) {
+        let _ = self.drain.set(drain);
+    }
+
+    /// Starts the drain (or reports the one under way).
+    fn drain(&self, by: &Engagement) -> AdminReply {
+        let Some(d) = self.drain.get() else {
+            return AdminReply::failed("no running daemon to drain");
+        };
+        let uid = by
+            .by_uid
+            .map_or_else(|| "unknown uid".to_owned(), |u| format!("uid {u}"));
+        let via = format!("{} ({uid}): {}", by.via, by.reason);
+        let started = d.begin(&via);
+        AdminReply::Draining(DrainReport {
+            already_draining: started.already,
+            elapsed_ms: started.since.as_millis() as u64,
+            drain_delay_ms: d.delay.as_millis() as u64,
+            drain_grace_ms: d.grace.as_millis() as u64,
+            open_connections: d.open_connections(),
+            pid: std::process::id(),
         })
     }
 
@@ -163,6 +220,7 @@ impl Control {
                 },
                 None => AdminReply::failed("no running daemon to reload"),
             },
+            AdminRequest::Drain { reason } => self.drain(&by(&reason)),
             AdminRequest::Keys { token, op } => {
                 let by = by(&None);
                 let reply = self.keys(token.as_deref(), &op, by.clone()).await;
@@ -469,6 +527,7 @@ impl Control {
             tokens,
             state_write_error: if v.durable { None } else { v.last_error.clone() },
             history: v.state.history,
+            draining: self.drain.get().and_then(|d| drain_status(d)),
         }
     }
 
@@ -514,6 +573,21 @@ impl Control {
             (None, _) => Err("several tokens are configured; name one with --token".into()),
         }
     }
+}
+
+/// The drain as `status` shows it; `None` while serving.
+fn drain_status(d: &Drain) -> Option<DrainStatus> {
+    let stage = match d.phase() {
+        DrainPhase::Serving => return None,
+        DrainPhase::Announcing => DrainStage::Announcing,
+        DrainPhase::Closing => DrainStage::Closing,
+        DrainPhase::Done => DrainStage::Done,
+    };
+    Some(DrainStatus {
+        stage,
+        elapsed_ms: d.elapsed().unwrap_or_default().as_millis() as u64,
+        drain_delay_ms: d.delay.as_millis() as u64,
+    })
 }
 
 fn fleet_holds_note(f: &Engagement) -> String {

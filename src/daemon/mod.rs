@@ -33,12 +33,11 @@ use crate::server::{ConnLimits, Server};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// How long in-flight requests get to finish on shutdown.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long an exiting daemon waits for admin-socket replies still being written.
+const ADMIN_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A daemon whose listeners are bound and whose tokens are connected, not yet serving.
 pub struct Daemon {
@@ -96,6 +95,8 @@ impl Daemon {
         let server = Server::new(Arc::new(app), tls, limits, Some(observer));
         if let Some(m) = &metrics {
             m.set_connection_probe(connections::probe(server.budget().clone()));
+            let drain = server.drain().clone();
+            m.set_drain_probe(Arc::new(move || drain.is_draining()));
         }
         let reloader = Arc::new(Reloader {
             path: config_path,
@@ -120,6 +121,7 @@ impl Daemon {
             crate::control::socket::serve(&a.socket, a.group.as_deref(), control.clone(), &lock)
                 .map_err(startup::unavailable)?;
         }
+        control.set_drain(server.drain().clone());
         signals::install(control.clone(), reloader);
         let (listeners, addrs) = bind_listeners(cfg).await?;
         let metrics_addr = match (&cfg.metrics, metrics) {
@@ -163,10 +165,11 @@ impl Daemon {
         &self.server
     }
 
-    /// Serves until `shutdown` flips to true, then drains in-flight requests. Tells systemd
-    /// READY=1 when serving starts (STOPPING=1 is sent by the server when the drain begins), and
-    /// pings its watchdog while the worker pools answer.
-    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+    /// Serves until a drain begins (`shutdown` names a signal, or the admin `drain` verb ran;
+    /// a further signal cuts its delay short) and completes (see [`crate::server::drain`]). Tells systemd READY=1 when serving starts
+    /// (STOPPING=1 is sent by the server when the listeners close), and pings its watchdog
+    /// while the worker pools answer.
+    pub async fn run(self, mut shutdown: watch::Receiver<Option<(&'static str, u32)>>) {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         signals::spawn_watchdog(self.pools.clone());
         let alarms = self.alarms.clone();
@@ -177,7 +180,28 @@ impl Daemon {
                 alarms.tick(false);
             }
         });
-        self.server.serve(self.listeners, shutdown, SHUTDOWN_GRACE).await;
+        let drain = self.server.drain().clone();
+        let on_signal = tokio::spawn(async move {
+            let mut seen = 0;
+            while shutdown.changed().await.is_ok() {
+                let Some((name, n)) = *shutdown.borrow_and_update() else {
+                    continue;
+                };
+                if seen == 0 {
+                    drain.begin(&format!("signal {name}"));
+                }
+                // A second signal (Ctrl-C pressed again) skips the rest of the delay.
+                if n > 1 {
+                    drain.hurry();
+                }
+                seen = n;
+            }
+        });
+        let started = std::time::Instant::now();
+        self.server.serve(self.listeners).await;
+        // The `drain` command that stopped the daemon gets its answer before the process ends.
+        self.control.settle(ADMIN_SETTLE).await;
+        on_signal.abort();
         ticker.abort();
         self.alarms.tick(true);
         if let Some(a) = self.audit {
@@ -186,6 +210,7 @@ impl Daemon {
                 tracing::error!(error = %e, "audit trail: final flush failed");
             }
         }
+        tracing::info!(served_s = started.elapsed().as_secs(), "stopped: exiting 0");
     }
 }
 

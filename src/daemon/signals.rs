@@ -62,9 +62,10 @@ pub(super) fn spawn_watchdog(pools: Vec<Hsm>) {
     });
 }
 
-/// A watch channel that flips on SIGTERM or SIGINT.
-pub fn shutdown_on_signals() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
+/// A watch channel that names each SIGTERM or SIGINT as it arrives, with how many arrived so
+/// far: the first starts the drain, a later one cuts its delay short.
+pub fn shutdown_on_signals() -> watch::Receiver<Option<(&'static str, u32)>> {
+    let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
@@ -72,11 +73,16 @@ pub fn shutdown_on_signals() -> watch::Receiver<bool> {
             tracing::error!("cannot install signal handlers");
             return;
         };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        for n in 1.. {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::info!("{name}: shutting down");
+            if tx.send(Some((name, n))).is_err() {
+                return;
+            }
         }
-        let _ = tx.send(true);
     });
     rx
 }

@@ -164,6 +164,12 @@ impl Server {
                     req.extensions_mut().insert(proof.clone());
                 }
                 let mut resp = this.handle(req, peer).await;
+                // A keep-alive client of a draining instance reconnects, through the balancer,
+                // to one still in rotation; its next request never meets a closing socket.
+                if this.drain.is_draining() {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 let allowance = this.limits.max_requests_before_proof;
                 if allowance > 0
                     && !proof.is_proven()

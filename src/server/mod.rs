@@ -5,14 +5,15 @@
 
 mod accept;
 pub mod budget;
+pub mod drain;
 mod finished;
 pub mod mtls;
 pub mod routes;
 mod tarpit;
 pub mod tls;
 pub mod write_deadline;
-use budget::Refusal;
 
+pub use drain::{Drain, DrainPhase, DrainStart};
 pub use finished::{Finished, Observer, Rejection};
 
 use crate::app::App;
@@ -26,19 +27,16 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::CertificateDer;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 use tls::Tls;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 /// Size of the pen for refused connections, per allowed connection.
 pub const TARPIT_PER_CONNECTION: usize = 4;
-
-/// Refused connections are logged at most this often (with their count).
-const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Connection-level limits, from `[server]`.
 #[derive(Debug, Clone)]
@@ -65,6 +63,10 @@ pub struct ConnLimits {
     pub tcp_keepalive: Duration,
     /// TCP_USER_TIMEOUT.
     pub tcp_user_timeout: Duration,
+    /// How long `/ping` answers 503 before a drain closes the listeners.
+    pub drain_delay: Duration,
+    /// How long open connections get once the listeners are closed.
+    pub drain_grace: Duration,
 }
 
 impl From<&ServerConfig> for ConnLimits {
@@ -81,6 +83,8 @@ impl From<&ServerConfig> for ConnLimits {
             write_timeout: Duration::from_millis(s.write_timeout_ms),
             tcp_keepalive: Duration::from_secs(s.tcp_keepalive_secs),
             tcp_user_timeout: Duration::from_millis(s.tcp_user_timeout_ms),
+            drain_delay: Duration::from_millis(s.drain_delay_ms),
+            drain_grace: Duration::from_millis(s.drain_grace_ms),
         }
     }
 }
@@ -97,6 +101,8 @@ pub struct Server {
     budget: Arc<budget::Budget>,
     /// Called for every finished request (audit record, metrics); fixed at construction.
     observer: Option<Observer>,
+    /// Graceful removal from a load balancer.
+    drain: Arc<Drain>,
 }
 
 impl Server {
@@ -108,11 +114,14 @@ impl Server {
         limits: ConnLimits,
         observer: Option<Observer>,
     ) -> Arc<Server> {
+        let budget = budget::Budget::new(limits.budget.clone());
+        let drain = Arc::new(Drain::new(limits.drain_delay, limits.drain_grace, budget.clone()));
         Arc::new(Server {
+            drain,
             app: RwLock::new(app),
             tls: RwLock::new(tls),
             trust_epoch: watch::Sender::new(0),
-            budget: budget::Budget::new(limits.budget.clone()),
+            budget,
             limits,
             next_id: AtomicU64::new(1),
             observer,
@@ -122,6 +131,11 @@ impl Server {
     /// The connection budget (its counters and a sample of open connections for metrics).
     pub fn budget(&self) -> &Arc<budget::Budget> {
         &self.budget
+    }
+
+    /// The drain state (started by signals and the admin `drain` verb).
+    pub fn drain(&self) -> &Arc<Drain> {
+        &self.drain
     }
 
     /// The current app (keystores, credentials, limits).
@@ -169,77 +183,80 @@ impl Server {
         }
     }
 
-    /// Accepts connections until `shutdown` flips, then waits up to `grace` for open
-    /// connections to finish their in-flight requests.
-    pub async fn serve(
-        self: Arc<Self>,
-        listeners: Vec<TcpListener>,
-        mut shutdown: watch::Receiver<bool>,
-        grace: Duration,
-    ) {
+    /// Accepts connections until a drain begins ([`Server::drain`]); then answers `/ping`
+    /// with 503 for the drain delay while still accepting and serving, closes the listeners,
+    /// and waits up to the drain grace for open connections to finish their in-flight
+    /// requests. Each step is logged with its timing.
+    pub async fn serve(self: Arc<Self>, listeners: Vec<TcpListener>) {
         let graceful = GracefulShutdown::new();
-        let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(1024);
-        let mut acceptors = Vec::new();
-        for l in listeners {
-            let tx = conn_tx.clone();
-            acceptors.push(tokio::spawn(async move {
-                loop {
-                    match l.accept().await {
-                        Ok(c) => {
-                            if tx.send(c).await.is_err() {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            }));
-        }
-        drop(conn_tx);
-        let (mut last_refusal_warning, mut refused) = (None, 0u64);
+        let (acceptors, mut accepted) = spawn_acceptors(listeners);
         // Room for more flooding sockets than a client can open on its own share of two
         // cores; each held one costs a descriptor and a few KiB of kernel buffer.
-        let mut tarpit = tarpit::Tarpit::new(TARPIT_PER_CONNECTION * self.limits.max_connections);
+        let mut refusals = tarpit::Refusals::new(TARPIT_PER_CONNECTION * self.limits.max_connections);
         let mut tarpit_sweep = tokio::time::interval(Duration::from_secs(1));
+        // Accepting goes on through the drain delay: the balancer may route new connections
+        // here until its health checks have seen the 503.
+        let announce_over = self.drain.announced();
+        tokio::pin!(announce_over);
         loop {
             tokio::select! {
-                Some((stream, peer)) = conn_rx.recv() => {
-                    let slot = match self.budget.admit(peer.ip()) {
-                        Ok(slot) => slot,
-                        Err(reason) => {
-                            if reason == Refusal::PerSourceUnproven {
-                                tarpit.hold(stream);
-                            }
-                            // Refusals come in floods: one WARN per interval with the count,
-                            // the rest in the refusal metric.
-                            refused += 1;
-                            if last_refusal_warning.is_none_or(|t: Instant| t.elapsed() >= REFUSAL_WARN_EVERY) {
-                                tracing::warn!(%peer, reason = reason.as_str(), refused_since_last_warning = refused, "connection limit reached; closing new connections");
-                                (last_refusal_warning, refused) = (Some(Instant::now()), 0);
-                            }
-                            continue;
-                        }
-                    };
-                    let this = self.clone();
-                    let watcher = graceful.watcher();
-                    tokio::spawn(this.connection(stream, slot, watcher));
-                }
-                _ = tarpit_sweep.tick(), if !tarpit.is_empty() => tarpit.release_expired(),
-                _ = shutdown.changed() => break,
+                Some((stream, peer)) = accepted.recv() => self.admit(stream, peer, &graceful, &mut refusals),
+                _ = tarpit_sweep.tick(), if refusals.holding() => refusals.release_expired(),
+                () = &mut announce_over => break,
             }
         }
-        drop(tarpit);
         // Tell systemd we are stopping (before the drain, which may take the grace period), and
         // stop accepting at once: close the listening sockets.
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         acceptors.iter().for_each(|a| a.abort());
-        tokio::select! {
-            _ = graceful.shutdown() => tracing::info!("all connections drained"),
-            _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+        // Connections accepted before the close are served, not dropped unanswered.
+        while let Ok((stream, peer)) = accepted.try_recv() {
+            self.admit(stream, peer, &graceful, &mut refusals);
         }
+        drop(refusals);
+        self.close_connections(graceful).await;
+    }
+
+    /// Admits an accepted connection under the budget and serves it, watched by `graceful`.
+    fn admit(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        graceful: &GracefulShutdown,
+        refusals: &mut tarpit::Refusals,
+    ) {
+        match self.budget.admit(peer.ip()) {
+            Ok(slot) => {
+                tokio::spawn(self.clone().connection(stream, slot, graceful.watcher()));
+            }
+            Err(reason) => refusals.refuse(stream, peer, reason),
+        }
+    }
+
+    /// The drain's closing phase: in-flight requests are answered and every connection closed
+    /// (hyper sends the last response, then closes), within the drain grace.
+    async fn close_connections(&self, graceful: GracefulShutdown) {
+        let drain = &self.drain;
+        let since = || drain.elapsed().unwrap_or_default().as_millis() as u64;
+        tracing::warn!(
+            elapsed_ms = since(),
+            open_connections = drain.open_connections(),
+            "drain: listeners closed; answering in-flight requests and closing keep-alive connections"
+        );
+        drain.advance(DrainPhase::Closing);
+        let closing = Instant::now();
+        tokio::select! {
+            _ = graceful.shutdown() => tracing::warn!(
+                elapsed_ms = since(),
+                closing_ms = closing.elapsed().as_millis() as u64,
+                "drain: all connections drained"
+            ),
+            _ = tokio::time::sleep(drain.grace) => tracing::warn!(
+                elapsed_ms = since(),
+                "drain: grace period over; closing remaining connections"
+            ),
+        }
+        drain.advance(DrainPhase::Done);
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: Option<IpAddr>) -> Response<Full<Bytes>> {
@@ -249,6 +266,10 @@ impl Server {
             // A load balancer takes an instance whose kill switch is engaged out of rotation.
             if app.gates.proxy().is_closed() {
                 return text_response(StatusCode::SERVICE_UNAVAILABLE, "kill switch engaged");
+            }
+            // Draining: out of rotation, while the requests the balancer still sends are served.
+            if self.drain.is_draining() {
+                return text_response(StatusCode::SERVICE_UNAVAILABLE, "draining");
             }
             return text_response(StatusCode::OK, "pong");
         }
@@ -291,6 +312,38 @@ impl Server {
             Err(e) => error_response(&e),
         }
     }
+}
+
+/// One accept loop per listener, feeding one channel; aborting a loop closes its listener.
+fn spawn_acceptors(
+    listeners: Vec<TcpListener>,
+) -> (
+    Vec<tokio::task::JoinHandle<()>>,
+    tokio::sync::mpsc::Receiver<(TcpStream, SocketAddr)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let acceptors = listeners
+        .into_iter()
+        .map(|l| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok(c) => {
+                            if tx.send(c).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    (acceptors, rx)
 }
 
 /// Route -> read body under the cap -> authenticate -> dispatch. Returns what the log line

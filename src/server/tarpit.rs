@@ -12,21 +12,68 @@
 //! Only per-source refusals go here: a source under its cap (KMS, unless it shares the
 //! flooder's address) never meets the pen.
 
+use super::budget::Refusal;
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// Refused connections are logged at most this often (with their count).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// What becomes of connections the budget refuses: per-source refusals go to the tarpit, the
+/// others are closed at once; refusals come in floods, so one WARN per interval carries the
+/// count (the refusal metric has every one).
+pub struct Refusals {
+    tarpit: Tarpit,
+    last_warning: Option<Instant>,
+    since_warning: u64,
+}
+
+impl Refusals {
+    /// With a tarpit of `capacity` sockets.
+    pub fn new(capacity: usize) -> Refusals {
+        Refusals {
+            tarpit: Tarpit::new(capacity),
+            last_warning: None,
+            since_warning: 0,
+        }
+    }
+
+    /// Disposes of a refused connection.
+    pub fn refuse(&mut self, stream: tokio::net::TcpStream, peer: SocketAddr, reason: Refusal) {
+        if reason == Refusal::PerSourceUnproven {
+            self.tarpit.hold(stream);
+        }
+        self.since_warning += 1;
+        if self.last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            tracing::warn!(%peer, reason = reason.as_str(), refused_since_last_warning = self.since_warning, "connection limit reached; refusing new connections");
+            (self.last_warning, self.since_warning) = (Some(Instant::now()), 0);
+        }
+    }
+
+    /// Are sockets held?
+    pub fn holding(&self) -> bool {
+        !self.tarpit.is_empty()
+    }
+
+    /// Closes the held sockets whose time is up.
+    pub fn release_expired(&mut self) {
+        self.tarpit.release_expired();
+    }
+}
 
 /// How long a refused connection is held before it is closed.
 pub const HOLD: Duration = Duration::from_secs(10);
 
 /// Held sockets, oldest first.
-pub struct Tarpit {
+struct Tarpit {
     held: VecDeque<(Instant, std::net::TcpStream)>,
     capacity: usize,
 }
 
 impl Tarpit {
     /// A pen for at most `capacity` sockets (0 = close refused connections at once).
-    pub fn new(capacity: usize) -> Tarpit {
+    fn new(capacity: usize) -> Tarpit {
         Tarpit {
             held: VecDeque::new(),
             capacity,
@@ -35,7 +82,7 @@ impl Tarpit {
 
     /// Holds `stream` (taken off the async reactor: it is never polled again); closes the oldest
     /// held socket when the pen is full.
-    pub fn hold(&mut self, stream: tokio::net::TcpStream) {
+    fn hold(&mut self, stream: tokio::net::TcpStream) {
         if self.capacity == 0 {
             return;
         }
@@ -48,14 +95,14 @@ impl Tarpit {
     }
 
     /// Closes the sockets held for [`HOLD`] or longer.
-    pub fn release_expired(&mut self) {
+    fn release_expired(&mut self) {
         while self.held.front().is_some_and(|(at, _)| at.elapsed() >= HOLD) {
             self.held.pop_front();
         }
     }
 
     /// Is the pen empty?
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.held.is_empty()
     }
 }

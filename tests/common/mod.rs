@@ -3,6 +3,8 @@
 //!
 //! - [`fixture`]: a private SoftHSM2 token made by `hsm-fixtures/setup.sh` ([`Fixture`]), its
 //!   constants (keys, API base) and config-editing helpers ([`section`], [`entry`]).
+//! - [`fleet`]: N daemons on one token behind HAProxy running the shipped config ([`Fleet`]),
+//!   and signed load through it that counts failures ([`Load`]).
 //! - [`proxy`]: a running `xks-bridge serve` child ([`TestProxy`]); [`Harness`] = fixture +
 //!   daemon + signed session.
 //! - [`client`]: an HTTPS client built on hyper + tokio-rustls that trusts the fixture CA
@@ -36,6 +38,8 @@ pub mod client;
 #[allow(dead_code)]
 pub mod fixture;
 #[allow(dead_code)]
+pub mod fleet;
+#[allow(dead_code)]
 pub mod host;
 #[allow(dead_code)]
 pub mod process;
@@ -51,5 +55,6 @@ pub mod xks;
 // A binary that uses nothing from one module would warn that its re-export is unused.
 #[allow(unused_imports)]
 pub use {
-    assert::*, cli::*, client::*, fixture::*, host::*, process::*, proxy::*, shim::*, token::*, xks::*,
+    assert::*, cli::*, client::*, fixture::*, fleet::*, host::*, process::*, proxy::*, shim::*, token::*,
+    xks::*,
 };
