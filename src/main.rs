@@ -194,8 +194,7 @@ fn check_config(path: &Path) -> CliResult {
     let cfg = load(path)?;
     logging::init(&cfg.logging); // so secret-file permission warnings are shown
     for (i, t) in cfg.tokens.iter().enumerate() {
-        t.pin
-            .load()
+        t.load_pin()
             .map_err(|e| (EXIT_BAD_CONFIG, format!("tokens[{i}].pin: {e}")))?;
     }
     for (i, k) in cfg.keystores.iter().enumerate() {
