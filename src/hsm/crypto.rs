@@ -8,6 +8,7 @@ use super::lifecycle::{usages, USAGE_ATTRIBUTES};
 use super::token::{KeyInfo, Token};
 use super::{classify, Gate, HsmError, Sealed};
 use crate::config::IvSource;
+use cryptoki::error::RvError;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::session::Session;
@@ -91,9 +92,29 @@ impl Token {
             self.admit_key(on, key, label, gate)?;
             let out = s
                 .encrypt(&Mechanism::AesGcm(params), key.handle, pt)
-                .map_err(classify)?;
-            seal(self.iv_source, iv, out, pt.len())
+                .map_err(classify)
+                .inspect_err(|e| {
+                    if let HsmError::Device {
+                        rv: RvError::MechanismParamInvalid | RvError::MechanismInvalid,
+                        ..
+                    } = e
+                    {
+                        self.log_iv_mismatch(e);
+                    }
+                })?;
+            seal(self.iv_source, iv, out, pt.len()).inspect_err(|e| self.log_iv_mismatch(e))
         })
+    }
+
+    /// Every request fails the same way until the config changes: say why, once per request.
+    fn log_iv_mismatch(&self, e: &HsmError) {
+        tracing::error!(
+            token = %self.name,
+            profile = self.quirks.profile.name(),
+            iv_source = self.iv_source.name(),
+            error = %e,
+            "the token does not encrypt as this IV mode expects; check the profile and iv_source (xks-bridge doctor)"
+        );
     }
 
     pub(super) fn decrypt(
@@ -113,7 +134,14 @@ impl Token {
             self.admit_key(on, key, label, gate)?;
             s.decrypt(&Mechanism::AesGcm(params), key.handle, ct)
                 .map(Zeroizing::new)
-                .map_err(|e| classify_for(self.quirks, e))
+                .map_err(|e| match classify_for(self.quirks, e) {
+                    HsmError::Device { rv, function } if classify::is_bad_tag_elsewhere(rv, function) => {
+                        tracing::warn!(token = %self.name, profile = self.quirks.profile.name(), code = %super::profile::ckr_name(rv),
+                            "C_Decrypt failed with a code other profiles count as a bad tag; if forged ciphertexts get InternalException, check the profile (xks-bridge doctor)");
+                        HsmError::Device { rv, function }
+                    }
+                    other => other,
+                })
         })
     }
 
