@@ -132,7 +132,6 @@ fn luna_profile_on_plain_softhsm_fails_instead_of_inventing_an_iv() {
 fn cloudhsm_style_iv_on_plain_softhsm_fails_instead_of_using_a_zero_iv() {
     let mut p = Profiled::start("nshield", None, "none");
     encrypt_fails_without_ciphertext(&mut p);
-    let logs = p.proxy.logs();
     assert!(
         p.proxy.wait_for_log("all-zero IV"),
         "the log names the cause: {}",
