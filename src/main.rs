@@ -216,10 +216,12 @@ fn check_config(path: &Path) -> CliResult {
     outln!("  listeners: {:?} over {scheme}", cfg.server.listen);
     for t in &cfg.tokens {
         outln!(
-            "  token {:?}: label {:?} via {}, {} workers, queue {}, deadline {} ms, PIN from {}",
+            "  token {:?}: label {:?} via {}, profile {}, IV {}, {} workers, queue {}, deadline {} ms, PIN from {}",
             t.name,
             t.token_label,
             t.module.display(),
+            t.profile.name(),
+            t.effective_iv_source().name(),
             t.workers,
             t.queue_depth,
             t.request_timeout_ms,
