@@ -193,7 +193,7 @@ pub(super) fn suggested_profile(cfg: &TokenConfig, chosen: IvSource, f: &Finding
         .unwrap_or(Profile::Generic)
 }
 
-pub(super) fn profile_check(cfg: &TokenConfig, chosen: IvSource, suggested: Profile) -> Check {
+pub(super) fn profile_check(cfg: &TokenConfig, chosen: IvSource, suggested: Profile, f: &Findings) -> Check {
     let q = quirks(cfg.profile);
     let iv = match cfg.iv_source {
         Some(i) if i != q.iv_source() => {
@@ -214,6 +214,15 @@ pub(super) fn profile_check(cfg: &TokenConfig, chosen: IvSource, suggested: Prof
     for n in q.notes {
         found.push_str("; note: ");
         found.push_str(n);
+    }
+    // Information only: the proxy re-checks cached handles whatever the vendor does.
+    let observed = f.handle_reuse.as_ref().and_then(|h| h.reused);
+    if let (Some(expected), Some(seen)) = (q.reuses_handles, observed) {
+        if expected != seen {
+            found.push_str(&format!(
+                "; destroyed handles reused: {seen}, where this profile expects {expected}"
+            ));
+        }
     }
     if suggested == cfg.profile {
         return check("profile", Verdict::Ok, found, None);

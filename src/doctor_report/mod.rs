@@ -98,7 +98,7 @@ pub fn judge(cfg: &TokenConfig, f: Findings) -> Report {
     let mut checks = vec![library_check(&f), token_check(&f)];
     checks.extend(mechanism_checks(&f));
     checks.push(scratch_check(&f));
-    checks.push(profile_check(cfg, iv_source, profile));
+    checks.push(profile_check(cfg, iv_source, profile, &f));
     checks.extend(iv_checks(configured, iv_source, &f));
     checks.push(bad_tag_check(cfg, profile, &f));
     let mut skipped = Vec::new();

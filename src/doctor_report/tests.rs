@@ -234,3 +234,22 @@ fn a_tag_failure_code_outside_the_profile_names_the_profile_that_has_it() {
     assert!(r.snippet.contains("profile = \"nshield\""), "{}", r.snippet);
     assert!(r.snippet.contains("iv_source = \"mechanism\""), "{}", r.snippet);
 }
+
+#[test]
+fn handle_reuse_against_the_profile_is_reported_without_a_warning() {
+    let mut f = good();
+    f.handle_reuse = Some(crate::hsm::doctor::HandleReuse {
+        probe: crate::hsm::doctor::WriteProbe::Done,
+        reused: Some(true),
+    });
+    let r = judge(&token_of("softhsm"), f.clone());
+    let p = verdict_of(&r, "profile");
+    assert_eq!(p.verdict, Verdict::Ok);
+    assert!(
+        p.found
+            .contains("destroyed handles reused: true, where this profile expects false"),
+        "{p:?}"
+    );
+    let r = judge(&token_of("generic"), f);
+    assert!(!verdict_of(&r, "profile").found.contains("handles reused"));
+}
