@@ -50,7 +50,7 @@ pub fn classify_for(q: &Quirks, err: Error) -> HsmError {
 }
 
 /// A `C_Decrypt` failure the generic profile would have counted as a bad tag.
-pub(crate) fn is_bad_tag_elsewhere(rv: RvError, function: Function) -> bool {
+pub(crate) fn is_bad_tag_elsewhere(rv: RvError, function: &Function) -> bool {
     matches!(function, Function::Decrypt) && quirks(Profile::Generic).is_bad_tag(rv)
 }
 

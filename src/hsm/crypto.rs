@@ -117,6 +117,17 @@ impl Token {
         );
     }
 
+    /// A forged ciphertext on a token with the wrong profile looks exactly like this: say so.
+    fn log_foreign_bad_tag(&self, rv: RvError) {
+        tracing::warn!(
+            token = %self.name,
+            profile = self.quirks.profile.name(),
+            code = %super::profile::ckr_name(rv),
+            "C_Decrypt failed with a code other profiles count as a bad tag; if forged ciphertexts \
+             get InternalException, check the profile (xks-bridge doctor)"
+        );
+    }
+
     pub(super) fn decrypt(
         &self,
         on: &On<'_>,
@@ -134,13 +145,14 @@ impl Token {
             self.admit_key(on, key, label, gate)?;
             s.decrypt(&Mechanism::AesGcm(params), key.handle, ct)
                 .map(Zeroizing::new)
-                .map_err(|e| match classify_for(self.quirks, e) {
-                    HsmError::Device { rv, function } if classify::is_bad_tag_elsewhere(rv, function) => {
-                        tracing::warn!(token = %self.name, profile = self.quirks.profile.name(), code = %super::profile::ckr_name(rv),
-                            "C_Decrypt failed with a code other profiles count as a bad tag; if forged ciphertexts get InternalException, check the profile (xks-bridge doctor)");
-                        HsmError::Device { rv, function }
+                .map_err(|e| {
+                    let e = classify_for(self.quirks, e);
+                    if let HsmError::Device { rv, function } = &e {
+                        if classify::is_bad_tag_elsewhere(*rv, function) {
+                            self.log_foreign_bad_tag(*rv);
+                        }
                     }
-                    other => other,
+                    e
                 })
         })
     }
