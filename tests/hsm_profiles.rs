@@ -22,12 +22,16 @@ struct Profiled {
 }
 
 impl Profiled {
+    /// `profile` "" leaves the key out, as in a config written before profiles existed.
     fn start(profile: &str, iv_source: Option<&str>, control: &str) -> Profiled {
         let fx = Fixture::new();
         let (mut cfg, control_file) = shimmed_config(&fx);
         set_control(&control_file, control);
         let token = entry(&mut cfg, "tokens", 0);
-        token.insert("profile".into(), profile.into());
+        assert!(token.get("profile").is_none() && token.get("iv_source").is_none());
+        if !profile.is_empty() {
+            token.insert("profile".into(), profile.into());
+        }
         if let Some(iv) = iv_source {
             token.insert("iv_source".into(), iv.into());
         }
@@ -86,6 +90,16 @@ fn softhsm_profile_round_trips_and_a_tampered_tag_is_invalid_ciphertext() {
 
 #[test]
 fn no_profile_behaves_as_before_profiles_existed() {
+    let mut p = Profiled::start("", None, "none");
+    round_trip_and_tampered_tag(&mut p, 12);
+}
+
+#[test]
+fn generic_profile_counts_every_known_tag_failure_code() {
+    // nShield's CKR_FUNCTION_FAILED, SoftHSM2's CKR_GENERAL_ERROR (plain token): both are a bad
+    // tag for a token nobody profiled.
+    let mut p = Profiled::start("generic", Some("mechanism"), "vendor nshield");
+    round_trip_and_tampered_tag(&mut p, 12);
     let mut p = Profiled::start("generic", None, "none");
     round_trip_and_tampered_tag(&mut p, 12);
 }
