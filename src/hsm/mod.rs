@@ -6,7 +6,8 @@
 //! Every PKCS#11 call of the crate lives under this module: the daemon's workers and
 //! supervisor, key lifecycle ([`lifecycle`], [`marks`]), token setup for the quickstart and
 //! the offline CLI ([`setup`]), the benchmark's raw-token ceiling ([`raw`]) and the probes of
-//! `xks-bridge doctor` ([`doctor`]).
+//! `xks-bridge doctor` ([`doctor`]). What differs between HSM vendors behind the same
+//! PKCS#11 names (tag-failure codes, login role) is one table, [`profile`].
 
 mod cache;
 mod classify;
