@@ -199,8 +199,7 @@ fn check_config(path: &Path) -> CliResult {
     let cfg = load(path)?;
     logging::init(&cfg.logging); // so secret-file permission warnings are shown
     for (i, t) in cfg.tokens.iter().enumerate() {
-        t.pin
-            .load()
+        t.load_pin()
             .map_err(|e| (EXIT_BAD_CONFIG, format!("tokens[{i}].pin: {e}")))?;
     }
     for (i, k) in cfg.keystores.iter().enumerate() {
@@ -228,10 +227,12 @@ fn check_config(path: &Path) -> CliResult {
     );
     for t in &cfg.tokens {
         outln!(
-            "  token {:?}: label {:?} via {}, {} workers, queue {}, deadline {} ms, PIN from {}",
+            "  token {:?}: label {:?} via {}, profile {}, IV {}, {} workers, queue {}, deadline {} ms, PIN from {}",
             t.name,
             t.token_label,
             t.module.display(),
+            t.profile.name(),
+            t.effective_iv_source().name(),
             t.workers,
             t.queue_depth,
             t.request_timeout_ms,

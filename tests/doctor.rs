@@ -121,6 +121,20 @@ fn a_refused_pin_is_named_and_the_doctor_exits_69() {
 }
 
 #[test]
+fn a_refused_pin_is_tried_once_only() {
+    // Every refused login counts against the HSM's PIN retry counter: the doctor must not
+    // spend more than one.
+    let fx = Fixture::new();
+    let (cfg, control) = shimmed_config(&fx);
+    set_control(&control, "pin_incorrect");
+    let path = fx.write_config(&cfg);
+    let (code, out, err) = doctor(&path, &[]);
+    assert_eq!(code, Some(EXIT_UNAVAILABLE), "stdout: {out}\nstderr: {err}");
+    let logins = std::fs::read_to_string(control.with_extension("control.logins")).unwrap_or_default();
+    assert_eq!(logins.lines().count(), 1, "C_Login calls: {logins:?}");
+}
+
+#[test]
 fn an_absent_token_cannot_be_examined_and_the_doctor_exits_69() {
     let fx = Fixture::new();
     let mut cfg = fx.config();

@@ -45,6 +45,27 @@
  *                         C_GenerateKey, C_WrapKey, C_UnwrapKey) return CKR_MECHANISM_INVALID
  *                         (0x70) for it without reaching the token. The word may be repeated
  *                         (up to 8 mechanisms)
+ *   vendor <name>         the token behaves like that vendor's HSM for AES-GCM (CKM_AES_GCM,
+ *                         0x1087) encryption and tag failures; SoftHSM2 still does the crypto:
+ *     vendor luna         Luna in FIPS mode. C_EncryptInit with an IV of length 0: the shim
+ *                         makes a random IV (12 bytes when ulIvBits is 96, else 16, as Luna
+ *                         firmware 7.9.3+ does), initialises SoftHSM2's encryption with it and
+ *                         C_Encrypt returns ciphertext || tag || IV (the length query included).
+ *                         An IV of any other length is refused with CKR_MECHANISM_PARAM_INVALID
+ *                         (0x71), as a FIPS-mode HSM refuses caller IVs
+ *     vendor cloudhsm     CloudHSM. C_EncryptInit with an all-zero IV buffer: the shim makes a
+ *     vendor nshield      random IV of that length, writes it into the caller's buffer (at
+ *                         C_EncryptInit) and encrypts under it. An IV that is not all zeros, or
+ *                         of length 0, is refused with CKR_MECHANISM_PARAM_INVALID
+ *                         C_Login on vendor cloudhsm takes a CloudHSM PIN, <user>:<password>:
+ *                         the password alone reaches SoftHSM2; a PIN without ':' is refused
+ *                         with CKR_PIN_INCORRECT (0xA0) without reaching the token.
+ *                         Tag failures: SoftHSM2's CKR_GENERAL_ERROR (0x05) from C_Decrypt becomes
+ *                         the vendor's code: CKR_ENCRYPTED_DATA_INVALID (0x40) for luna and
+ *                         cloudhsm, CKR_FUNCTION_FAILED (0x06) for nshield.
+ *                         docs/hsm-profiles.md says which of these facts are documented by the
+ *                         vendor and which are not. C_DecryptInit is not changed: decryption
+ *                         takes the IV the caller gives on every vendor
  *
  * Handle translation: the shim keeps a table from the handle numbers it handed out to the real
  * module's handles. A handle never remapped is passed through unchanged (SoftHSM2 itself never
@@ -105,6 +126,17 @@ typedef struct CK_ATTRIBUTE {
     void *pValue;
     CK_ULONG ulValueLen;
 } CK_ATTRIBUTE;
+/* Read and rewritten by the vendor emulations (CK_GCM_PARAMS of PKCS#11 v2.40 with ulIvBits). */
+typedef struct CK_GCM_PARAMS {
+    CK_BYTE *pIv;
+    CK_ULONG ulIvLen;
+    CK_ULONG ulIvBits;
+    CK_BYTE *pAAD;
+    CK_ULONG ulAADLen;
+    CK_ULONG ulTagBits;
+} CK_GCM_PARAMS;
+#define CKM_AES_GCM 0x1087UL
+
 #define CKA_CLASS 0x00UL
 #define CKA_PRIVATE 0x02UL
 #define CKO_DATA 0x00UL
@@ -124,7 +156,11 @@ typedef struct {
 #define CKR_OK 0x00UL
 #define CKR_GENERAL_ERROR 0x05UL
 #define CKR_FUNCTION_FAILED 0x06UL
+#define CKR_HOST_MEMORY 0x02UL
 #define CKR_DEVICE_ERROR 0x30UL
+#define CKR_ENCRYPTED_DATA_INVALID 0x40UL
+#define CKR_MECHANISM_PARAM_INVALID 0x71UL
+#define CKR_BUFFER_TOO_SMALL 0x150UL
 #define CKR_MECHANISM_INVALID 0x70UL
 #define CKR_DEVICE_REMOVED 0x32UL
 #define CKR_PIN_INCORRECT 0xA0UL
@@ -222,7 +258,10 @@ _Static_assert(sizeof(struct CK_FUNCTION_LIST) == sizeof(void *) + 68 * sizeof(v
 
 /* ---- Fault control ---- */
 
+enum vendor { VENDOR_NONE, VENDOR_LUNA, VENDOR_CLOUDHSM, VENDOR_NSHIELD };
+
 struct fault {
+    enum vendor vendor;  /* vendor <name> */
     CK_RV device_rv;     /* device_error / device_removed / token_not_present, else 0 */
     int token_absent;    /* token_not_present */
     CK_RV once_rv;       /* *_once, else 0 */
@@ -270,6 +309,14 @@ static void parse(const char *line, struct fault *f)
             f->refuse_data = 1;
         } else if (!strcmp(w, "reuse_handles")) {
             f->reuse_handles = 1;
+        } else if (!strcmp(w, "vendor")) {
+            char *v = strtok_r(NULL, " \t\r\n", &save);
+            if (v && !strcmp(v, "luna"))
+                f->vendor = VENDOR_LUNA;
+            else if (v && !strcmp(v, "cloudhsm"))
+                f->vendor = VENDOR_CLOUDHSM;
+            else if (v && !strcmp(v, "nshield"))
+                f->vendor = VENDOR_NSHIELD;
         } else if (!strcmp(w, "hide_mechanism")) {
             char *m = strtok_r(NULL, " \t\r\n", &save);
             if (m && f->n_hidden < sizeof f->hidden / sizeof f->hidden[0])
@@ -520,6 +567,14 @@ static CK_RV shim_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user, CK_BYTE *p
     current_fault(&f, 0);
     if (f.pin_incorrect)
         return CKR_PIN_INCORRECT;
+    if (f.vendor == VENDOR_CLOUDHSM) {
+        /* The crypto user's name is CloudHSM's business; SoftHSM2 knows only the password. */
+        CK_BYTE *colon = pin ? memchr(pin, ':', len) : NULL;
+        if (!colon)
+            return CKR_PIN_INCORRECT;
+        len -= (CK_ULONG)(colon + 1 - pin);
+        pin = colon + 1;
+    }
     CK_RV rv = real->C_Login(session, user, pin, len);
     if (f.not_logged_in && (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN)) {
         /* A new login is what brings a token that forgot it back. */
@@ -572,19 +627,173 @@ static CK_RV shim_FindObjectsInit(CK_SESSION_HANDLE session, CK_ATTRIBUTE *tmpl,
     return rv ? rv : real->C_FindObjectsInit(session, tmpl, n);
 }
 
+/* ---- Vendor emulations (vendor <name>) ---- */
+
+/* Luna: the IV each session's pending encryption appends after the tag. */
+struct pending_iv {
+    CK_SESSION_HANDLE session;
+    CK_ULONG len;
+    CK_BYTE iv[16];
+};
+static pthread_mutex_t pending_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct pending_iv pending[256];
+static size_t pending_len;
+
+static void pending_drop(CK_SESSION_HANDLE session)
+{
+    pthread_mutex_lock(&pending_lock);
+    for (size_t i = 0; i < pending_len; i++) {
+        if (pending[i].session == session) {
+            pending[i] = pending[--pending_len];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&pending_lock);
+}
+
+static int pending_set(CK_SESSION_HANDLE session, const CK_BYTE *iv, CK_ULONG len)
+{
+    int ok = 0;
+    pthread_mutex_lock(&pending_lock);
+    if (pending_len < sizeof pending / sizeof pending[0]) {
+        pending[pending_len].session = session;
+        pending[pending_len].len = len;
+        memcpy(pending[pending_len].iv, iv, len);
+        pending_len++;
+        ok = 1;
+    }
+    pthread_mutex_unlock(&pending_lock);
+    return ok;
+}
+
+static int pending_get(CK_SESSION_HANDLE session, CK_BYTE *iv, CK_ULONG *len)
+{
+    int found = 0;
+    pthread_mutex_lock(&pending_lock);
+    for (size_t i = 0; i < pending_len && !found; i++) {
+        if (pending[i].session == session) {
+            *len = pending[i].len;
+            memcpy(iv, pending[i].iv, *len);
+            found = 1;
+        }
+    }
+    pthread_mutex_unlock(&pending_lock);
+    return found;
+}
+
+static int is_gcm(const CK_MECHANISM *mech)
+{
+    return mech && mech->mechanism == CKM_AES_GCM && mech->pParameter &&
+           mech->ulParameterLen == sizeof(CK_GCM_PARAMS);
+}
+
+static int all_zero(const CK_BYTE *p, CK_ULONG n)
+{
+    for (CK_ULONG i = 0; i < n; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
+/* C_EncryptInit of AES-GCM on an emulated vendor: the IV is made here, never by the caller. */
+static CK_RV vendor_encrypt_init(enum vendor v, CK_SESSION_HANDLE session, CK_MECHANISM *mech,
+                                 CK_OBJECT_HANDLE key)
+{
+    CK_GCM_PARAMS *given = mech->pParameter;
+    CK_GCM_PARAMS params = *given;
+    CK_MECHANISM m = *mech;
+    CK_BYTE iv[16];
+    CK_ULONG n;
+    CK_RV rv;
+    m.pParameter = &params;
+    if (v == VENDOR_LUNA) {
+        if (given->ulIvLen != 0)
+            return CKR_MECHANISM_PARAM_INVALID;
+        n = given->ulIvBits == 96 ? 12 : 16;
+        if ((rv = real->C_GenerateRandom(session, iv, n)) != CKR_OK)
+            return rv;
+        params.pIv = iv;
+        params.ulIvLen = n;
+        params.ulIvBits = n * 8;
+        rv = real->C_EncryptInit(session, &m, key);
+        if (rv == CKR_OK && !pending_set(session, iv, n))
+            return CKR_HOST_MEMORY;
+        return rv;
+    }
+    n = given->ulIvLen;
+    if (n == 0 || n > sizeof iv || !given->pIv || !all_zero(given->pIv, n))
+        return CKR_MECHANISM_PARAM_INVALID;
+    if ((rv = real->C_GenerateRandom(session, iv, n)) != CKR_OK)
+        return rv;
+    memcpy(given->pIv, iv, n);
+    return real->C_EncryptInit(session, &m, key);
+}
+
+/* C_Encrypt with a Luna IV pending: SoftHSM2's ciphertext || tag, then the IV. */
+static CK_RV encrypt_appending(CK_SESSION_HANDLE session, CK_BYTE *in, CK_ULONG in_len, CK_BYTE *out,
+                               CK_ULONG *out_len, const CK_BYTE *iv, CK_ULONG n)
+{
+    CK_ULONG need = 0;
+    CK_RV rv = real->C_Encrypt(session, in, in_len, NULL, &need);
+    if (rv != CKR_OK) {
+        pending_drop(session);
+        return rv;
+    }
+    if (!out) {
+        *out_len = need + n;
+        return CKR_OK;
+    }
+    if (*out_len < need + n) {
+        *out_len = need + n;
+        return CKR_BUFFER_TOO_SMALL;
+    }
+    CK_ULONG got = *out_len - n;
+    rv = real->C_Encrypt(session, in, in_len, out, &got);
+    if (rv == CKR_BUFFER_TOO_SMALL) {
+        *out_len = got + n;
+        return rv;
+    }
+    pending_drop(session);
+    if (rv != CKR_OK)
+        return rv;
+    memcpy(out + got, iv, n);
+    *out_len = got + n;
+    return CKR_OK;
+}
+
+/* The vendor's answer to a GCM tag that does not verify. */
+static CK_RV vendor_bad_tag(enum vendor v)
+{
+    return v == VENDOR_NSHIELD ? CKR_FUNCTION_FAILED : CKR_ENCRYPTED_DATA_INVALID;
+}
+
 static CK_RV shim_EncryptInit(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_OBJECT_HANDLE key)
 {
     if (mech_hidden(mech))
         return CKR_MECHANISM_INVALID;
     CK_RV rv = crypto_gate();
-    return rv ? rv : real->C_EncryptInit(session, mech, to_real(key));
+    if (rv)
+        return rv;
+    /* A new operation replaces one that never reached C_Encrypt. */
+    pending_drop(session);
+    struct fault f;
+    current_fault(&f, 0);
+    if (f.vendor != VENDOR_NONE && is_gcm(mech))
+        return vendor_encrypt_init(f.vendor, session, mech, to_real(key));
+    return real->C_EncryptInit(session, mech, to_real(key));
 }
 
 static CK_RV shim_Encrypt(CK_SESSION_HANDLE session, CK_BYTE *in, CK_ULONG in_len, CK_BYTE *out,
                           CK_ULONG *out_len)
 {
     CK_RV rv = crypto_gate();
-    return rv ? rv : real->C_Encrypt(session, in, in_len, out, out_len);
+    if (rv)
+        return rv;
+    CK_BYTE iv[16];
+    CK_ULONG n = 0;
+    if (out_len && pending_get(session, iv, &n))
+        return encrypt_appending(session, in, in_len, out, out_len, iv, n);
+    return real->C_Encrypt(session, in, in_len, out, out_len);
 }
 
 static CK_RV shim_DecryptInit(CK_SESSION_HANDLE session, CK_MECHANISM *mech, CK_OBJECT_HANDLE key)
@@ -599,7 +808,16 @@ static CK_RV shim_Decrypt(CK_SESSION_HANDLE session, CK_BYTE *in, CK_ULONG in_le
                           CK_ULONG *out_len)
 {
     CK_RV rv = crypto_gate();
-    return rv ? rv : real->C_Decrypt(session, in, in_len, out, out_len);
+    if (rv)
+        return rv;
+    rv = real->C_Decrypt(session, in, in_len, out, out_len);
+    if (rv == CKR_GENERAL_ERROR) {
+        struct fault f;
+        current_fault(&f, 0);
+        if (f.vendor != VENDOR_NONE)
+            return vendor_bad_tag(f.vendor);
+    }
+    return rv;
 }
 
 static CK_RV shim_GenerateRandom(CK_SESSION_HANDLE session, CK_BYTE *out, CK_ULONG len)

@@ -58,8 +58,7 @@ pub fn doctor(a: DoctorArgs) -> CliResult {
     // May restart this process: before anything is read or printed.
     xks_bridge::module_env::ensure(&t.module_env).map_err(|e| (EXIT_BAD_CONFIG, e))?;
     let pin = t
-        .pin
-        .load()
+        .load_pin()
         .map_err(|e| (EXIT_BAD_CONFIG, format!("tokens[{i}].pin: {e}")))?;
     let keystores: Vec<_> = cfg.keystores.iter().filter(|k| k.token == t.name).collect();
     let named_keys = keystores

@@ -181,7 +181,7 @@ fn offline(
     );
     let mut tokens = Vec::new();
     for t in configured {
-        let pin = t.pin.load().map_err(|e| {
+        let pin = t.load_pin().map_err(|e| {
             let i = cfg.tokens.iter().position(|c| c.name == t.name).unwrap_or(0);
             (EXIT_BAD_CONFIG, format!("tokens[{i}].pin: {e}"))
         })?;

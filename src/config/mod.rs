@@ -2,9 +2,11 @@
 //! read. Every validation message starts with the path of the offending field
 //! (`keystores[0].uri_prefix: ...`), and the process exits 64 (EX_USAGE) on a bad config.
 
+mod profile;
 mod rules;
 
 use crate::secret::SecretSource;
+pub use profile::{IvSource, PinFormat, Profile};
 pub use rules::group_id;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -303,22 +305,29 @@ pub struct TokenConfig {
     /// Deadline for one HSM job (queue wait included); beyond it: DependencyTimeoutException.
     #[serde(default = "default_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// Who makes the GCM IV.
+    /// The HSM vendor: its IV mode, tag-failure codes and PIN format (docs/hsm-profiles.md).
     #[serde(default)]
-    pub iv_source: IvSource,
+    pub profile: Profile,
+    /// Who makes the GCM IV; absent: the profile's mode.
+    #[serde(default)]
+    pub iv_source: Option<IvSource>,
 }
 
-/// Where the 12-byte GCM IV comes from.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum IvSource {
-    /// The proxy asks the token for 12 random bytes (`C_GenerateRandom`) and passes them in.
-    /// Works with SoftHSM2 and most HSMs.
-    #[default]
-    TokenRandom,
-    /// The HSM generates the IV inside `C_Encrypt` and writes it back (FIPS-mode HSMs that
-    /// refuse caller-supplied IVs).
-    Mechanism,
+impl TokenConfig {
+    /// The IV mode in force: `iv_source` if set, else the profile's.
+    pub fn effective_iv_source(&self) -> IvSource {
+        self.iv_source.unwrap_or(self.profile.default_iv_source())
+    }
+
+    /// Reads the PIN and checks it has the profile's shape. Like [`CredentialConfig::load_secret`]
+    /// this runs where the secret is read (start, `check-config`, `doctor`, offline commands),
+    /// not at parse time; errors never contain the value.
+    pub fn load_pin(&self) -> Result<secrecy::SecretString, String> {
+        let pin = self.pin.load()?;
+        self.profile
+            .check_pin(secrecy::ExposeSecret::expose_secret(&pin))?;
+        Ok(pin)
+    }
 }
 
 /// `[[keystores]]`: one logical keystore (URI prefix) with its credentials and keys.

@@ -18,8 +18,7 @@ pub(super) async fn start(
     let local_denies = switch.local_key_denies();
     for (i, t) in cfg.tokens.iter().enumerate() {
         let pin = t
-            .pin
-            .load()
+            .load_pin()
             .map_err(|e| config_error(format!("tokens[{i}].pin: {e}")))?;
         let token = Arc::new(Token::new(t, pin, switch.gates().proxy().flag()));
         if let Some(local) = local_denies.get(&t.name) {

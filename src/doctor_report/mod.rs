@@ -5,7 +5,7 @@
 //! Exit statuses: usable 0; usable with changes 0 (the changes are listed, and the snippet
 //! already has them); not usable 1; the doctor could not run (module, token or PIN) 69.
 
-use crate::config::{IvSource, TokenConfig};
+use crate::config::{IvSource, Profile, TokenConfig};
 use crate::exit::Exit;
 use crate::hsm::doctor::Findings;
 use serde::Serialize;
@@ -92,12 +92,15 @@ fn check(name: impl Into<String>, verdict: Verdict, found: impl Into<String>, fi
 
 /// Judges `f`, found on the token `cfg` configures.
 pub fn judge(cfg: &TokenConfig, f: Findings) -> Report {
-    let iv_source = working_iv_source(cfg.iv_source, &f);
+    let configured = cfg.effective_iv_source();
+    let iv_source = working_iv_source(configured, &f);
+    let profile = suggested_profile(cfg, iv_source, &f);
     let mut checks = vec![library_check(&f), token_check(&f)];
     checks.extend(mechanism_checks(&f));
     checks.push(scratch_check(&f));
-    checks.extend(iv_checks(cfg.iv_source, iv_source, &f));
-    checks.push(bad_tag_check(&f));
+    checks.push(profile_check(cfg, iv_source, profile, &f));
+    checks.extend(iv_checks(configured, iv_source, &f));
+    checks.push(bad_tag_check(cfg, profile, &f));
     let mut skipped = Vec::new();
     match (&f.data_objects, &f.handle_reuse) {
         (Some(d), Some(h)) => {
@@ -121,7 +124,7 @@ pub fn judge(cfg: &TokenConfig, f: Findings) -> Report {
         exit_code: verdict.exit().code(),
         checks,
         skipped,
-        snippet: snippet(cfg, iv_source, workers(cfg, &f)),
+        snippet: snippet(cfg, profile, iv_source, workers(cfg, &f)),
         findings: f,
     }
 }
@@ -132,7 +135,7 @@ fn toml_str(s: &str) -> String {
 
 /// A `[[tokens]]` entry with what works on this token; the PIN source and other settings are
 /// copied from the configuration.
-pub fn snippet(cfg: &TokenConfig, iv: IvSource, workers: usize) -> String {
+pub fn snippet(cfg: &TokenConfig, profile: Profile, iv: IvSource, workers: usize) -> String {
     let mut s = String::from("[[tokens]]\n");
     let _ = writeln!(s, "name = {}", toml_str(&cfg.name));
     let _ = writeln!(s, "module = {}", toml_str(&cfg.module.display().to_string()));
@@ -145,7 +148,8 @@ pub fn snippet(cfg: &TokenConfig, iv: IvSource, workers: usize) -> String {
         _ => "{ file = \"/etc/xks-bridge/credentials/token-pin\" }".into(),
     };
     let _ = writeln!(s, "pin = {source}");
-    let _ = writeln!(s, "iv_source = {}", toml_str(iv_name(iv)));
+    let _ = writeln!(s, "profile = {}", toml_str(profile.name()));
+    let _ = writeln!(s, "iv_source = {}", toml_str(iv.name()));
     let _ = writeln!(s, "workers = {workers}");
     let _ = writeln!(s, "queue_depth = {}", cfg.queue_depth);
     let _ = writeln!(s, "request_timeout_ms = {}", cfg.request_timeout_ms);

@@ -13,6 +13,13 @@ fn token(iv: &str) -> TokenConfig {
     .expect("token config")
 }
 
+fn token_of(profile: &str) -> TokenConfig {
+    toml::from_str(&format!(
+        "name = \"hsm\"\nmodule = \"/lib/p11.so\"\ntoken_label = \"t\"\npin = {{ env = \"PIN\" }}\nprofile = \"{profile}\""
+    ))
+    .expect("token config")
+}
+
 fn key(label: &str) -> KeyFacts {
     KeyFacts {
         label: label.into(),
@@ -69,11 +76,13 @@ fn good() -> Findings {
         iv: IvFacts {
             caller_random: Probe::Works,
             mechanism_generated: Probe::Wrong("no IV written back".into()),
+            after_tag: Probe::Wrong("the token returned no IV after the tag".into()),
         },
         bad_tag: BadTag::Refused {
             code: "CKR_GENERAL_ERROR".into(),
             function: "C_Decrypt".into(),
             invalid_ciphertext: true,
+            accepted_by: vec![Profile::Softhsm, Profile::Generic],
         },
         data_objects: None,
         handle_reuse: None,
@@ -106,6 +115,7 @@ fn a_token_that_only_generates_ivs_itself_is_usable_with_the_iv_source_changed()
     f.iv = IvFacts {
         caller_random: Probe::Refused("CKR_MECHANISM_PARAM_INVALID from C_EncryptInit".into()),
         mechanism_generated: Probe::Works,
+        after_tag: Probe::Refused("CKR_MECHANISM_PARAM_INVALID from C_EncryptInit".into()),
     };
     let r = judge(&token("token-random"), f);
     assert_eq!(r.verdict, Overall::UsableWithChanges);
@@ -148,6 +158,7 @@ fn an_unclassified_tag_failure_and_a_modifiable_key_are_warnings() {
         code: "CKR_DATA_INVALID".into(),
         function: "C_Decrypt".into(),
         invalid_ciphertext: false,
+        accepted_by: vec![],
     };
     f.keys[0].modifiable = Some(true);
     f.latency = Some(crate::hsm::doctor::Latency {
@@ -160,4 +171,85 @@ fn an_unclassified_tag_failure_and_a_modifiable_key_are_warnings() {
     assert_eq!(r.verdict, Overall::UsableWithChanges);
     assert_eq!(verdict_of(&r, "bad GCM tag").verdict, Verdict::Warn);
     assert_eq!(verdict_of(&r, "key k").verdict, Verdict::Warn);
+}
+
+#[test]
+fn a_token_that_behaves_as_its_profile_says_keeps_it_in_the_snippet() {
+    let r = judge(&token_of("softhsm"), good());
+    assert_eq!(verdict_of(&r, "profile").verdict, Verdict::Ok);
+    assert!(r.snippet.contains("profile = \"softhsm\""), "{}", r.snippet);
+    let r = judge(&token("token-random"), good());
+    assert!(r.snippet.contains("profile = \"generic\""), "{}", r.snippet);
+}
+
+#[test]
+fn a_token_that_returns_its_iv_after_the_tag_is_named_luna() {
+    let mut f = good();
+    f.iv = IvFacts {
+        caller_random: Probe::Refused("CKR_MECHANISM_PARAM_INVALID from C_EncryptInit".into()),
+        mechanism_generated: Probe::Refused("CKR_MECHANISM_PARAM_INVALID from C_EncryptInit".into()),
+        after_tag: Probe::Works,
+    };
+    f.bad_tag = BadTag::Refused {
+        code: "CKR_ENCRYPTED_DATA_INVALID".into(),
+        function: "C_Decrypt".into(),
+        invalid_ciphertext: true,
+        accepted_by: Profile::ALL.to_vec(),
+    };
+    let r = judge(&token_of("softhsm"), f);
+    let p = verdict_of(&r, "profile");
+    assert_eq!(p.verdict, Verdict::Warn);
+    assert!(
+        p.fix.as_deref().is_some_and(|x| x.contains("profile = \"luna\"")),
+        "{p:?}"
+    );
+    assert!(r.snippet.contains("profile = \"luna\""), "{}", r.snippet);
+    assert!(
+        r.snippet.contains("iv_source = \"mechanism-after-tag\""),
+        "{}",
+        r.snippet
+    );
+}
+
+#[test]
+fn a_tag_failure_code_outside_the_profile_names_the_profile_that_has_it() {
+    let mut f = good();
+    f.iv.caller_random = Probe::Refused("CKR_MECHANISM_PARAM_INVALID from C_EncryptInit".into());
+    f.iv.mechanism_generated = Probe::Works;
+    f.bad_tag = BadTag::Refused {
+        code: "CKR_FUNCTION_FAILED".into(),
+        function: "C_Decrypt".into(),
+        invalid_ciphertext: false,
+        accepted_by: vec![Profile::Nshield, Profile::Generic],
+    };
+    let r = judge(&token_of("softhsm"), f);
+    let tag = verdict_of(&r, "bad GCM tag");
+    assert_eq!(tag.verdict, Verdict::Warn);
+    assert!(
+        tag.fix
+            .as_deref()
+            .is_some_and(|x| x.contains("profile = \"nshield\"")),
+        "{tag:?}"
+    );
+    assert!(r.snippet.contains("profile = \"nshield\""), "{}", r.snippet);
+    assert!(r.snippet.contains("iv_source = \"mechanism\""), "{}", r.snippet);
+}
+
+#[test]
+fn handle_reuse_against_the_profile_is_reported_without_a_warning() {
+    let mut f = good();
+    f.handle_reuse = Some(crate::hsm::doctor::HandleReuse {
+        probe: crate::hsm::doctor::WriteProbe::Done,
+        reused: Some(true),
+    });
+    let r = judge(&token_of("softhsm"), f.clone());
+    let p = verdict_of(&r, "profile");
+    assert_eq!(p.verdict, Verdict::Ok);
+    assert!(
+        p.found
+            .contains("destroyed handles reused: true, where this profile expects false"),
+        "{p:?}"
+    );
+    let r = judge(&token_of("generic"), f);
+    assert!(!verdict_of(&r, "profile").found.contains("handles reused"));
 }

@@ -1,9 +1,12 @@
-//! The one place that turns a PKCS#11 failure into an [`HsmError`]. Vendor quirks live here:
-//! SoftHSM2 reports a GCM tag mismatch as `CKR_GENERAL_ERROR` from `C_Decrypt`, nShield as
-//! `CKR_FUNCTION_FAILED`, others as `CKR_ENCRYPTED_DATA_INVALID`/`_LEN_RANGE`; all of them are
-//! an invalid ciphertext when `C_Decrypt` itself returns them.
+//! The one place that turns a PKCS#11 failure into an [`HsmError`]. A GCM tag mismatch comes
+//! back from `C_Decrypt` as a vendor's own code (SoftHSM2 `CKR_GENERAL_ERROR`, nShield
+//! `CKR_FUNCTION_FAILED`, others `CKR_ENCRYPTED_DATA_INVALID`/`_LEN_RANGE`): which of them mean
+//! "invalid ciphertext" is the token's profile's answer ([`Quirks::bad_tag`]); the generic
+//! profile accepts all of them.
 
+use super::profile::{quirks, Quirks};
 use super::HsmError;
+use crate::config::Profile;
 use cryptoki::context::Function;
 use cryptoki::error::{Error, RvError};
 
@@ -32,20 +35,29 @@ pub(crate) fn login_error(label: &str, err: Error) -> HsmError {
     }
 }
 
-/// Classifies a cryptoki error.
+/// Classifies a cryptoki error as the generic profile does (for calls that are not a GCM
+/// decryption the profile makes no difference).
 pub fn classify(err: Error) -> HsmError {
+    classify_for(quirks(Profile::Generic), err)
+}
+
+/// Classifies a cryptoki error from a token with the quirks `q`.
+pub fn classify_for(q: &Quirks, err: Error) -> HsmError {
     match err {
-        Error::Pkcs11(rv, function) => classify_rv(rv, function),
+        Error::Pkcs11(rv, function) => classify_rv(q, rv, function),
         other => HsmError::Internal(other.to_string()),
     }
 }
 
-fn classify_rv(rv: RvError, function: Function) -> HsmError {
+/// A `C_Decrypt` failure the generic profile would have counted as a bad tag.
+pub(crate) fn is_bad_tag_elsewhere(rv: RvError, function: &Function) -> bool {
+    matches!(function, Function::Decrypt) && quirks(Profile::Generic).is_bad_tag(rv)
+}
+
+fn classify_rv(q: &Quirks, rv: RvError, function: Function) -> HsmError {
     use RvError::*;
     match (rv, function) {
-        (GeneralError | EncryptedDataInvalid | EncryptedDataLenRange | FunctionFailed, Function::Decrypt) => {
-            HsmError::InvalidCiphertext
-        }
+        (rv, Function::Decrypt) if q.is_bad_tag(rv) => HsmError::InvalidCiphertext,
         (KeyFunctionNotPermitted, _) => HsmError::KeyUsage("key attributes forbid this operation".into()),
         (KeyTypeInconsistent, _) => HsmError::KeyUsage("key type is not AES".into()),
         (KeySizeRange, _) => HsmError::KeyUsage("key size not supported for AES-GCM".into()),
@@ -97,18 +109,79 @@ impl HsmError {
 mod tests {
     use super::*;
 
+    fn classify_rv_generic(rv: RvError, function: Function) -> HsmError {
+        classify_rv(quirks(Profile::Generic), rv, function)
+    }
+
     #[test]
-    fn softhsm_tag_failure_is_invalid_ciphertext_only_from_decrypt() {
+    fn a_code_outside_the_profile_is_a_device_error_not_a_forged_ciphertext() {
+        let nshield = quirks(Profile::Nshield);
         assert!(matches!(
-            classify_rv(RvError::GeneralError, Function::Decrypt),
+            classify_for(nshield, Error::Pkcs11(RvError::FunctionFailed, Function::Decrypt)),
             HsmError::InvalidCiphertext
         ));
         assert!(matches!(
-            classify_rv(RvError::GeneralError, Function::Encrypt),
+            classify_for(nshield, Error::Pkcs11(RvError::GeneralError, Function::Decrypt)),
+            HsmError::Device {
+                rv: RvError::GeneralError,
+                function: Function::Decrypt
+            }
+        ));
+        let softhsm = quirks(Profile::Softhsm);
+        assert!(matches!(
+            classify_for(softhsm, Error::Pkcs11(RvError::FunctionFailed, Function::Decrypt)),
             HsmError::Device { .. }
         ));
         assert!(matches!(
-            classify_rv(RvError::EncryptedDataInvalid, Function::Decrypt),
+            classify_for(softhsm, Error::Pkcs11(RvError::GeneralError, Function::Decrypt)),
+            HsmError::InvalidCiphertext
+        ));
+        for p in [Profile::Luna, Profile::Cloudhsm] {
+            assert!(matches!(
+                classify_for(
+                    quirks(p),
+                    Error::Pkcs11(RvError::EncryptedDataInvalid, Function::Decrypt)
+                ),
+                HsmError::InvalidCiphertext
+            ));
+            assert!(matches!(
+                classify_for(quirks(p), Error::Pkcs11(RvError::GeneralError, Function::Decrypt)),
+                HsmError::Device { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn the_generic_profile_keeps_every_tag_failure_code_of_old() {
+        for rv in [
+            RvError::GeneralError,
+            RvError::EncryptedDataInvalid,
+            RvError::EncryptedDataLenRange,
+            RvError::FunctionFailed,
+        ] {
+            assert!(matches!(
+                classify(Error::Pkcs11(rv, Function::Decrypt)),
+                HsmError::InvalidCiphertext
+            ));
+            assert!(matches!(
+                classify(Error::Pkcs11(rv, Function::DecryptInit)),
+                HsmError::Device { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn softhsm_tag_failure_is_invalid_ciphertext_only_from_decrypt() {
+        assert!(matches!(
+            classify_rv_generic(RvError::GeneralError, Function::Decrypt),
+            HsmError::InvalidCiphertext
+        ));
+        assert!(matches!(
+            classify_rv_generic(RvError::GeneralError, Function::Encrypt),
+            HsmError::Device { .. }
+        ));
+        assert!(matches!(
+            classify_rv_generic(RvError::EncryptedDataInvalid, Function::Decrypt),
             HsmError::InvalidCiphertext
         ));
     }
@@ -116,11 +189,11 @@ mod tests {
     #[test]
     fn key_usage_refusals_are_key_usage_errors() {
         assert!(matches!(
-            classify_rv(RvError::KeyFunctionNotPermitted, Function::EncryptInit),
+            classify_rv_generic(RvError::KeyFunctionNotPermitted, Function::EncryptInit),
             HsmError::KeyUsage(_)
         ));
         assert!(matches!(
-            classify_rv(RvError::KeyTypeInconsistent, Function::DecryptInit),
+            classify_rv_generic(RvError::KeyTypeInconsistent, Function::DecryptInit),
             HsmError::KeyUsage(_)
         ));
     }
@@ -147,8 +220,8 @@ mod tests {
 
     #[test]
     fn recovery_classes_are_recognised() {
-        assert!(classify_rv(RvError::SessionHandleInvalid, Function::Encrypt).session_lost());
-        assert!(classify_rv(RvError::DeviceRemoved, Function::Encrypt).device_lost());
-        assert!(classify_rv(RvError::ObjectHandleInvalid, Function::EncryptInit).stale_handle());
+        assert!(classify_rv_generic(RvError::SessionHandleInvalid, Function::Encrypt).session_lost());
+        assert!(classify_rv_generic(RvError::DeviceRemoved, Function::Encrypt).device_lost());
+        assert!(classify_rv_generic(RvError::ObjectHandleInvalid, Function::EncryptInit).stale_handle());
     }
 }

@@ -3,10 +3,12 @@
 //! handle); every crypto call is preceded by [`Token::admit`].
 
 use super::cache::CachedKey;
+use super::classify::classify_for;
 use super::lifecycle::{usages, USAGE_ATTRIBUTES};
 use super::token::{KeyInfo, Token};
 use super::{classify, Gate, HsmError, Sealed};
 use crate::config::IvSource;
+use cryptoki::error::RvError;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::session::Session;
@@ -77,28 +79,53 @@ impl Token {
                 self.admit_key(on, key, label, gate)?;
                 s.generate_random_slice(&mut iv).map_err(classify)?;
             }
-            let params = GcmParams::new(&mut iv, aad, (TAG_LEN as u64 * 8).into())
+            // Luna's mode passes no IV at all (length 0): the HSM then returns the IV it made
+            // after the tag instead of writing it into the parameters.
+            let mut no_iv = [0u8; 0];
+            let iv_param: &mut [u8] = if self.iv_source == IvSource::MechanismAfterTag {
+                &mut no_iv
+            } else {
+                &mut iv
+            };
+            let params = GcmParams::new(iv_param, aad, (TAG_LEN as u64 * 8).into())
                 .map_err(|e| HsmError::Internal(e.to_string()))?;
             self.admit_key(on, key, label, gate)?;
             let out = s
                 .encrypt(&Mechanism::AesGcm(params), key.handle, pt)
-                .map_err(classify)?;
-            if out.len() != pt.len() + TAG_LEN {
-                return Err(HsmError::Internal(
-                    "token returned an unexpected ciphertext length".into(),
-                ));
-            }
-            if iv == [0u8; 12] {
-                // Either the HSM did not write back an IV or the RNG returned zeros: never use it.
-                return Err(HsmError::Internal(
-                    "token produced an all-zero IV; check iv_source".into(),
-                ));
-            }
-            Ok(Sealed {
-                iv,
-                ciphertext_and_tag: out,
-            })
+                .map_err(classify)
+                .inspect_err(|e| {
+                    if let HsmError::Device {
+                        rv: RvError::MechanismParamInvalid | RvError::MechanismInvalid,
+                        ..
+                    } = e
+                    {
+                        self.log_iv_mismatch(e);
+                    }
+                })?;
+            seal(self.iv_source, iv, out, pt.len()).inspect_err(|e| self.log_iv_mismatch(e))
         })
+    }
+
+    /// Every request fails the same way until the config changes: say why, once per request.
+    fn log_iv_mismatch(&self, e: &HsmError) {
+        tracing::error!(
+            token = %self.name,
+            profile = self.quirks.profile.name(),
+            iv_source = self.iv_source.name(),
+            error = %e,
+            "the token does not encrypt as this IV mode expects; check the profile and iv_source (xks-bridge doctor)"
+        );
+    }
+
+    /// A forged ciphertext on a token with the wrong profile looks exactly like this: say so.
+    fn log_foreign_bad_tag(&self, rv: RvError) {
+        tracing::warn!(
+            token = %self.name,
+            profile = self.quirks.profile.name(),
+            code = %super::profile::ckr_name(rv),
+            "C_Decrypt failed with a code other profiles count as a bad tag; if forged ciphertexts \
+             get InternalException, check the profile (xks-bridge doctor)"
+        );
     }
 
     pub(super) fn decrypt(
@@ -118,7 +145,15 @@ impl Token {
             self.admit_key(on, key, label, gate)?;
             s.decrypt(&Mechanism::AesGcm(params), key.handle, ct)
                 .map(Zeroizing::new)
-                .map_err(classify)
+                .map_err(|e| {
+                    let e = classify_for(self.quirks, e);
+                    if let HsmError::Device { rv, function } = &e {
+                        if classify::is_bad_tag_elsewhere(*rv, function) {
+                            self.log_foreign_bad_tag(*rv);
+                        }
+                    }
+                    e
+                })
         })
     }
 
@@ -133,5 +168,71 @@ impl Token {
             key_spec: spec.to_string(),
             usages: usages(&attrs),
         })
+    }
+}
+
+/// Checks what `C_Encrypt` returned against the IV mode and splits off the IV: a token that
+/// behaves otherwise than the mode expects (no IV written back, no IV after the tag, a
+/// different length) fails here, before any ciphertext leaves the proxy.
+fn seal(mode: IvSource, iv: [u8; 12], mut out: Vec<u8>, pt_len: usize) -> Result<Sealed, HsmError> {
+    let sealed_len = pt_len + TAG_LEN;
+    let iv = match mode {
+        IvSource::TokenRandom | IvSource::Mechanism if out.len() == sealed_len => iv.to_vec(),
+        IvSource::MechanismAfterTag if matches!(out.len().checked_sub(sealed_len), Some(12 | 16)) => {
+            out.split_off(sealed_len)
+        }
+        _ => {
+            return Err(HsmError::Internal(format!(
+                "token returned {} bytes for {pt_len} bytes of plaintext, which iv_source {:?} does \
+                 not expect; check the token's profile and iv_source (xks-bridge doctor)",
+                out.len(),
+                mode.name()
+            )))
+        }
+    };
+    if iv.iter().all(|b| *b == 0) {
+        // Either the HSM did not write back an IV or the RNG returned zeros: never use it.
+        return Err(HsmError::Internal(format!(
+            "token produced an all-zero IV under iv_source {:?}; check the token's profile and iv_source",
+            mode.name()
+        )));
+    }
+    Ok(Sealed {
+        iv,
+        ciphertext_and_tag: out,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_iv_after_the_tag_is_split_off_in_both_lengths() {
+        for n in [12usize, 16] {
+            let mut out = vec![7u8; 5 + TAG_LEN];
+            out.extend(std::iter::repeat_n(9u8, n));
+            let s = seal(IvSource::MechanismAfterTag, [0; 12], out, 5).expect("sealed");
+            assert_eq!(s.iv, vec![9u8; n]);
+            assert_eq!(s.ciphertext_and_tag, vec![7u8; 5 + TAG_LEN]);
+        }
+    }
+
+    #[test]
+    fn a_token_that_does_not_behave_as_its_iv_mode_says_is_refused() {
+        // Luna's mode on a token that appends nothing (plain SoftHSM2).
+        assert!(seal(IvSource::MechanismAfterTag, [0; 12], vec![1; 5 + TAG_LEN], 5).is_err());
+        // An odd number of bytes after the tag.
+        assert!(seal(IvSource::MechanismAfterTag, [0; 12], vec![1; 5 + TAG_LEN + 8], 5).is_err());
+        // The zero IV was not overwritten.
+        assert!(seal(IvSource::Mechanism, [0; 12], vec![1; 5 + TAG_LEN], 5).is_err());
+        // Extra bytes where none are expected.
+        assert!(seal(IvSource::TokenRandom, [3; 12], vec![1; 5 + TAG_LEN + 12], 5).is_err());
+        // An all-zero IV after the tag.
+        let mut out = vec![1u8; 5 + TAG_LEN];
+        out.extend([0u8; 12]);
+        assert!(seal(IvSource::MechanismAfterTag, [0; 12], out, 5).is_err());
+        let ok = seal(IvSource::Mechanism, [3; 12], vec![1; 5 + TAG_LEN], 5).expect("sealed");
+        assert_eq!(ok.iv, vec![3u8; 12]);
     }
 }

@@ -9,6 +9,7 @@ use super::connection::{logged_in, Connector, CountedSession};
 use super::fleet::{self, FleetMarks, FleetSnapshot};
 use super::keystate::{KeyState, MarkOutcome};
 use super::lifecycle::{find_key, KeyAdmin};
+use super::profile::{quirks, Quirks};
 use super::{marks, Gate, HsmError};
 use crate::config::{IvSource, TokenConfig};
 use cryptoki::session::Session;
@@ -30,7 +31,10 @@ pub struct KeyInfo {
 pub struct Token {
     /// Name from the config.
     pub name: String,
+    /// The IV mode in force (`iv_source`, else the profile's).
     pub(super) iv_source: IvSource,
+    /// The vendor's quirks (which `C_Decrypt` codes are a bad tag).
+    pub(super) quirks: &'static Quirks,
     pub(super) conn: Connector,
     pub(super) cache: KeyCache,
     keys: KeyState,
@@ -43,7 +47,8 @@ impl Token {
     pub fn new(cfg: &TokenConfig, pin: SecretString, killed: Arc<AtomicBool>) -> Token {
         Token {
             name: cfg.name.clone(),
-            iv_source: cfg.iv_source,
+            iv_source: cfg.effective_iv_source(),
+            quirks: quirks(cfg.profile),
             conn: Connector::new(cfg, pin, killed),
             cache: KeyCache::default(),
             keys: KeyState::default(),

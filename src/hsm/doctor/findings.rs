@@ -2,6 +2,7 @@
 //! judgement: see `doctor_report`).
 
 use super::super::keyspec::KeySpec;
+use crate::config::{IvSource, Profile};
 use cryptoki::slot::Limit;
 use serde::Serialize;
 
@@ -108,6 +109,29 @@ pub struct IvFacts {
     pub caller_random: Probe,
     /// The token generates the IV in `C_Encrypt` and writes it back (`iv_source = "mechanism"`).
     pub mechanism_generated: Probe,
+    /// No IV is passed; the token returns the one it made after the tag
+    /// (`iv_source = "mechanism-after-tag"`).
+    pub after_tag: Probe,
+}
+
+impl IvFacts {
+    /// How the probe of `mode` went.
+    pub fn get(&self, mode: IvSource) -> &Probe {
+        match mode {
+            IvSource::TokenRandom => &self.caller_random,
+            IvSource::Mechanism => &self.mechanism_generated,
+            IvSource::MechanismAfterTag => &self.after_tag,
+        }
+    }
+
+    /// The mode to use: `configured` if it works, else the first that works, else `configured`.
+    pub fn working(&self, configured: IvSource) -> IvSource {
+        let works = |m: &IvSource| self.get(*m) == &Probe::Works;
+        if works(&configured) {
+            return configured;
+        }
+        IvSource::ALL.into_iter().find(works).unwrap_or(configured)
+    }
 }
 
 /// What `C_Decrypt` says to a ciphertext whose tag was altered.
@@ -121,8 +145,10 @@ pub enum BadTag {
         code: String,
         /// The PKCS#11 function that returned it.
         function: String,
-        /// Classified as invalid ciphertext by `hsm::classify`.
+        /// Classified as invalid ciphertext by `hsm::classify` under the configured profile.
         invalid_ciphertext: bool,
+        /// The profiles that count this code from `C_Decrypt` as a bad tag.
+        accepted_by: Vec<Profile>,
     },
     /// The token returned a plaintext for a forged ciphertext.
     Accepted,

@@ -9,8 +9,10 @@
 //! be destroyed is reported with its handle.
 
 use super::connection::find_slot;
+use super::profile::quirks;
 use super::setup;
 use super::HsmError;
+use crate::config::IvSource;
 use crate::config::TokenConfig;
 use cryptoki::context::Pkcs11;
 use cryptoki::error::Error as CkError;
@@ -85,16 +87,23 @@ fn examine_loaded(module: &setup::Module, plan: &Plan<'_>) -> Result<Findings, H
     let s = user.session();
     let mechanisms = mechanism_facts(p, slot);
     let scratch = scratch_key(s);
+    let q = quirks(plan.token.profile);
     let (scratch_key, iv, bad_tag, latency) = match &scratch {
-        Ok(key) => (
-            Ok(()),
-            IvFacts {
-                caller_random: caller_random_iv(s, *key),
-                mechanism_generated: mechanism_iv(s, *key),
-            },
-            bad_tag(s, *key),
-            sample(s, *key, plan.sample),
-        ),
+        Ok(key) => {
+            let iv = IvFacts {
+                caller_random: iv_probe(s, *key, IvSource::TokenRandom),
+                mechanism_generated: iv_probe(s, *key, IvSource::Mechanism),
+                after_tag: iv_probe(s, *key, IvSource::MechanismAfterTag),
+            };
+            // The tag and latency probes need an encryption that works on this token.
+            let mode = iv.working(plan.token.effective_iv_source());
+            (
+                Ok(()),
+                iv,
+                bad_tag(s, *key, mode, q),
+                sample(s, *key, mode, plan.sample),
+            )
+        }
         Err(e) => {
             let why = format!("no scratch key ({e})");
             (
@@ -102,6 +111,7 @@ fn examine_loaded(module: &setup::Module, plan: &Plan<'_>) -> Result<Findings, H
                 IvFacts {
                     caller_random: Probe::NotRun(why.clone()),
                     mechanism_generated: Probe::NotRun(why.clone()),
+                    after_tag: Probe::NotRun(why.clone()),
                 },
                 BadTag::NotRun { reason: why },
                 None,

@@ -1,15 +1,18 @@
-//! The probes that use the token: GCM on a scratch session key (IV modes, a tampered tag, a
-//! latency sample), the write tests (private data objects, handle reuse), sessions at once and
+//! The probes that use the token: GCM on a scratch session key (the three IV modes, a tampered
+//! tag, a latency sample, the last two in the IV mode that works), the write tests (private data objects, handle reuse), sessions at once and
 //! the configured keys' attributes.
 
-use super::super::classify::classify;
+use super::super::classify::{classify, classify_for};
 use super::super::keyspec::KeySpec;
 use super::super::lifecycle::{usages, USAGE_ATTRIBUTES};
 use super::super::marks;
+use super::super::profile::{quirks, Quirks};
 use super::super::HsmError;
 use super::{
     ckr_name, code, BadTag, HandleReuse, KeyFacts, Latency, Plan, Probe, SessionFacts, WriteProbe, PROBE_APP,
 };
+use crate::config::{IvSource, Profile};
+use cryptoki::context::Function;
 use cryptoki::context::Pkcs11;
 use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::aead::GcmParams;
@@ -39,68 +42,87 @@ pub(super) fn scratch_key(s: &Session) -> Result<ObjectHandle, String> {
         .map_err(|e| code(&e))
 }
 
-fn gcm_encrypt(s: &Session, key: ObjectHandle, iv: &mut [u8; 12], pt: &[u8]) -> Result<Vec<u8>, CkError> {
+fn gcm_encrypt(s: &Session, key: ObjectHandle, iv: &mut [u8], pt: &[u8]) -> Result<Vec<u8>, CkError> {
     let params = GcmParams::new(iv, PROBE_AAD, TAG_BITS.into())?;
     s.encrypt(&Mechanism::AesGcm(params), key, pt)
 }
 
-fn gcm_decrypt(s: &Session, key: ObjectHandle, iv: &[u8; 12], ct: &[u8]) -> Result<Vec<u8>, CkError> {
-    let mut iv = *iv;
+fn gcm_decrypt(s: &Session, key: ObjectHandle, iv: &[u8], ct: &[u8]) -> Result<Vec<u8>, CkError> {
+    let mut iv = iv.to_vec();
     let params = GcmParams::new(&mut iv, PROBE_AAD, TAG_BITS.into())?;
     s.decrypt(&Mechanism::AesGcm(params), key, ct)
 }
 
-/// Encrypts under a random IV from `C_GenerateRandom`: (iv, ciphertext and tag).
-fn random_iv_encrypt(s: &Session, key: ObjectHandle, pt: &[u8]) -> Result<([u8; 12], Vec<u8>), CkError> {
-    let mut iv = [0u8; 12];
-    s.generate_random_slice(&mut iv)?;
-    let ct = gcm_encrypt(s, key, &mut iv, pt)?;
-    Ok((iv, ct))
-}
-
-fn round_trip(s: &Session, key: ObjectHandle, iv: &[u8; 12], ct: &[u8], pt: &[u8]) -> Probe {
-    match gcm_decrypt(s, key, iv, ct) {
-        Ok(back) if back == pt => Probe::Works,
-        Ok(_) => Probe::Wrong("decryption returned a different plaintext".into()),
-        Err(e) => Probe::Refused(code(&e)),
+/// Encrypts `pt` the way `mode` does: (IV, ciphertext and tag), or how the token answered.
+/// The mechanism modes pass a zero IV (or none); a token that simply uses it does not
+/// generate IVs, and the scratch key is discarded, so that one encryption is harmless.
+pub(super) fn encrypt_as(
+    s: &Session,
+    key: ObjectHandle,
+    mode: IvSource,
+    pt: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), Probe> {
+    let refused = |e: CkError| Probe::Refused(code(&e));
+    let sealed_len = pt.len() + 16;
+    let (iv, ct) = match mode {
+        IvSource::TokenRandom | IvSource::Mechanism => {
+            let mut iv = [0u8; 12];
+            if mode == IvSource::TokenRandom {
+                s.generate_random_slice(&mut iv).map_err(refused)?;
+            }
+            let ct = gcm_encrypt(s, key, &mut iv, pt).map_err(refused)?;
+            (iv.to_vec(), ct)
+        }
+        IvSource::MechanismAfterTag => {
+            let mut out = gcm_encrypt(s, key, &mut [], pt).map_err(refused)?;
+            match out.len().checked_sub(sealed_len) {
+                Some(12 | 16) => (out.split_off(sealed_len), out),
+                Some(0) => return Err(Probe::Wrong("the token returned no IV after the tag".into())),
+                _ => return Err(Probe::Wrong(format!(
+                    "{} bytes returned for {} bytes of plaintext: not ciphertext, tag and a 12- or 16-byte IV",
+                    out.len(),
+                    pt.len()
+                ))),
+            }
+        }
+    };
+    if iv.iter().all(|b| *b == 0) {
+        return Err(Probe::Wrong(
+            "the token used the IV it was given and wrote none back".into(),
+        ));
     }
-}
-
-pub(super) fn caller_random_iv(s: &Session, key: ObjectHandle) -> Probe {
-    let pt = b"doctor: caller-supplied random IV";
-    match random_iv_encrypt(s, key, pt) {
-        Ok((iv, ct)) if ct.len() == pt.len() + 16 => round_trip(s, key, &iv, &ct, pt),
-        Ok((_, ct)) => Probe::Wrong(format!(
+    if ct.len() != sealed_len {
+        return Err(Probe::Wrong(format!(
             "ciphertext of {} bytes for {} bytes of plaintext",
             ct.len(),
             pt.len()
-        )),
-        Err(e) => Probe::Refused(code(&e)),
+        )));
+    }
+    Ok((iv, ct))
+}
+
+/// Encrypts under `mode`, then decrypts to the same plaintext.
+pub(super) fn iv_probe(s: &Session, key: ObjectHandle, mode: IvSource) -> Probe {
+    let pt = b"doctor: IV mode probe";
+    match encrypt_as(s, key, mode, pt) {
+        Ok((iv, ct)) => match gcm_decrypt(s, key, &iv, &ct) {
+            Ok(back) if back == pt => Probe::Works,
+            Ok(_) => Probe::Wrong("decryption returned a different plaintext".into()),
+            Err(e) => Probe::Refused(code(&e)),
+        },
+        Err(p) => p,
     }
 }
 
-/// Passes an all-zero IV and looks whether the token wrote a generated one back (what
-/// `iv_source = "mechanism"` relies on). A token that simply uses the zero IV does not
-/// generate IVs; the scratch key is discarded, so that one encryption is harmless.
-pub(super) fn mechanism_iv(s: &Session, key: ObjectHandle) -> Probe {
-    let pt = b"doctor: IV generated by the token";
-    let mut iv = [0u8; 12];
-    match gcm_encrypt(s, key, &mut iv, pt) {
-        Ok(_) if iv == [0u8; 12] => {
-            Probe::Wrong("the token used the IV it was given and wrote none back".into())
-        }
-        Ok(ct) => round_trip(s, key, &iv, &ct, pt),
-        Err(e) => Probe::Refused(code(&e)),
-    }
-}
-
-pub(super) fn bad_tag(s: &Session, key: ObjectHandle) -> BadTag {
+/// A ciphertext encrypted under `mode` with one bit of its tag flipped: what `C_Decrypt` says,
+/// and whether the profile `q` counts that as a bad tag.
+pub(super) fn bad_tag(s: &Session, key: ObjectHandle, mode: IvSource, q: &Quirks) -> BadTag {
     let pt = b"doctor: tampered tag";
-    let (iv, mut ct) = match random_iv_encrypt(s, key, pt) {
+    let (iv, mut ct) = match encrypt_as(s, key, mode, pt) {
         Ok(v) => v,
-        Err(e) => {
+        Err(p) => {
             return BadTag::NotRun {
-                reason: format!("encrypt failed: {}", code(&e)),
+                reason: format!("encrypt under iv_source {:?} failed: {p:?}", mode.name()),
             }
         }
     };
@@ -110,26 +132,34 @@ pub(super) fn bad_tag(s: &Session, key: ObjectHandle) -> BadTag {
     match gcm_decrypt(s, key, &iv, &ct) {
         Ok(_) => BadTag::Accepted,
         Err(e) => {
-            let (rv, function) = match &e {
-                CkError::Pkcs11(rv, f) => (ckr_name(&format!("{rv:?}")), format!("C_{f:?}")),
-                other => (other.to_string(), String::new()),
+            let (rv, function, accepted_by) = match &e {
+                CkError::Pkcs11(rv, f) => (
+                    ckr_name(&format!("{rv:?}")),
+                    format!("C_{f:?}"),
+                    Profile::ALL
+                        .into_iter()
+                        .filter(|p| matches!(f, Function::Decrypt) && quirks(*p).is_bad_tag(*rv))
+                        .collect(),
+                ),
+                other => (other.to_string(), String::new(), Vec::new()),
             };
             BadTag::Refused {
                 code: rv,
                 function,
-                invalid_ciphertext: matches!(classify(e), HsmError::InvalidCiphertext),
+                invalid_ciphertext: matches!(classify_for(q, e), HsmError::InvalidCiphertext),
+                accepted_by,
             }
         }
     }
 }
 
-pub(super) fn sample(s: &Session, key: ObjectHandle, length: Duration) -> Option<Latency> {
+pub(super) fn sample(s: &Session, key: ObjectHandle, mode: IvSource, length: Duration) -> Option<Latency> {
     let pt = [0x5au8; 32];
     let mut times = Vec::new();
     let start = Instant::now();
     while start.elapsed() < length {
         let t = Instant::now();
-        random_iv_encrypt(s, key, &pt).ok()?;
+        encrypt_as(s, key, mode, &pt).ok()?;
         times.push(t.elapsed());
     }
     let total = start.elapsed();
