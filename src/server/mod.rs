@@ -189,7 +189,8 @@ impl Server {
     /// requests. Each step is logged with its timing.
     pub async fn serve(self: Arc<Self>, listeners: Vec<TcpListener>) {
         let graceful = GracefulShutdown::new();
-        let (acceptors, mut accepted) = spawn_acceptors(listeners);
+        let (stop_accepting, stop) = watch::channel(false);
+        let (acceptors, mut accepted) = spawn_acceptors(listeners, stop);
         // Room for more flooding sockets than a client can open on its own share of two
         // cores; each held one costs a descriptor and a few KiB of kernel buffer.
         let mut refusals = tarpit::Refusals::new(TARPIT_PER_CONNECTION * self.limits.max_connections);
@@ -208,9 +209,15 @@ impl Server {
         // Tell systemd we are stopping (before the drain, which may take the grace period), and
         // stop accepting at once: close the listening sockets.
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-        acceptors.iter().for_each(|a| a.abort());
-        // Connections accepted before the close are served, not dropped unanswered.
-        while let Ok((stream, peer)) = accepted.try_recv() {
+        // Each acceptor takes what the kernel has already queued, then closes its socket: a
+        // connection the kernel completed but nobody accepted would be reset, and a balancer
+        // that forwarded a client over it cannot retry it elsewhere. Later ones are refused
+        // at connect, which a balancer does retry.
+        // Connections accepted before the close are served, not dropped unanswered: the
+        // channel ends when the last acceptor has closed its socket.
+        let _ = stop_accepting.send(true);
+        drop(acceptors);
+        while let Some((stream, peer)) = accepted.recv().await {
             self.admit(stream, peer, &graceful, &mut refusals);
         }
         drop(refusals);
@@ -317,6 +324,7 @@ impl Server {
 /// One accept loop per listener, feeding one channel; aborting a loop closes its listener.
 fn spawn_acceptors(
     listeners: Vec<TcpListener>,
+    stop: watch::Receiver<bool>,
 ) -> (
     Vec<tokio::task::JoinHandle<()>>,
     tokio::sync::mpsc::Receiver<(TcpStream, SocketAddr)>,
@@ -325,25 +333,43 @@ fn spawn_acceptors(
     let acceptors = listeners
         .into_iter()
         .map(|l| {
-            let tx = tx.clone();
+            let (tx, mut stop) = (tx.clone(), stop.clone());
             tokio::spawn(async move {
                 loop {
-                    match l.accept().await {
-                        Ok(c) => {
-                            if tx.send(c).await.is_err() {
-                                break;
+                    tokio::select! {
+                        r = l.accept() => match r {
+                            Ok(c) => {
+                                if tx.send(c).await.is_err() {
+                                    return;
+                                }
                             }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "accept failed");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        },
+                        _ = stop.changed() => break,
                     }
                 }
+                take_queued(l, &tx).await;
             })
         })
         .collect();
     (acceptors, rx)
+}
+
+/// Accepts every connection the kernel has queued on `l`, then closes it.
+async fn take_queued(l: TcpListener, tx: &tokio::sync::mpsc::Sender<(TcpStream, SocketAddr)>) {
+    let Ok(l) = l.into_std() else { return };
+    // Non-blocking (tokio's listener is): `accept` stops at an empty queue.
+    while let Ok((s, peer)) = l.accept() {
+        let stream = s.set_nonblocking(true).and_then(|()| TcpStream::from_std(s));
+        if let Ok(stream) = stream {
+            if tx.send((stream, peer)).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Route -> read body under the cap -> authenticate -> dispatch. Returns what the log line
