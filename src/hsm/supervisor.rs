@@ -22,7 +22,7 @@
 
 use super::connection::{logged_in, CountedSession};
 use super::token::Token;
-use super::{marks, HsmError};
+use super::{marks, versions, HsmError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -129,6 +129,7 @@ fn run(token: &Token) {
 /// object, so its "no marks" is never installed: the previous marks stay.
 fn refresh_disabled<'t>(token: &'t Token, poller: &mut Option<CountedSession<'t>>) {
     let seen = token.key_state_changes();
+    let seen_versions = token.version_changes();
     let _call = token.conn.enter();
     if token.killed()
         || poller
@@ -157,6 +158,12 @@ fn refresh_disabled<'t>(token: &'t Token, poller: &mut Option<CountedSession<'t>
             *poller = None;
             return;
         }
+    }
+    // Key versions ride on the same poll: a rotation or retirement made through any instance
+    // sharing the token is in force here within a second.
+    match versions::read_all(p.session()) {
+        Ok(all) => token.install_polled_versions(seen_versions, all),
+        Err(e) => tracing::warn!(token = %token.name, error = %e, "cannot read key versions"),
     }
     match marks::disabled_set(p.session()) {
         Ok(set) => {

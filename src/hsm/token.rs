@@ -8,12 +8,14 @@ use super::cache::KeyCache;
 use super::connection::{logged_in, Connector, CountedSession};
 use super::keystate::{KeyState, MarkOutcome};
 use super::lifecycle::{find_key, KeyAdmin};
+use super::rotation::Rotations;
+use super::versions::{self, VersionTable};
 use super::{marks, Gate, HsmError};
 use crate::config::{IvSource, TokenConfig};
 use cryptoki::session::Session;
 use secrecy::SecretString;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Attributes of a secret key, as GetKeyMetadata reports them.
@@ -33,6 +35,12 @@ pub struct Token {
     pub(super) conn: Connector,
     pub(super) cache: KeyCache,
     keys: KeyState,
+    /// Every key's versions, as last read from the token.
+    pub(super) versions: VersionTable,
+    /// Reservations of encryptions and the rotator's queue.
+    pub(super) rotations: Rotations,
+    /// This instance's id in counter labels (set by the daemon from its state directory).
+    instance: OnceLock<String>,
 }
 
 impl Token {
@@ -44,6 +52,9 @@ impl Token {
             conn: Connector::new(cfg, pin, killed),
             cache: KeyCache::default(),
             keys: KeyState::default(),
+            versions: VersionTable::default(),
+            rotations: Rotations::default(),
+            instance: OnceLock::new(),
         }
     }
 
@@ -69,14 +80,58 @@ impl Token {
                         "the login session is not logged in; disabled-key marks unreadable".into(),
                     ));
                 }
-                marks::disabled_set(s)
+                Ok((marks::disabled_set(s)?, versions::read_all(s)?))
             })
-            .map_err(|e| HsmError::Unavailable(format!("cannot read disabled-key marks: {e}")))?;
+            .map_err(|e| HsmError::Unavailable(format!("cannot read disabled-key marks or key versions: {e}")))?;
+            // Versions too: a version retired or created while this instance was down is in
+            // force from the first request.
+            let (marks, versions) = marks;
             self.keys.install_marks(marks);
+            self.versions.install(None, versions);
             Ok(c)
         });
         self.cache.clear();
         self.conn.install(conn)
+    }
+
+    /// Sets the id this instance writes its encryption counters under (once; later calls are
+    /// ignored). See docs/key-versions.md.
+    pub fn set_instance_id(&self, id: String) {
+        let _ = self.instance.set(id);
+    }
+
+    pub(super) fn instance_id(&self) -> Result<&str, HsmError> {
+        self.instance
+            .get()
+            .map(String::as_str)
+            .ok_or_else(|| HsmError::Internal("no instance id: encryption counters cannot be written".into()))
+    }
+
+    /// The version of `key_id` Encrypt uses now (1 for keys that were never rotated).
+    pub fn current_version(&self, key_id: &str) -> u32 {
+        self.versions.current(key_id)
+    }
+
+    /// Reads every key's versions on `s` and installs them now (after a local change).
+    pub(super) fn refresh_versions_now(&self, s: &Session) {
+        match versions::read_all(s) {
+            Ok(all) => {
+                self.versions.install(None, all);
+            }
+            Err(e) => {
+                tracing::warn!(token = %self.name, error = %e, "cannot read key versions after a change; the next poll will")
+            }
+        }
+    }
+
+    /// The poll's half of the versions: installs a read unless a local change overlapped it.
+    pub(super) fn install_polled_versions(&self, seen: u64, all: std::collections::HashMap<String, versions::KeyVersions>) {
+        self.versions.install(Some(seen), all);
+    }
+
+    /// Change counter of the version table, read before a poll reads the token.
+    pub(super) fn version_changes(&self) -> u64 {
+        self.versions.change_count()
     }
 
     /// Current connection generation; a session from an older one is discarded.
