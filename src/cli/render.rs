@@ -100,18 +100,20 @@ pub fn key_table(keys: &[KeyInfo]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{:<40} {:<8} {:<18} {:<9} {:<11} EXTRACTABLE",
-        "ID", "SPEC", "USAGES", "STATE", "CREATED"
+        "{:<40} {:<8} {:<18} {:<9} {:<11} {:<7} {:<8} EXTRACTABLE",
+        "ID", "SPEC", "USAGES", "STATE", "CREATED", "CURRENT", "VERSIONS"
     );
     for k in keys {
         let _ = writeln!(
             o,
-            "{:<40} {:<8} {:<18} {:<9} {:<11} {}",
+            "{:<40} {:<8} {:<18} {:<9} {:<11} {:<7} {:<8} {}",
             k.id,
             k.key_spec,
             k.usages.join(","),
             k.state,
             k.created.as_deref().unwrap_or("-"),
+            format!("v{}", k.current_version),
+            k.versions.len(),
             k.extractable
         );
     }
