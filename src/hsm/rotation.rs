@@ -215,15 +215,15 @@ impl Token {
         let mut out = Vec::new();
         for (id, by_version) in res.iter() {
             let v = self.versions.current(id);
-            let st = by_version
-                .get(&v)
-                .map(|r| *r.refill.lock().unwrap_or_else(|p| p.into_inner()))
-                .unwrap_or_default();
+            let refill = |r: &Arc<Reservation>| *r.refill.lock().unwrap_or_else(|p| p.into_inner());
+            let st = by_version.get(&v).map(refill).unwrap_or_default();
+            // A version not refilled yet here still has the budget its predecessor had.
+            let max = by_version.values().map(|r| refill(r).max).max().unwrap_or(0);
             out.push(VersionUse {
                 key_id: id.clone(),
                 version: v,
                 counted: st.total,
-                remaining: st.max.saturating_sub(st.total),
+                remaining: max.saturating_sub(st.total),
             });
         }
         out.sort_by(|a, b| a.key_id.cmp(&b.key_id));
