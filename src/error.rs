@@ -67,10 +67,9 @@ impl Error {
                 HsmError::KeyUsage(_) | HsmError::WeakKey(_) => ErrorName::InvalidKeyUsage,
                 HsmError::KeyDisabled | HsmError::GateClosed => ErrorName::InvalidState,
                 HsmError::InvalidCiphertext | HsmError::UnknownVersion(_) => ErrorName::InvalidCiphertext,
-                HsmError::VersionRetired(_)
-                | HsmError::VersionExhausted {
-                    rotating: false, ..
-                } => ErrorName::InvalidState,
+                HsmError::VersionRetired(_) | HsmError::VersionExhausted { rotating: false, .. } => {
+                    ErrorName::InvalidState
+                }
                 HsmError::VersionExhausted { rotating: true, .. } => ErrorName::Throttling,
                 HsmError::Busy => ErrorName::Throttling,
                 HsmError::Timeout => ErrorName::DependencyTimeout,

@@ -33,4 +33,3 @@ impl VersionBudget {
         self.max_encryptions - self.max_encryptions / 10
     }
 }
-

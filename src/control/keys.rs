@@ -109,7 +109,10 @@ pub async fn run(t: &Arc<Token>, op: &KeyOp, connect_first: bool) -> AdminReply 
             // wait behind it.
             return t
                 .rotate_key(id)
-                .map(|version| AdminReply::KeyRotated { id: id.clone(), version })
+                .map(|version| AdminReply::KeyRotated {
+                    id: id.clone(),
+                    version,
+                })
                 .map_err(|e| key_error(Some(id), e));
         }
         t.key_admin(|k| match &op {

@@ -188,8 +188,7 @@ pub fn settle<S: CandidateStore>(
         None => winner(&round.candidates).cloned(),
     };
     if let Some(m) = &mine {
-        let lost = chosen.as_ref().is_none_or(|w| w.nonce != m.nonce)
-            && !round.committed.contains(&m.nonce);
+        let lost = chosen.as_ref().is_none_or(|w| w.nonce != m.nonce) && !round.committed.contains(&m.nonce);
         if lost {
             store.destroy(version, m)?;
         }

@@ -98,7 +98,18 @@ impl Token {
             },
         };
         if st.retired {
-            return Err(HsmError::VersionRetired(n));
+            // A destroyed version stays retired on the token (so its number and count remain
+            // visible); its ciphertext names key material that no longer exists.
+            let destroyed = n >= 2
+                && st.committed.iter().all(|nonce| {
+                    let target = KeyRef::new(versions::label(id, n), Some(nonce.clone()));
+                    matches!(self.cache.lookup(s, &target), Err(HsmError::KeyNotFound))
+                });
+            return Err(if destroyed {
+                HsmError::UnknownVersion(n)
+            } else {
+                HsmError::VersionRetired(n)
+            });
         }
         if n == 1 {
             return Ok(vec![KeyRef::new(id.to_owned(), None)]);

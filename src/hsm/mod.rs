@@ -28,14 +28,14 @@ pub mod version_admin;
 pub mod versions;
 mod worker;
 
+pub use budget::VersionBudget;
 pub use classify::classify;
 pub use health::{TokenHealth, TokenStatus};
 pub use keyspec::KeySpec;
-pub use budget::VersionBudget;
 pub use keystate::MarkOutcome;
-pub use version_admin::VersionEntry;
 pub use lifecycle::{KeyAdmin, KeyEntry, Usage};
 pub use token::{KeyInfo, Token};
+pub use version_admin::VersionEntry;
 pub use worker::IDLE_CHECK;
 
 /// A caller's own refusal switch for one job (for example a keystore kill switch owned above

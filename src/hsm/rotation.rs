@@ -68,7 +68,10 @@ pub(super) struct Rotations {
     reservations: std::sync::RwLock<HashMap<String, HashMap<u32, Arc<Reservation>>>>,
     state: Mutex<HashMap<String, Rotation>>,
     /// Keys to rotate, with the version each request wants replaced.
-    queue: (crossbeam_channel::Sender<(String, u32)>, crossbeam_channel::Receiver<(String, u32)>),
+    queue: (
+        crossbeam_channel::Sender<(String, u32)>,
+        crossbeam_channel::Receiver<(String, u32)>,
+    ),
     /// Counter of automatic rotations that could not create a version (exported as a metric).
     pub(super) failures: AtomicU64,
 }
@@ -136,12 +139,18 @@ impl Token {
     /// `C_Encrypt`.
     pub(super) fn take_encryption(&self, id: &str, n: u32, budget: &VersionBudget) -> Result<(), HsmError> {
         let r = self.rotations.get(id, n);
-        if r.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1)).is_ok() {
+        if r.left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+            .is_ok()
+        {
             return Ok(());
         }
         let mut st = r.refill.lock().unwrap_or_else(|p| p.into_inner());
         // Another worker may have refilled while this one waited for the lock.
-        if r.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1)).is_ok() {
+        if r.left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+            .is_ok()
+        {
             return Ok(());
         }
         let me = self.instance_id()?;
@@ -211,7 +220,11 @@ impl Token {
 
     /// The current version of every key with a reservation, with its use (metrics).
     pub fn version_use(&self) -> Vec<VersionUse> {
-        let res = self.rotations.reservations.read().unwrap_or_else(|p| p.into_inner());
+        let res = self
+            .rotations
+            .reservations
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         for (id, by_version) in res.iter() {
             let v = self.versions.current(id);
@@ -293,7 +306,10 @@ impl Token {
     }
 
     /// Runs `f` on a new read-write session of the connection, without the lifecycle lock.
-    pub(super) fn with_rw_session<T>(&self, f: impl FnOnce(&Session) -> Result<T, HsmError>) -> Result<T, HsmError> {
+    pub(super) fn with_rw_session<T>(
+        &self,
+        f: impl FnOnce(&Session) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
         let _call = self.conn.enter();
         let s = self.conn.open(true)?;
         f(s.session())
@@ -322,7 +338,10 @@ impl Token {
 /// Starts the rotator thread of `token` (the daemon only; offline commands never encrypt).
 pub fn spawn(token: Arc<Token>) {
     let name = format!("hsm-{}-rotator", token.name);
-    if let Err(e) = std::thread::Builder::new().name(name).spawn(move || token.rotator()) {
+    if let Err(e) = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || token.rotator())
+    {
         tracing::error!(error = %e, "cannot start the key rotator thread");
     }
 }
@@ -370,7 +389,12 @@ impl CandidateStore for TokenCandidates<'_> {
             instance: self.instance.to_owned(),
         };
         let bytes = serde_json::to_vec(&rec).map_err(|e| HsmError::Internal(e.to_string()))?;
-        if let Err(e) = super::marks::put_data(self.s, versions::RECORD_APP, &versions::record_label(self.id, n), &bytes) {
+        if let Err(e) = super::marks::put_data(
+            self.s,
+            versions::RECORD_APP,
+            &versions::record_label(self.id, n),
+            &bytes,
+        ) {
             let _ = self.s.destroy_object(key);
             return Err(e);
         }

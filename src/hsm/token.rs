@@ -82,7 +82,9 @@ impl Token {
                 }
                 Ok((marks::disabled_set(s)?, versions::read_all(s)?))
             })
-            .map_err(|e| HsmError::Unavailable(format!("cannot read disabled-key marks or key versions: {e}")))?;
+            .map_err(|e| {
+                HsmError::Unavailable(format!("cannot read disabled-key marks or key versions: {e}"))
+            })?;
             // Versions too: a version retired or created while this instance was down is in
             // force from the first request.
             let (marks, versions) = marks;
@@ -125,7 +127,11 @@ impl Token {
     }
 
     /// The poll's half of the versions: installs a read unless a local change overlapped it.
-    pub(super) fn install_polled_versions(&self, seen: u64, all: std::collections::HashMap<String, versions::KeyVersions>) {
+    pub(super) fn install_polled_versions(
+        &self,
+        seen: u64,
+        all: std::collections::HashMap<String, versions::KeyVersions>,
+    ) {
         self.versions.install(Some(seen), all);
     }
 

@@ -174,9 +174,10 @@ impl KeyAdmin<'_> {
             .unwrap_or_default();
         for h in keys {
             let label = self.s.get_attributes(h, &[AttributeType::Label]);
-            let ours = label.unwrap_or_default().into_iter().any(|a| {
-                matches!(a, Attribute::Label(l) if l.starts_with(prefix.as_bytes()))
-            });
+            let ours = label
+                .unwrap_or_default()
+                .into_iter()
+                .any(|a| matches!(a, Attribute::Label(l) if l.starts_with(prefix.as_bytes())));
             if ours {
                 let _ = self.s.destroy_object(h);
             }

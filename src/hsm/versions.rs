@@ -108,10 +108,16 @@ pub(super) fn read_all(s: &Session) -> Result<HashMap<String, KeyVersions>, HsmE
     let mut out: HashMap<String, KeyVersions> = HashMap::new();
     let mut records: HashMap<(String, u32), Vec<Record>> = HashMap::new();
     for (l, (handles, first)) in data_objects(s, RECORD_APP)? {
-        let Some((id, n)) = parse_record_label(&l) else { continue };
+        let Some((id, n)) = parse_record_label(&l) else {
+            continue;
+        };
         let mut all = Vec::new();
         for h in handles {
-            let v = if all.is_empty() { first.clone() } else { value(s, h)? };
+            let v = if all.is_empty() {
+                first.clone()
+            } else {
+                value(s, h)?
+            };
             if let Ok(r) = serde_json::from_slice::<Record>(&v) {
                 all.push(r);
             }
@@ -119,7 +125,9 @@ pub(super) fn read_all(s: &Session) -> Result<HashMap<String, KeyVersions>, HsmE
         records.insert((id.to_owned(), n), all);
     }
     for (l, (handles, first)) in data_objects(s, COMMIT_APP)? {
-        let Some((id, n)) = parse_record_label(&l) else { continue };
+        let Some((id, n)) = parse_record_label(&l) else {
+            continue;
+        };
         let mut nonces = vec![first];
         for h in handles.into_iter().skip(1) {
             nonces.push(value(s, h)?);
@@ -129,7 +137,9 @@ pub(super) fn read_all(s: &Session) -> Result<HashMap<String, KeyVersions>, HsmE
             .into_iter()
             .filter_map(|hexed| hex::decode(hexed).ok())
             .map(|nonce| {
-                let r = recs.iter().find(|r| r.candidate().is_some_and(|c| c.nonce == nonce));
+                let r = recs
+                    .iter()
+                    .find(|r| r.candidate().is_some_and(|c| c.nonce == nonce));
                 let c = r.and_then(Record::candidate).unwrap_or(Candidate {
                     created_ms: u64::MAX,
                     nonce,
@@ -140,13 +150,21 @@ pub(super) fn read_all(s: &Session) -> Result<HashMap<String, KeyVersions>, HsmE
         committed.sort_by(|a, b| (a.0.created_ms, &a.0.nonce).cmp(&(b.0.created_ms, &b.0.nonce)));
         committed.dedup_by(|a, b| a.0.nonce == b.0.nonce);
         let st = out.entry(id.to_owned()).or_default().entry(n).or_default();
-        st.created = committed.first().and_then(|c| c.1.as_ref().map(|r| r.created.clone()));
+        st.created = committed
+            .first()
+            .and_then(|c| c.1.as_ref().map(|r| r.created.clone()));
         st.created_ms = committed.first().and_then(|c| c.1.as_ref().map(|r| r.created_ms));
         st.committed = committed.into_iter().map(|c| c.0.nonce).collect();
     }
     for l in data_objects(s, RETIRED_APP)?.into_keys() {
-        let Some((id, n)) = parse_record_label(&l) else { continue };
-        out.entry(id.to_owned()).or_default().entry(n).or_default().retired = true;
+        let Some((id, n)) = parse_record_label(&l) else {
+            continue;
+        };
+        out.entry(id.to_owned())
+            .or_default()
+            .entry(n)
+            .or_default()
+            .retired = true;
     }
     Ok(out)
 }
@@ -257,8 +275,12 @@ pub(super) fn counters(s: &Session, id: &str, n: u32) -> Result<super::budget::C
             }
         }
         let l = String::from_utf8_lossy(&l);
-        let Some(instance) = l.strip_prefix(&prefix) else { continue };
-        let Ok(bytes) = <[u8; 8]>::try_from(v.as_slice()) else { continue };
+        let Some(instance) = l.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Ok(bytes) = <[u8; 8]>::try_from(v.as_slice()) else {
+            continue;
+        };
         let e = out.entry(instance.to_owned()).or_insert(0);
         *e = (*e).max(u64::from_be_bytes(bytes));
     }
@@ -272,7 +294,9 @@ pub(super) fn write_counter(s: &Session, label: &str, value: u64) -> Result<(), 
     let bytes = value.to_be_bytes().to_vec();
     let existing = find_data(s, COUNTER_APP, label)?;
     if let [h] = existing.as_slice() {
-        if s.update_attributes(*h, &[Attribute::Value(bytes.clone())]).is_ok() {
+        if s.update_attributes(*h, &[Attribute::Value(bytes.clone())])
+            .is_ok()
+        {
             return Ok(());
         }
     }

@@ -84,8 +84,8 @@ pub async fn handle(
         // so of the AAD the token authenticates.
         let version = ks.hsm.token().current_version(key_id);
         let metadata = aead::encode_metadata(version);
-        let gcm_aad = aead::gcm_aad(&aad, &metadata)
-            .ok_or_else(|| Error::Internal("AAD too long to frame".into()))?;
+        let gcm_aad =
+            aead::gcm_aad(&aad, &metadata).ok_or_else(|| Error::Internal("AAD too long to frame".into()))?;
         let sealed = ks
             .hsm
             .encrypt(
