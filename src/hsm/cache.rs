@@ -121,11 +121,10 @@ fn find_key_with_id(s: &Session, label: &str, id: &[u8]) -> Result<ObjectHandle,
             Attribute::Id(id.to_vec()),
         ])
         .map_err(classify)?;
-    match found.as_slice() {
-        [h] => Ok(*h),
-        [] => Err(HsmError::KeyNotFound),
-        many => Err(HsmError::AmbiguousKey(many.len())),
-    }
+    // Several handles for one (label, 128-bit random CKA_ID) are copies of one object: SoftHSM2
+    // can list an object another process created twice until it re-indexes, and no other
+    // object can carry the nonce (`create_version_key` clears leftovers before each attempt).
+    found.first().copied().ok_or(HsmError::KeyNotFound)
 }
 
 /// Reads the handle's label, type, length and protection attributes: the label must still be

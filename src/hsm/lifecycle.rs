@@ -224,6 +224,18 @@ pub(super) fn create_version_key(
     t.push(Attribute::Id(nonce.to_vec()));
     t.push(Attribute::ValueLen(32.into()));
     with_hardening(label, t, |t| {
+        // A refused attempt may still have left an object (a token bug, but one that would give
+        // this nonce two different keys): nothing but this attempt's object may carry it.
+        for h in s
+            .find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(nonce.to_vec()),
+            ])
+            .map_err(classify)?
+        {
+            s.destroy_object(h).map_err(classify)?;
+        }
         s.generate_key(&Mechanism::AesKeyGen, t).map_err(classify)
     })
 }

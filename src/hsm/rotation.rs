@@ -2,10 +2,11 @@
 //! from, their refills (the only token writes of the Encrypt path), the rotator thread that
 //! creates a new version when one nears its budget or its age, and `keys rotate`.
 //!
-//! The fast path of an Encrypt is one atomic decrement of the local reservation. When it is
-//! empty, the worker that finds it so reserves the next block on the token (a read-write
-//! session of its own, under the reservation's lock, which only worker threads take) with
-//! [`budget::reserve`], then uses it. Rotation never runs on a worker: a request is queued to
+//! The fast path of an Encrypt is one atomic decrement of the local reservation. When a
+//! quarter of the block is left, the refiller thread reserves the next block on the token (a
+//! read-write session of its own) with [`budget::reserve`]; a worker refills itself only when
+//! the reservation runs dry first. The reservation's lock is taken only by those threads,
+//! never by the async runtime. Rotation never runs on a worker: a request is queued to
 //! the token's rotator thread, which settles the next version with [`budget::settle`].
 
 use super::budget::{self, Candidate, CandidateStore, Grant, Round, Settled, VersionBudget};
@@ -29,6 +30,10 @@ const RETRY_FAILED: Duration = Duration::from_secs(5);
 #[derive(Default)]
 pub(super) struct Reservation {
     left: AtomicU64,
+    /// At or below this many left, the next block is reserved in the background.
+    low_water: AtomicU64,
+    /// A background reservation is queued or running.
+    prefetching: std::sync::atomic::AtomicBool,
     refill: Mutex<Refill>,
 }
 
@@ -72,6 +77,11 @@ pub(super) struct Rotations {
         crossbeam_channel::Sender<(String, u32)>,
         crossbeam_channel::Receiver<(String, u32)>,
     ),
+    /// Reservations to make ahead of need.
+    refills: (
+        crossbeam_channel::Sender<(String, u32, VersionBudget)>,
+        crossbeam_channel::Receiver<(String, u32, VersionBudget)>,
+    ),
     /// Counter of automatic rotations that could not create a version (exported as a metric).
     pub(super) failures: AtomicU64,
 }
@@ -82,6 +92,7 @@ impl Default for Rotations {
             reservations: Default::default(),
             state: Default::default(),
             queue: crossbeam_channel::bounded(1024),
+            refills: crossbeam_channel::bounded(1024),
             failures: AtomicU64::new(0),
         }
     }
@@ -135,23 +146,48 @@ impl Rotations {
 
 impl Token {
     /// Takes one encryption of version `n` of `id`: an atomic decrement while the local
-    /// reservation lasts, else a refill on the token. Called by a worker right before
-    /// `C_Encrypt`.
+    /// reservation lasts. Below a quarter of the last block, the refiller thread reserves the
+    /// next block in the background; only when the reservation runs dry before that (a burst,
+    /// or the first encryption) does the worker refill on the token itself. Called by a worker
+    /// right before `C_Encrypt`.
     pub(super) fn take_encryption(&self, id: &str, n: u32, budget: &VersionBudget) -> Result<(), HsmError> {
         let r = self.rotations.get(id, n);
-        if r.left
+        if let Ok(before) = r
+            .left
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
-            .is_ok()
         {
+            if before <= r.low_water.load(Ordering::Relaxed) && !r.prefetching.swap(true, Ordering::SeqCst) {
+                let queued = self.rotations.refills.0.try_send((id.to_owned(), n, *budget));
+                if queued.is_err() {
+                    r.prefetching.store(false, Ordering::SeqCst);
+                }
+            }
             return Ok(());
         }
+        match self.refill(&r, id, n, budget, true)? {
+            Some(_) => Ok(()),
+            None => self.exhausted(id, n),
+        }
+    }
+
+    /// Reserves the next block of `r` on the token (under its lock). With `take`, one
+    /// encryption of it is taken for the caller. `None`: the budget is used up.
+    fn refill(
+        &self,
+        r: &Reservation,
+        id: &str,
+        n: u32,
+        budget: &VersionBudget,
+        take: bool,
+    ) -> Result<Option<u64>, HsmError> {
         let mut st = r.refill.lock().unwrap_or_else(|p| p.into_inner());
-        // Another worker may have refilled while this one waited for the lock.
-        if r.left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
-            .is_ok()
+        // Another thread may have refilled while this one waited for the lock.
+        if take
+            && r.left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+                .is_ok()
         {
-            return Ok(());
+            return Ok(Some(0));
         }
         let me = self.instance_id()?;
         let want = budget::next_block(st.last_block, st.granted_at.map(|t| t.elapsed()));
@@ -179,28 +215,48 @@ impl Token {
                 st.last_block = block;
                 st.granted_at = Some(Instant::now());
                 st.total = total;
-                r.left.store(block - 1, Ordering::SeqCst);
+                r.low_water.store(block / 4, Ordering::Relaxed);
+                r.left.fetch_add(block - u64::from(take), Ordering::SeqCst);
                 drop(st);
                 self.maybe_rotate(id, n, total, budget);
-                Ok(())
+                Ok(Some(block))
             }
             Grant::Exhausted { total, own } => {
                 st.own = own;
                 st.total = total;
-                drop(st);
-                if self.versions.current(id) != n {
-                    return Err(HsmError::VersionExhausted {
-                        version: n,
-                        rotating: true,
-                    });
-                }
-                self.rotations.request(id, n);
-                let rotating = self.rotations.rotating(id);
-                if !rotating {
-                    tracing::error!(token = %self.name, key_id = id, version = n, total, "ENCRYPTION BUDGET EXHAUSTED and no new key version could be created: Encrypt under this key is refused until a version is created (keys rotate) or the budget raised");
-                }
-                Err(HsmError::VersionExhausted { version: n, rotating })
+                Ok(None)
             }
+        }
+    }
+
+    /// The version's budget is used up: a rotation is requested, and the caller gets a
+    /// throttle (a new version is settling) or, when none can be made, a refusal.
+    fn exhausted(&self, id: &str, n: u32) -> Result<(), HsmError> {
+        if self.versions.current(id) != n {
+            return Err(HsmError::VersionExhausted {
+                version: n,
+                rotating: true,
+            });
+        }
+        self.rotations.request(id, n);
+        let rotating = self.rotations.rotating(id);
+        if !rotating {
+            tracing::error!(token = %self.name, key_id = id, version = n, "ENCRYPTION BUDGET EXHAUSTED and no new key version could be created: Encrypt under this key is refused until a version is created (keys rotate) or the budget raised");
+        }
+        Err(HsmError::VersionExhausted { version: n, rotating })
+    }
+
+    /// The refiller: reserves blocks ahead of need, off the workers.
+    fn refiller(&self) {
+        let rx = self.rotations.refills.1.clone();
+        while let Ok((id, n, budget)) = rx.recv() {
+            let r = self.rotations.get(&id, n);
+            if !self.killed() {
+                if let Err(e) = self.refill(&r, &id, n, &budget, false) {
+                    tracing::warn!(token = %self.name, key_id = %id, version = n, error = %e, "background reservation failed; the next Encrypt reserves itself");
+                }
+            }
+            r.prefetching.store(false, Ordering::SeqCst);
         }
     }
 
@@ -273,36 +329,61 @@ impl Token {
                 instance: &instance,
                 usages,
             };
+            // Transient token failures (SoftHSM2 answers CKR_GENERAL_ERROR to some concurrent
+            // object creations) are retried; each round re-reads the token, and once the round
+            // that started from version n has run, a retry only finishes that same step.
+            let mut from = from;
+            let mut last = None;
             for _ in 0..5 {
-                let all = versions::read_all(s)?;
-                let cur = versions::current(all.get(id));
-                if from.is_some_and(|f| f != cur) {
-                    self.versions.install(None, all);
-                    return Ok(cur);
-                }
-                let next = cur + 1;
-                match budget::settle(&store, next, SETTLE, std::thread::sleep)? {
-                    Settled::Committed(_) => {
-                        let all = versions::read_all(s)?;
-                        if versions::current(all.get(id)) < next {
-                            return Err(HsmError::Refused(format!(
-                                "version {next} of {id:?} is committed but retired; unretire it or rotate again"
-                            )));
-                        }
-                        self.versions.install(None, all);
-                        return Ok(next);
+                match self.rotation_round(s, &store, id, &mut from) {
+                    Ok(Some(n)) => return Ok(n),
+                    Ok(None) => continue,
+                    Err(e @ (HsmError::Refused(_) | HsmError::KeyNotFound | HsmError::Disconnected)) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(token = %self.name, key_id = id, error = %e, "key rotation round failed; retrying");
+                        last = Some(e);
+                        std::thread::sleep(Duration::from_millis(100));
                     }
-                    Settled::NoCandidate => continue,
                 }
             }
-            Err(HsmError::Internal(
-                "no candidate survived five settle rounds".into(),
-            ))
+            Err(last.unwrap_or_else(|| HsmError::Internal("no candidate survived five settle rounds".into())))
         });
         if let Ok(n) = &out {
             tracing::warn!(token = %self.name, key_id = id, version = n, "key rotated: new version is current");
         }
         out
+    }
+
+    /// One settle round towards `from + 1` (`from` = the current version on the token, fixed at
+    /// the first round). `Some(n)`: version n is current; `None`: no candidate survived.
+    fn rotation_round(
+        &self,
+        s: &Session,
+        store: &TokenCandidates<'_>,
+        id: &str,
+        from: &mut Option<u32>,
+    ) -> Result<Option<u32>, HsmError> {
+        let all = versions::read_all(s)?;
+        let cur = versions::current(all.get(id));
+        if from.is_some_and(|f| f != cur) {
+            self.versions.install(None, all);
+            return Ok(Some(cur));
+        }
+        *from = Some(cur);
+        let next = cur + 1;
+        match budget::settle(store, next, SETTLE, std::thread::sleep)? {
+            Settled::Committed(_) => {
+                let all = versions::read_all(s)?;
+                if versions::current(all.get(id)) < next {
+                    return Err(HsmError::Refused(format!(
+                        "version {next} of {id:?} is committed but retired; unretire it or rotate again"
+                    )));
+                }
+                self.versions.install(None, all);
+                Ok(Some(next))
+            }
+            Settled::NoCandidate => Ok(None),
+        }
     }
 
     /// Runs `f` on a new read-write session of the connection, without the lifecycle lock.
@@ -335,14 +416,20 @@ impl Token {
     }
 }
 
-/// Starts the rotator thread of `token` (the daemon only; offline commands never encrypt).
+/// Starts the rotator and refiller threads of `token` (the daemon only; offline commands
+/// never encrypt).
 pub fn spawn(token: Arc<Token>) {
     let name = format!("hsm-{}-rotator", token.name);
+    let t = token.clone();
+    if let Err(e) = std::thread::Builder::new().name(name).spawn(move || t.rotator()) {
+        tracing::error!(error = %e, "cannot start the key rotator thread");
+    }
+    let name = format!("hsm-{}-refiller", token.name);
     if let Err(e) = std::thread::Builder::new()
         .name(name)
-        .spawn(move || token.rotator())
+        .spawn(move || token.refiller())
     {
-        tracing::error!(error = %e, "cannot start the key rotator thread");
+        tracing::error!(error = %e, "cannot start the reservation refiller thread");
     }
 }
 
@@ -380,7 +467,19 @@ impl CandidateStore for TokenCandidates<'_> {
         let label = versions::label(self.id, n);
         // The key object first, then its record: a crash in between leaves an object no record
         // names, which is never used; a record always names an existing object.
-        let key = create_version_key(self.s, &label, &nonce, self.usages)?;
+        let key = match create_version_key(self.s, &label, &nonce, self.usages) {
+            Ok(k) => k,
+            Err(e) => {
+                // SoftHSM2 can report CKR_GENERAL_ERROR for a concurrent creation that left the
+                // object behind: remove whatever carries this attempt's nonce.
+                for (h, ckaid) in versions::key_objects(self.s, self.id, n).unwrap_or_default() {
+                    if ckaid == nonce {
+                        let _ = self.s.destroy_object(h);
+                    }
+                }
+                return Err(e);
+            }
+        };
         let created_ms = now_ms();
         let rec = Record {
             created: crate::clock::now_rfc3339(),

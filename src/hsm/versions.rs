@@ -19,7 +19,7 @@
 //! `keys show`.
 
 use super::budget::Candidate;
-use super::marks::{data_objects, put_data};
+use super::marks::put_data;
 use super::{classify, HsmError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
@@ -107,35 +107,27 @@ pub fn current(v: Option<&KeyVersions>) -> u32 {
 pub(super) fn read_all(s: &Session) -> Result<HashMap<String, KeyVersions>, HsmError> {
     let mut out: HashMap<String, KeyVersions> = HashMap::new();
     let mut records: HashMap<(String, u32), Vec<Record>> = HashMap::new();
-    for (l, (handles, first)) in data_objects(s, RECORD_APP)? {
+    for (l, v) in data_of(s, RECORD_APP)? {
         let Some((id, n)) = parse_record_label(&l) else {
             continue;
         };
-        let mut all = Vec::new();
-        for h in handles {
-            let v = if all.is_empty() {
-                first.clone()
-            } else {
-                value(s, h)?
-            };
-            if let Ok(r) = serde_json::from_slice::<Record>(&v) {
-                all.push(r);
-            }
+        if let Ok(r) = serde_json::from_slice::<Record>(&v) {
+            records.entry((id.to_owned(), n)).or_default().push(r);
         }
-        records.insert((id.to_owned(), n), all);
     }
-    for (l, (handles, first)) in data_objects(s, COMMIT_APP)? {
+    let mut commits: HashMap<(String, u32), Vec<Vec<u8>>> = HashMap::new();
+    for (l, v) in data_of(s, COMMIT_APP)? {
         let Some((id, n)) = parse_record_label(&l) else {
             continue;
         };
-        let mut nonces = vec![first];
-        for h in handles.into_iter().skip(1) {
-            nonces.push(value(s, h)?);
+        if let Ok(nonce) = hex::decode(v) {
+            commits.entry((id.to_owned(), n)).or_default().push(nonce);
         }
-        let recs = records.get(&(id.to_owned(), n)).cloned().unwrap_or_default();
+    }
+    for ((id, n), nonces) in commits {
+        let recs = records.get(&(id.clone(), n)).cloned().unwrap_or_default();
         let mut committed: Vec<(Candidate, Option<Record>)> = nonces
             .into_iter()
-            .filter_map(|hexed| hex::decode(hexed).ok())
             .map(|nonce| {
                 let r = recs
                     .iter()
@@ -147,16 +139,17 @@ pub(super) fn read_all(s: &Session) -> Result<HashMap<String, KeyVersions>, HsmE
                 (c, r.cloned())
             })
             .collect();
+        // Winner first: the order every instance agrees on.
         committed.sort_by(|a, b| (a.0.created_ms, &a.0.nonce).cmp(&(b.0.created_ms, &b.0.nonce)));
         committed.dedup_by(|a, b| a.0.nonce == b.0.nonce);
-        let st = out.entry(id.to_owned()).or_default().entry(n).or_default();
+        let st = out.entry(id).or_default().entry(n).or_default();
         st.created = committed
             .first()
             .and_then(|c| c.1.as_ref().map(|r| r.created.clone()));
         st.created_ms = committed.first().and_then(|c| c.1.as_ref().map(|r| r.created_ms));
         st.committed = committed.into_iter().map(|c| c.0.nonce).collect();
     }
-    for l in data_objects(s, RETIRED_APP)?.into_keys() {
+    for (l, _) in data_of(s, RETIRED_APP)? {
         let Some((id, n)) = parse_record_label(&l) else {
             continue;
         };
@@ -169,15 +162,64 @@ pub(super) fn read_all(s: &Session) -> Result<HashMap<String, KeyVersions>, HsmE
     Ok(out)
 }
 
-fn value(s: &Session, h: ObjectHandle) -> Result<Vec<u8>, HsmError> {
-    let attrs = s.get_attributes(h, &[AttributeType::Value]).map_err(classify)?;
-    Ok(attrs
-        .into_iter()
-        .find_map(|a| match a {
-            Attribute::Value(v) => Some(v),
-            _ => None,
-        })
-        .unwrap_or_default())
+/// The attributes of `h`, or `None` when the object vanished between the search and the read
+/// (another instance destroyed a losing candidate, or replaced a counter): a fleet sharing the
+/// token makes that an ordinary event, not an error.
+fn attrs_or_gone(
+    s: &Session,
+    h: ObjectHandle,
+    types: &[AttributeType],
+) -> Result<Option<Vec<Attribute>>, HsmError> {
+    match s.get_attributes(h, types) {
+        Ok(a) => Ok(Some(a)),
+        Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::ObjectHandleInvalid, _)) => Ok(None),
+        Err(e) => Err(classify(e)),
+    }
+}
+
+fn value(s: &Session, h: ObjectHandle) -> Result<Option<Vec<u8>>, HsmError> {
+    Ok(attrs_or_gone(s, h, &[AttributeType::Value])?.map(|attrs| {
+        attrs
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::Value(v) => Some(v),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }))
+}
+
+/// Data objects of one application: (label, value) of each object still there when read.
+fn data_of(s: &Session, app: &[u8]) -> Result<Vec<(String, Vec<u8>)>, HsmError> {
+    Ok(data_snapshot(s, app)?.0)
+}
+
+/// [`data_of`], and whether some object found vanished before it could be read.
+fn data_snapshot(s: &Session, app: &[u8]) -> Result<(Vec<(String, Vec<u8>)>, bool), HsmError> {
+    let found = s
+        .find_objects(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Application(app.to_vec()),
+        ])
+        .map_err(classify)?;
+    let mut out = Vec::new();
+    let mut vanished = false;
+    for h in found {
+        let Some(attrs) = attrs_or_gone(s, h, &[AttributeType::Label, AttributeType::Value])? else {
+            vanished = true;
+            continue;
+        };
+        let (mut label, mut value) = (String::new(), Vec::new());
+        for a in attrs {
+            match a {
+                Attribute::Label(l) => label = String::from_utf8_lossy(&l).into_owned(),
+                Attribute::Value(v) => value = v,
+                _ => {}
+            }
+        }
+        out.push((label, value));
+    }
+    Ok((out, vanished))
 }
 
 /// Data objects of `app` labelled exactly `label`.
@@ -194,7 +236,8 @@ pub(super) fn find_data(s: &Session, app: &[u8], label: &str) -> Result<Vec<Obje
 pub(super) fn records(s: &Session, id: &str, n: u32) -> Result<Vec<(ObjectHandle, Record)>, HsmError> {
     let mut out = Vec::new();
     for h in find_data(s, RECORD_APP, &record_label(id, n))? {
-        if let Ok(r) = serde_json::from_slice::<Record>(&value(s, h)?) {
+        let Some(v) = value(s, h)? else { continue };
+        if let Ok(r) = serde_json::from_slice::<Record>(&v) {
             out.push((h, r));
         }
     }
@@ -205,7 +248,8 @@ pub(super) fn records(s: &Session, id: &str, n: u32) -> Result<Vec<(ObjectHandle
 pub(super) fn commits(s: &Session, id: &str, n: u32) -> Result<Vec<Vec<u8>>, HsmError> {
     let mut out = Vec::new();
     for h in find_data(s, COMMIT_APP, &record_label(id, n))? {
-        if let Ok(nonce) = hex::decode(value(s, h)?) {
+        let Some(v) = value(s, h)? else { continue };
+        if let Ok(nonce) = hex::decode(v) {
             out.push(nonce);
         }
     }
@@ -233,7 +277,9 @@ pub(super) fn key_objects(s: &Session, id: &str, n: u32) -> Result<Vec<(ObjectHa
         .map_err(classify)?;
     let mut out = Vec::new();
     for h in found {
-        let attrs = s.get_attributes(h, &[AttributeType::Id]).map_err(classify)?;
+        let Some(attrs) = attrs_or_gone(s, h, &[AttributeType::Id])? else {
+            continue;
+        };
         let ckaid = attrs
             .into_iter()
             .find_map(|a| match a {
@@ -255,41 +301,37 @@ pub fn counter_label(id: &str, n: u32, instance: &str) -> String {
 /// replaced by create-then-destroy and both copies are visible).
 pub(super) fn counters(s: &Session, id: &str, n: u32) -> Result<super::budget::Counts, HsmError> {
     let prefix = format!("{}/", record_label(id, n));
-    let found = s
-        .find_objects(&[
-            Attribute::Class(ObjectClass::DATA),
-            Attribute::Application(COUNTER_APP.to_vec()),
-        ])
-        .map_err(classify)?;
-    let mut out = super::budget::Counts::new();
-    for h in found {
-        let attrs = s
-            .get_attributes(h, &[AttributeType::Label, AttributeType::Value])
-            .map_err(classify)?;
-        let (mut l, mut v) = (Vec::new(), Vec::new());
-        for a in attrs {
-            match a {
-                Attribute::Label(x) => l = x,
-                Attribute::Value(x) => v = x,
-                _ => {}
-            }
+    // A counter another instance is replacing can vanish between the search and the read; its
+    // replacement was created before, but after this search. Skipping it would under-count,
+    // so the whole read is repeated until no object vanished.
+    for _ in 0..50 {
+        let (objects, vanished) = data_snapshot(s, COUNTER_APP)?;
+        if vanished {
+            continue;
         }
-        let l = String::from_utf8_lossy(&l);
-        let Some(instance) = l.strip_prefix(&prefix) else {
-            continue;
-        };
-        let Ok(bytes) = <[u8; 8]>::try_from(v.as_slice()) else {
-            continue;
-        };
-        let e = out.entry(instance.to_owned()).or_insert(0);
-        *e = (*e).max(u64::from_be_bytes(bytes));
+        let mut out = super::budget::Counts::new();
+        for (l, v) in objects {
+            let Some(instance) = l.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Ok(bytes) = <[u8; 8]>::try_from(v.as_slice()) else {
+                continue;
+            };
+            let e = out.entry(instance.to_owned()).or_insert(0);
+            *e = (*e).max(u64::from_be_bytes(bytes));
+        }
+        return Ok(out);
     }
-    Ok(out)
+    Err(HsmError::Internal(
+        "encryption counters kept changing during 50 reads".into(),
+    ))
 }
 
 /// Stores `value` in this instance's counter. `C_SetAttributeValue` on `CKA_VALUE` where the
-/// token allows it (SoftHSM2 does for data objects); otherwise a new object is created *before*
-/// the old one is destroyed, so a reader never sees less than the previous value.
+/// token allows it; SoftHSM2 2.6 refuses it for data objects (`CKR_ATTRIBUTE_READ_ONLY`), and
+/// then a new object is created *before* the old one is destroyed, so a reader sees the old
+/// value, both (and takes the larger), or the new one, never none ([`counters`] re-reads when
+/// an object vanished under it).
 pub(super) fn write_counter(s: &Session, label: &str, value: u64) -> Result<(), HsmError> {
     let bytes = value.to_be_bytes().to_vec();
     let existing = find_data(s, COUNTER_APP, label)?;
