@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 /// How long a candidate waits for concurrent candidates to become visible before the winner
 /// is chosen. It bounds how long a creator may stall between its check and its write.
 pub const SETTLE: Duration = Duration::from_secs(1);
+/// Pause between writing a counter and reading every counter again (see `refill`).
+const VERIFY_DELAY: Duration = Duration::from_millis(20);
 /// A failed automatic rotation is retried at most this often.
 const RETRY_FAILED: Duration = Duration::from_secs(5);
 
@@ -198,13 +200,23 @@ impl Token {
             want
         };
         let counter = versions::counter_label(id, n, me);
+        let mut reads = 0;
         let grant = self.with_rw_session(|s| {
             budget::reserve(
                 me,
                 st.own,
                 want,
                 budget.max_encryptions,
-                || versions::counters(s, id, n),
+                || {
+                    reads += 1;
+                    if reads > 1 {
+                        // The check after the write: another process's write that completed
+                        // before it must be visible to it. SoftHSM2's file store was seen to
+                        // show another process's fresh object a moment late; the pause covers it.
+                        std::thread::sleep(VERIFY_DELAY);
+                    }
+                    versions::counters(s, id, n)
+                },
                 |v| versions::write_counter(s, &counter, v),
             )
         })?;
