@@ -254,6 +254,9 @@ fn key_labels(fx: &Fixture) -> BTreeMap<String, usize> {
     labels
 }
 
+/// One daemon's ciphertexts with their plaintexts.
+type Run = Vec<(Sealed, Vec<u8>)>;
+
 #[test]
 fn automatic_rotation_across_two_daemons_never_uses_a_version_past_its_budget() {
     const BUDGET: u64 = 100;
@@ -264,7 +267,7 @@ fn automatic_rotation_across_two_daemons_never_uses_a_version_past_its_budget() 
     let a = TestProxy::start_with(&fx, &cfg, &[]);
     let b = TestProxy::start_with(&fx, &second_config(&fx, &cfg), &[]);
 
-    let results: Vec<Result<Vec<(Sealed, Vec<u8>)>, String>> = std::thread::scope(|scope| {
+    let results: Vec<Result<Run, String>> = std::thread::scope(|scope| {
         let runs: Vec<_> = [(&a, 0u8), (&b, 1u8)]
             .into_iter()
             .map(|(p, tag)| {
@@ -283,7 +286,7 @@ fn automatic_rotation_across_two_daemons_never_uses_a_version_past_its_budget() 
             .map(|r| r.join().expect("encrypting thread"))
             .collect()
     });
-    let results: Vec<Vec<(Sealed, Vec<u8>)>> = results
+    let results: Vec<Run> = results
         .into_iter()
         .collect::<Result<_, String>>()
         .unwrap_or_else(|e| {

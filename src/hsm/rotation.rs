@@ -70,20 +70,17 @@ enum Rotation {
     Failed { at: Instant },
 }
 
+/// Both ends of a bounded queue to one of the token's background threads.
+type Channel<T> = (crossbeam_channel::Sender<T>, crossbeam_channel::Receiver<T>);
+
 /// The reservations of one token and its rotator's queue.
 pub(super) struct Rotations {
     reservations: std::sync::RwLock<HashMap<String, HashMap<u32, Arc<Reservation>>>>,
     state: Mutex<HashMap<String, Rotation>>,
     /// Keys to rotate, with the version each request wants replaced.
-    queue: (
-        crossbeam_channel::Sender<(String, u32)>,
-        crossbeam_channel::Receiver<(String, u32)>,
-    ),
+    queue: Channel<(String, u32)>,
     /// Reservations to make ahead of need.
-    refills: (
-        crossbeam_channel::Sender<(String, u32, VersionBudget)>,
-        crossbeam_channel::Receiver<(String, u32, VersionBudget)>,
-    ),
+    refills: Channel<(String, u32, VersionBudget)>,
     /// Counter of automatic rotations that could not create a version (exported as a metric).
     pub(super) failures: AtomicU64,
 }

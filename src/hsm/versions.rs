@@ -189,13 +189,16 @@ fn value(s: &Session, h: ObjectHandle) -> Result<Option<Vec<u8>>, HsmError> {
     }))
 }
 
+/// (label, value) of data objects.
+type LabelledValues = Vec<(String, Vec<u8>)>;
+
 /// Data objects of one application: (label, value) of each object still there when read.
-fn data_of(s: &Session, app: &[u8]) -> Result<Vec<(String, Vec<u8>)>, HsmError> {
+fn data_of(s: &Session, app: &[u8]) -> Result<LabelledValues, HsmError> {
     Ok(data_snapshot(s, app)?.0)
 }
 
 /// [`data_of`], and whether some object found vanished before it could be read.
-fn data_snapshot(s: &Session, app: &[u8]) -> Result<(Vec<(String, Vec<u8>)>, bool), HsmError> {
+fn data_snapshot(s: &Session, app: &[u8]) -> Result<(LabelledValues, bool), HsmError> {
     let found = s
         .find_objects(&[
             Attribute::Class(ObjectClass::DATA),
