@@ -14,7 +14,7 @@
 //! - `xks-bridge/version-count`, `<id>/v<n>/<instance>`: encryptions reserved by one instance.
 //!
 //! Every instance sharing the token reads the first three every half second (the supervisor's
-//! poll) into a [`VersionTable`], so a rotation or a retirement through any instance takes effect
+//! poll) into a `VersionTable`, so a rotation or a retirement through any instance takes effect
 //! on all of them within a second. Counters are read only when a block is reserved and by
 //! `keys show`.
 
