@@ -32,6 +32,10 @@ pub struct ScopeArgs {
     /// Why (recorded with your uid and the time).
     #[arg(long)]
     reason: Option<String>,
+    /// Every instance sharing the token, not only this one: writes (or removes) a mark on the
+    /// token that every instance honours within a second. Proxy and keystore scopes only.
+    #[arg(long, conflicts_with = "key")]
+    fleet: bool,
     /// Configuration file of the daemon.
     #[arg(long)]
     config: PathBuf,
@@ -348,6 +352,7 @@ pub fn kill_switch(cmd: KillSwitchCmd) -> CliResult {
                 scope: scope_of(&a),
                 reason: a.reason.clone(),
                 token: a.token.clone(),
+                fleet: a.fleet,
             };
             change(reach::send(&cfg, req)?)
         }
@@ -357,6 +362,7 @@ pub fn kill_switch(cmd: KillSwitchCmd) -> CliResult {
                 scope: scope_of(&a),
                 reason: a.reason.clone(),
                 token: a.token.clone(),
+                fleet: a.fleet,
             };
             change(reach::send(&cfg, req)?)
         }
@@ -389,21 +395,38 @@ fn change(reply: AdminReply) -> CliResult {
         durable,
         note,
         elapsed_ms,
+        fleet,
     } = &r;
     let verb = match action {
         xks_bridge::control::protocol::Action::Engage => "engaged",
         xks_bridge::control::protocol::Action::Release => "released",
     };
+    let reach = fleet.as_ref().map(|f| {
+        let mark = match action {
+            xks_bridge::control::protocol::Action::Engage => "fleet mark written on token(s)",
+            xks_bridge::control::protocol::Action::Release => "fleet mark removed from token(s)",
+        };
+        format!(" [fleet-wide; {mark}: {}]", f.written.join(", "))
+    });
+    let reach = reach.unwrap_or_default();
     match (in_force, durable) {
         (true, true) => {
-            outln!("{verb} {scope} ({elapsed_ms:.1} ms)");
+            outln!("{verb} {scope}{reach} ({elapsed_ms:.1} ms)");
             if let Some(n) = note {
                 eprintln!("note: {n}");
             }
             Ok(())
         }
+        (true, false) if fleet.as_ref().is_some_and(|f| f.written.is_empty()) => {
+            outln!("{verb} {scope} on THIS instance only ({elapsed_ms:.1} ms)");
+            Err((
+                EXIT_FAILED,
+                note.clone()
+                    .unwrap_or_else(|| "no token took the fleet mark".into()),
+            ))
+        }
         (true, false) => {
-            outln!("{verb} {scope} ({elapsed_ms:.1} ms) - in force, NOT durable");
+            outln!("{verb} {scope}{reach} ({elapsed_ms:.1} ms) - in force, NOT durable");
             Err((
                 Exit::NotDurable.code(),
                 note.clone()
@@ -555,6 +578,7 @@ pub fn keys(cmd: KeysCmd) -> CliResult {
                 scope: Scope::Key(id),
                 reason,
                 token: target.token.clone(),
+                fleet: false,
             };
             return run_keys(&target, req, false);
         }
@@ -563,6 +587,7 @@ pub fn keys(cmd: KeysCmd) -> CliResult {
                 scope: Scope::Key(id),
                 reason,
                 token: target.token.clone(),
+                fleet: false,
             };
             return run_keys(&target, req, false);
         }

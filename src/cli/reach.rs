@@ -47,14 +47,15 @@ pub fn send(cfg: &Config, req: AdminRequest) -> Result<AdminReply, Fail> {
     }
     // The token's module environment is put in place first: it may restart this process,
     // which must happen before anything is printed or locked.
-    let token = match request_token(&req) {
-        Some(name) => {
-            let t = offline_token(cfg, name)?;
-            xks_bridge::module_env::ensure(&t.module_env).map_err(|e| (EXIT_BAD_CONFIG, e))?;
-            Some(t)
-        }
-        None => None,
+    let tokens: Vec<&TokenConfig> = match request_token(&req) {
+        Some(name) => vec![offline_token(cfg, name)?],
+        // A fleet-wide change writes its mark on every token.
+        None if is_fleet(&req) => cfg.tokens.iter().collect(),
+        None => Vec::new(),
     };
+    for t in &tokens {
+        xks_bridge::module_env::ensure(&t.module_env).map_err(|e| (EXIT_BAD_CONFIG, e))?;
+    }
     let dir = &cfg.state.directory;
     check_owner(dir, &cfg.state.kill_switch_file())?;
     std::fs::create_dir_all(dir).map_err(|e| {
@@ -72,7 +73,7 @@ pub fn send(cfg: &Config, req: AdminRequest) -> Result<AdminReply, Fail> {
                 ),
                 None => eprintln!("note: no daemon runs (no [admin] socket configured); acting directly on the state file / token"),
             }
-            offline(&rt, cfg, req, token, &lock)
+            offline(&rt, cfg, req, &tokens, &lock)
         }
         Err(LockError::Held { pid, .. }) => daemon_without_socket(cfg, req, pid),
         Err(e) => Err((Exit::Unavailable.code(), format!("state.directory: {e}"))),
@@ -107,7 +108,9 @@ fn daemon_without_socket(cfg: &Config, req: AdminRequest, pid: Option<u32>) -> R
         |a| format!("its admin socket {} does not answer", a.socket.display()),
     );
     let AdminRequest::Engage {
-        scope: Scope::Proxy, ..
+        scope: Scope::Proxy,
+        fleet: false,
+        ..
     } = req
     else {
         return Err((
@@ -151,6 +154,7 @@ fn daemon_without_socket(cfg: &Config, req: AdminRequest, pid: Option<u32>) -> R
                     "delivered by SIGUSR1 to pid {pid}; confirmed in the state file"
                 )),
                 elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+                fleet: None,
             }));
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -166,7 +170,7 @@ fn offline(
     rt: &tokio::runtime::Runtime,
     cfg: &Config,
     req: AdminRequest,
-    token: Option<&TokenConfig>,
+    configured: &[&TokenConfig],
     _held: &InstanceLock,
 ) -> Result<AdminReply, Fail> {
     if matches!(req, AdminRequest::Reload) {
@@ -176,7 +180,7 @@ fn offline(
         Switch::load(&cfg.state.kill_switch_file()).map_err(|e| (Exit::Unavailable.code(), e.to_string()))?,
     );
     let mut tokens = Vec::new();
-    if let Some(t) = token {
+    for t in configured {
         let pin = t.pin.load().map_err(|e| {
             let i = cfg.tokens.iter().position(|c| c.name == t.name).unwrap_or(0);
             (EXIT_BAD_CONFIG, format!("tokens[{i}].pin: {e}"))
@@ -193,7 +197,15 @@ fn offline(
     Ok(rt.block_on(control.execute(req, uid, "offline")))
 }
 
-/// Whether a request needs a token offline, and which one was named.
+/// Is it a fleet-wide engage or release?
+fn is_fleet(req: &AdminRequest) -> bool {
+    matches!(
+        req,
+        AdminRequest::Engage { fleet: true, .. } | AdminRequest::Release { fleet: true, .. }
+    )
+}
+
+/// Whether a request needs one token offline, and which one was named.
 fn request_token(req: &AdminRequest) -> Option<Option<&str>> {
     match req {
         AdminRequest::Keys { token, .. }

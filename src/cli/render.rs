@@ -1,7 +1,7 @@
 //! Human-readable output of admin replies.
 
 use std::fmt::Write;
-use xks_bridge::control::protocol::{AdminReply, DaemonState, KeyInfo, Status};
+use xks_bridge::control::protocol::{AdminReply, DaemonState, KeyInfo, ScopeState, Status};
 use xks_bridge::exit::Exit;
 
 /// A reply that does not answer the request: a failure's message, or a protocol mismatch.
@@ -31,6 +31,22 @@ fn durability(engaged: bool, durable: bool) -> &'static str {
     }
 }
 
+/// Who engaged a scope, locally and fleet-wide, one line each.
+fn who(o: &mut String, state: &ScopeState) {
+    for (layer, by) in [("locally", &state.by), ("FLEET-WIDE", &state.fleet_by)] {
+        if let Some(by) = by {
+            let _ = writeln!(
+                o,
+                "  {layer} by uid {} via {} at {}: {:?}",
+                by.by_uid.map_or_else(|| "-".to_owned(), |u| u.to_string()),
+                by.via,
+                by.at,
+                by.reason
+            );
+        }
+    }
+}
+
 /// The `kill-switch status` text.
 pub fn status(st: &Status) -> String {
     let mut o = String::new();
@@ -43,16 +59,7 @@ pub fn status(st: &Status) -> String {
         engaged(st.proxy.engaged),
         durability(st.proxy.engaged, st.proxy.durable)
     );
-    if let Some(by) = &st.proxy.by {
-        let _ = writeln!(
-            o,
-            "  by uid {} via {} at {}: {:?}",
-            by.by_uid.map_or_else(|| "-".to_owned(), |u| u.to_string()),
-            by.via,
-            by.at,
-            by.reason
-        );
-    }
+    who(&mut o, &st.proxy);
     for k in &st.keystores {
         let _ = writeln!(
             o,
@@ -61,6 +68,7 @@ pub fn status(st: &Status) -> String {
             engaged(k.state.engaged),
             durability(k.state.engaged, k.state.durable)
         );
+        who(&mut o, &k.state);
     }
     for t in &st.tokens {
         let _ = writeln!(

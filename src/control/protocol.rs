@@ -140,6 +140,9 @@ pub enum AdminRequest {
         reason: Option<String>,
         /// Token of a key scope when several are configured.
         token: Option<String>,
+        /// Every instance sharing the token (a token-resident mark), not only this one.
+        #[serde(default)]
+        fleet: bool,
     },
     /// Release the kill switch.
     Release {
@@ -150,6 +153,9 @@ pub enum AdminRequest {
         reason: Option<String>,
         /// Token of a key scope when several are configured.
         token: Option<String>,
+        /// Every instance sharing the token (a token-resident mark), not only this one.
+        #[serde(default)]
+        fleet: bool,
     },
     /// Report the kill switch state.
     Status,
@@ -199,6 +205,28 @@ pub struct ChangeReport {
     pub note: Option<String>,
     /// Time from receipt to reply.
     pub elapsed_ms: f64,
+    /// For a fleet-wide change: which tokens carry (engage) or no longer carry (release) the
+    /// fleet mark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetReach>,
+}
+
+/// Where a fleet-wide change was written.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FleetReach {
+    /// Tokens whose fleet mark was written (engage) or removed (release).
+    pub written: Vec<String>,
+    /// Tokens that could not be written, with the token's answer.
+    pub failed: Vec<TokenFailure>,
+}
+
+/// A token that refused or could not take a write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenFailure {
+    /// Config name.
+    pub token: String,
+    /// What went wrong.
+    pub error: String,
 }
 
 /// One key as `keys list` / `keys show` report it.
@@ -245,8 +273,11 @@ pub struct ScopeState {
     pub engaged: bool,
     /// Does the state file hold this state?
     pub durable: bool,
-    /// Who engaged, when, why.
+    /// Who engaged on this instance, when, why.
     pub by: Option<Engagement>,
+    /// Who engaged fleet-wide (every instance sharing the token), when, why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_by: Option<Engagement>,
 }
 
 /// One keystore in `status`.

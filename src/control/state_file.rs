@@ -48,8 +48,32 @@ pub struct PersistedState {
     /// restarts and reconnects until an operator releases the key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub local_key_denies: BTreeMap<String, BTreeMap<String, Engagement>>,
+    /// Fleet-wide engagements this instance honours (seen as token marks, or made through
+    /// it). Kept apart from the local ones: a fleet release never lifts a local engage, and a
+    /// local release never lifts a fleet engage.
+    #[serde(default, skip_serializing_if = "FleetState::is_empty")]
+    pub fleet: FleetState,
     /// Most recent events, oldest first.
     pub history: Vec<Event>,
+}
+
+/// The fleet-wide engagements an instance honours.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetState {
+    /// Whole-proxy fleet engage, if any.
+    #[serde(default)]
+    pub proxy: Option<Engagement>,
+    /// Fleet-engaged keystores by URI prefix.
+    #[serde(default)]
+    pub keystores: BTreeMap<String, Engagement>,
+}
+
+impl FleetState {
+    /// Nothing engaged fleet-wide.
+    pub fn is_empty(&self) -> bool {
+        self.proxy.is_none() && self.keystores.is_empty()
+    }
 }
 
 impl PersistedState {

@@ -12,12 +12,17 @@
 //! nothing. A whole-proxy release opens the gate only if no engage arrived while it was
 //! reconnecting the tokens (the epoch check), so an acknowledged engage holds until a release
 //! that started after it.
+//!
+//! Fleet-wide engagements (token marks every instance honours) are a second layer with the
+//! same rules, kept apart in the state: a gate is closed while either a local or a fleet
+//! engagement holds it, so releasing one never lifts the other.
 
 use super::state_file::{read_state, write_state, Engagement, PersistedState, StateFileError};
 use crate::gates::Gates;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 /// The outcome of an engage: in force at once; durable if the state file was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +36,41 @@ pub struct Engaged {
 #[must_use = "finish the release with Switch::finish_proxy_release"]
 pub struct PendingRelease {
     epoch: u64,
+    scope: &'static str,
+}
+
+/// A fleet-wide scope as the switch keys it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FleetScope {
+    /// Every instance refuses everything.
+    Proxy,
+    /// Every instance refuses one keystore.
+    Keystore(String),
+}
+
+impl FleetScope {
+    /// The scope's label: the token mark's `CKA_LABEL` and the epoch key (`proxy`,
+    /// `keystore:<prefix>`).
+    pub fn label(&self) -> String {
+        match self {
+            FleetScope::Proxy => "proxy".into(),
+            FleetScope::Keystore(p) => format!("keystore:{p}"),
+        }
+    }
+
+    /// Parses a mark's label; `None` for a label this version does not know.
+    pub fn parse(label: &str) -> Option<FleetScope> {
+        match label {
+            "proxy" => Some(FleetScope::Proxy),
+            _ => label
+                .strip_prefix("keystore:")
+                .map(|p| FleetScope::Keystore(p.to_owned())),
+        }
+    }
+
+    fn epoch_key(&self) -> String {
+        format!("fleet:{}", self.label())
+    }
 }
 
 /// The switch's view for `status` and metrics.
@@ -42,9 +82,9 @@ pub struct SwitchView {
     pub proxy_closed: bool,
     /// Does the file hold exactly the state in force?
     pub durable: bool,
-    /// The proxy scope as last written to the file.
+    /// The proxy scope as last written to the file (engaged locally or fleet-wide).
     pub proxy_on_disk: bool,
-    /// The keystore prefixes engaged in the file.
+    /// The keystore prefixes engaged in the file (locally or fleet-wide).
     pub keystores_on_disk: Vec<String>,
     /// The last write error while not durable.
     pub last_error: Option<String>,
@@ -58,6 +98,9 @@ struct Inner {
     /// Engages per scope (`proxy`, `keystore:<prefix>`): a release takes effect only if no
     /// engage of its scope happened since the release started.
     epochs: HashMap<String, u64>,
+    /// When each fleet scope last changed here (engaged or released): a token read that began
+    /// before that instant may predate the change and must not be acted on.
+    fleet_changed: HashMap<String, Instant>,
     last_error: Option<String>,
 }
 
@@ -88,9 +131,17 @@ impl Switch {
     /// that cannot be parsed is an error: starting released would defeat the switch.
     pub fn load(file: &Path) -> Result<Switch, StateFileError> {
         let state = read_state(file)?;
-        let gates = Arc::new(Gates::new(state.proxy.is_some()));
-        for prefix in state.keystores.keys() {
+        let gates = Arc::new(Gates::new(state.proxy.is_some() || state.fleet.proxy.is_some()));
+        for prefix in state.keystores.keys().chain(state.fleet.keystores.keys()) {
             gates.keystore(prefix).set(true);
+        }
+        let loaded = Instant::now();
+        let mut fleet_changed = HashMap::new();
+        if state.fleet.proxy.is_some() {
+            fleet_changed.insert(FleetScope::Proxy.epoch_key(), loaded);
+        }
+        for p in state.fleet.keystores.keys() {
+            fleet_changed.insert(FleetScope::Keystore(p.clone()).epoch_key(), loaded);
         }
         Ok(Switch {
             gates,
@@ -99,6 +150,7 @@ impl Switch {
                 disk: state.clone(),
                 mem: state,
                 epochs: HashMap::new(),
+                fleet_changed,
                 last_error: None,
             }),
         })
@@ -160,14 +212,21 @@ impl Switch {
         inner.disk = next.clone();
         inner.mem = next;
         inner.last_error = None;
-        Ok(PendingRelease { epoch })
+        Ok(PendingRelease {
+            epoch,
+            scope: "proxy",
+        })
     }
 
-    /// Second half: opens the gate, unless an engage arrived since the release began (that
-    /// engage then stays in force). Returns whether the gate was opened.
+    /// Second half: opens the gate, unless an engage of the released scope arrived since the
+    /// release began (that engage then stays in force) or the other layer (local or fleet)
+    /// still holds it. Returns whether the gate was opened.
     pub fn finish_proxy_release(&self, pending: PendingRelease) -> bool {
         let inner = self.lock();
-        if inner.epochs.get("proxy").copied().unwrap_or(0) == pending.epoch && inner.mem.proxy.is_none() {
+        if inner.epochs.get(pending.scope).copied().unwrap_or(0) == pending.epoch
+            && inner.mem.proxy.is_none()
+            && inner.mem.fleet.proxy.is_none()
+        {
             self.gates.proxy().set(false);
             true
         } else {
@@ -207,8 +266,125 @@ impl Switch {
         inner.disk = next.clone();
         inner.mem = next;
         inner.last_error = None;
-        self.gates.keystore(prefix).set(false);
+        let fleet_holds = inner.mem.fleet.keystores.contains_key(prefix);
+        self.gates.keystore(prefix).set(fleet_holds);
         Ok(())
+    }
+
+    /// Engages a fleet-wide scope on this instance (the token mark is the caller's business).
+    /// The gate closes first, as for a local engage.
+    pub fn engage_fleet(&self, scope: &FleetScope, by: Engagement) -> Engaged {
+        let gate = match scope {
+            FleetScope::Proxy => self.gates.proxy().clone(),
+            FleetScope::Keystore(p) => self.gates.keystore(p),
+        };
+        gate.set(true);
+        let mut inner = self.lock();
+        gate.set(true);
+        *inner.epochs.entry(scope.epoch_key()).or_default() += 1;
+        inner.fleet_changed.insert(scope.epoch_key(), Instant::now());
+        match scope {
+            FleetScope::Proxy => inner.mem.fleet.proxy = Some(by.clone()),
+            FleetScope::Keystore(p) => {
+                inner.mem.fleet.keystores.insert(p.clone(), by.clone());
+            }
+        }
+        inner.mem.push("engage", &scope.epoch_key(), by);
+        Engaged {
+            not_durable: self.persist(&mut inner),
+        }
+    }
+
+    /// Releases a fleet-wide keystore engagement on this instance: the file first, then the
+    /// gate (which stays closed if the keystore is also engaged locally).
+    pub fn release_fleet_keystore(
+        &self,
+        prefix: &str,
+        by: Engagement,
+        seen: Epoch,
+    ) -> Result<(), ReleaseError> {
+        let scope = FleetScope::Keystore(prefix.to_owned());
+        let mut inner = self.lock();
+        if inner.epochs.get(&scope.epoch_key()).copied().unwrap_or(0) != seen.0 {
+            return Err(ReleaseError::Superseded);
+        }
+        let mut next = inner.mem.clone();
+        next.fleet.keystores.remove(prefix);
+        next.push("release", &scope.epoch_key(), by);
+        write_state(&self.file, &next)?;
+        inner.disk = next.clone();
+        inner.mem = next;
+        inner.last_error = None;
+        inner.fleet_changed.insert(scope.epoch_key(), Instant::now());
+        let local_holds = inner.mem.keystores.contains_key(prefix);
+        self.gates.keystore(prefix).set(local_holds);
+        Ok(())
+    }
+
+    /// First half of a fleet-wide proxy release on this instance; finished, like a local one,
+    /// by [`Switch::finish_proxy_release`] after the tokens are reconnected.
+    pub fn begin_fleet_proxy_release(
+        &self,
+        by: Engagement,
+        seen: Epoch,
+    ) -> Result<PendingRelease, ReleaseError> {
+        let key = FleetScope::Proxy.epoch_key();
+        let mut inner = self.lock();
+        let epoch = inner.epochs.get(&key).copied().unwrap_or(0);
+        if epoch != seen.0 {
+            return Err(ReleaseError::Superseded);
+        }
+        let mut next = inner.mem.clone();
+        next.fleet.proxy = None;
+        next.push("release", &key, by);
+        write_state(&self.file, &next)?;
+        inner.disk = next.clone();
+        inner.mem = next;
+        inner.last_error = None;
+        inner.fleet_changed.insert(key, Instant::now());
+        Ok(PendingRelease {
+            epoch,
+            scope: "fleet:proxy",
+        })
+    }
+
+    /// The fleet engagement of `scope` in force here, if any.
+    pub fn fleet_engagement(&self, scope: &FleetScope) -> Option<Engagement> {
+        let inner = self.lock();
+        match scope {
+            FleetScope::Proxy => inner.mem.fleet.proxy.clone(),
+            FleetScope::Keystore(p) => inner.mem.fleet.keystores.get(p).cloned(),
+        }
+    }
+
+    /// The fleet scopes in force here.
+    pub fn fleet_scopes(&self) -> Vec<FleetScope> {
+        let inner = self.lock();
+        let mut v: Vec<FleetScope> = inner
+            .mem
+            .fleet
+            .keystores
+            .keys()
+            .map(|p| FleetScope::Keystore(p.clone()))
+            .collect();
+        if inner.mem.fleet.proxy.is_some() {
+            v.insert(0, FleetScope::Proxy);
+        }
+        v
+    }
+
+    /// Did `scope` change here at or after `instant`? A token read that began before its last
+    /// change may not reflect it.
+    pub fn fleet_changed_since(&self, scope: &FleetScope, instant: Instant) -> bool {
+        self.lock()
+            .fleet_changed
+            .get(&scope.epoch_key())
+            .is_some_and(|t| *t >= instant)
+    }
+
+    /// Is the whole proxy engaged locally (not only fleet-wide)?
+    pub fn proxy_engaged_locally(&self) -> bool {
+        self.lock().mem.proxy.is_some()
     }
 
     /// Records that `key` on `token` is refused by this instance only (its token mark was
@@ -283,6 +459,11 @@ impl Switch {
         Epoch(self.lock().epochs.get(scope).copied().unwrap_or(0))
     }
 
+    /// The engage count of a fleet scope, taken when a fleet release starts.
+    pub fn fleet_epoch(&self, scope: &FleetScope) -> Epoch {
+        Epoch(self.lock().epochs.get(&scope.epoch_key()).copied().unwrap_or(0))
+    }
+
     /// Does the state file hold the state in force?
     pub fn is_durable(&self) -> bool {
         let inner = self.lock();
@@ -301,8 +482,14 @@ impl Switch {
             state: inner.mem.clone(),
             proxy_closed: self.gates.proxy().is_closed(),
             durable: inner.mem == inner.disk,
-            proxy_on_disk: inner.disk.proxy.is_some(),
-            keystores_on_disk: inner.disk.keystores.keys().cloned().collect(),
+            proxy_on_disk: inner.disk.proxy.is_some() || inner.disk.fleet.proxy.is_some(),
+            keystores_on_disk: inner
+                .disk
+                .keystores
+                .keys()
+                .chain(inner.disk.fleet.keystores.keys())
+                .cloned()
+                .collect(),
             last_error: inner.last_error.clone(),
         }
     }
@@ -350,6 +537,58 @@ mod tests {
         let third = Switch::load(&f).unwrap();
         assert!(!third.proxy_engaged() && !third.gates().keystore_closed("/tenant-a"));
         assert_eq!(third.view().state.history.len(), 4);
+    }
+
+    #[test]
+    fn local_and_fleet_engagements_hold_the_gate_independently_and_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ks.json");
+        let ks = Switch::load(&f).unwrap();
+        let fleet_ks = FleetScope::Keystore("/a".into());
+        ks.engage_keystore("/a", by("local"));
+        ks.engage_fleet(&fleet_ks, by("fleet"));
+        ks.engage_fleet(&FleetScope::Proxy, by("fleet proxy"));
+        assert!(ks.proxy_engaged() && !ks.proxy_engaged_locally());
+        // Both layers survive a restart.
+        let again = Switch::load(&f).unwrap();
+        assert!(again.proxy_engaged() && again.gates().keystore_closed("/a"));
+        assert_eq!(again.fleet_scopes(), vec![FleetScope::Proxy, fleet_ks.clone()]);
+        // Releasing the local keystore engage leaves the fleet one in force, and vice versa.
+        again
+            .release_keystore("/a", by("r"), again.epoch("keystore:/a"))
+            .unwrap();
+        assert!(again.gates().keystore_closed("/a"));
+        again
+            .release_fleet_keystore("/a", by("r"), again.fleet_epoch(&fleet_ks))
+            .unwrap();
+        assert!(!again.gates().keystore_closed("/a"));
+        // A local proxy release cannot open a gate the fleet holds.
+        again.engage_proxy(by("local proxy"));
+        let p = again.begin_proxy_release(by("r"), again.epoch("proxy")).unwrap();
+        assert!(!again.finish_proxy_release(p));
+        assert!(again.proxy_engaged());
+        let p = again
+            .begin_fleet_proxy_release(by("r"), again.fleet_epoch(&FleetScope::Proxy))
+            .unwrap();
+        assert!(again.finish_proxy_release(p));
+        assert!(!again.proxy_engaged());
+        let third = Switch::load(&f).unwrap();
+        assert!(!third.proxy_engaged() && third.fleet_scopes().is_empty());
+    }
+
+    #[test]
+    fn a_fleet_release_that_started_before_a_fleet_engage_does_not_undo_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = Switch::load(&dir.path().join("ks.json")).unwrap();
+        let before = Instant::now();
+        let seen = ks.fleet_epoch(&FleetScope::Proxy);
+        ks.engage_fleet(&FleetScope::Proxy, by("e"));
+        assert!(ks.fleet_changed_since(&FleetScope::Proxy, before));
+        assert!(matches!(
+            ks.begin_fleet_proxy_release(by("r"), seen),
+            Err(ReleaseError::Superseded)
+        ));
+        assert!(ks.proxy_engaged());
     }
 
     #[test]

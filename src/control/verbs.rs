@@ -9,7 +9,7 @@ use super::protocol::{
     Status, TokenState,
 };
 use super::state_file::Engagement;
-use super::switch::{ReleaseError, Switch};
+use super::switch::{FleetScope, ReleaseError, Switch};
 use crate::audit::{AdminEvent, AuditEvent, AuditLog, AuditRecord};
 use crate::hsm::{Token, IDLE_CHECK};
 use std::future::Future;
@@ -33,15 +33,17 @@ pub type Prefixes = Arc<RwLock<Vec<String>>>;
 
 /// The control plane of one daemon, or of one offline CLI command.
 pub struct Control {
-    switch: Arc<Switch>,
-    tokens: Vec<Arc<Token>>,
+    pub(super) switch: Arc<Switch>,
+    pub(super) tokens: Vec<Arc<Token>>,
     prefixes: Prefixes,
-    /// Serializes the slow halves of whole-proxy changes (disconnect, reconnect), so a
-    /// disconnect never interleaves with a release's reconnect.
-    proxy_lock: tokio::sync::Mutex<()>,
+    /// Serializes the slow halves of whole-proxy changes (disconnect, reconnect, fleet-mark
+    /// writes and checks on connections of their own), so none of them interleaves with
+    /// another or finalizes a module under it.
+    pub(super) proxy_lock: tokio::sync::Mutex<()>,
     reloader: Option<Arc<dyn Reload>>,
     audit: Option<Arc<AuditLog>>,
-    daemon: DaemonState,
+    pub(super) daemon: DaemonState,
+    pub(super) fleet_watch: super::fleet::Watch,
 }
 
 impl Control {
@@ -78,6 +80,7 @@ impl Control {
             reloader,
             audit,
             daemon,
+            fleet_watch: Default::default(),
         })
     }
 
@@ -88,7 +91,7 @@ impl Control {
 
     /// Records an operator action in the audit trail (when configured) and waits until it is
     /// on disk, so an acknowledged command is never missing from the trail.
-    async fn audit_admin(&self, key_scope: bool, action: &str, scope: &str, by: &Engagement) {
+    pub(super) async fn audit_admin(&self, key_scope: bool, action: &str, scope: &str, by: &Engagement) {
         let Some(a) = self.audit.clone() else {
             return;
         };
@@ -120,16 +123,36 @@ impl Control {
             at: crate::clock::now_rfc3339(),
         };
         match req {
-            AdminRequest::Engage { scope, reason, token } => {
+            AdminRequest::Engage {
+                scope,
+                reason,
+                token,
+                fleet,
+            } => {
                 let by = by(&reason);
-                let reply = self.engage(&scope, token.as_deref(), by.clone()).await;
-                self.audit_change(Action::Engage, &scope, &reply, &by).await;
+                let reply = if fleet {
+                    self.engage_fleet(&scope, by.clone()).await
+                } else {
+                    self.engage(&scope, token.as_deref(), by.clone()).await
+                };
+                self.audit_change(Action::Engage, &scope, fleet, &reply, &by)
+                    .await;
                 reply
             }
-            AdminRequest::Release { scope, reason, token } => {
+            AdminRequest::Release {
+                scope,
+                reason,
+                token,
+                fleet,
+            } => {
                 let by = by(&reason);
-                let reply = self.release(&scope, token.as_deref(), by.clone()).await;
-                self.audit_change(Action::Release, &scope, &reply, &by).await;
+                let reply = if fleet {
+                    self.release_fleet(&scope, by.clone()).await
+                } else {
+                    self.release(&scope, token.as_deref(), by.clone()).await
+                };
+                self.audit_change(Action::Release, &scope, fleet, &reply, &by)
+                    .await;
                 reply
             }
             AdminRequest::Status => AdminReply::Status(self.status()),
@@ -155,13 +178,25 @@ impl Control {
         }
     }
 
-    async fn audit_change(&self, action: Action, scope: &Scope, reply: &AdminReply, by: &Engagement) {
+    async fn audit_change(
+        &self,
+        action: Action,
+        scope: &Scope,
+        fleet: bool,
+        reply: &AdminReply,
+        by: &Engagement,
+    ) {
         let name = match reply {
             AdminReply::Changed(r) if r.in_force => action.as_str().to_owned(),
             AdminReply::Changed(_) => format!("{}-superseded", action.as_str()),
             _ => format!("{}-failed", action.as_str()),
         };
-        self.audit_admin(matches!(scope, Scope::Key(_)), &name, &scope.to_string(), by)
+        let scope_name = if fleet {
+            format!("fleet:{scope}")
+        } else {
+            scope.to_string()
+        };
+        self.audit_admin(matches!(scope, Scope::Key(_)), &name, &scope_name, by)
             .await;
     }
 
@@ -177,6 +212,7 @@ impl Control {
                 durable,
                 note,
                 elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+                fleet: None,
             })
         };
         match scope {
@@ -251,6 +287,7 @@ impl Control {
                 durable: true,
                 note: Some(ReleaseError::Superseded.to_string()),
                 elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+                fleet: None,
             })
         };
         let report = |in_force: bool, note: Option<String>| {
@@ -261,6 +298,7 @@ impl Control {
                 durable: true,
                 note,
                 elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+                fleet: None,
             })
         };
         match scope {
@@ -271,19 +309,24 @@ impl Control {
                     Err(ReleaseError::Superseded) => return superseded(),
                     Err(e) => return AdminReply::failed(e),
                 };
+                if let Some(f) = self.switch.fleet_engagement(&FleetScope::Proxy) {
+                    let _ = self.switch.finish_proxy_release(pending);
+                    return report(true, Some(fleet_holds_note(&f)));
+                }
                 let errors = if self.daemon == DaemonState::Running {
-                    let tokens = self.tokens.clone();
-                    tokio::task::spawn_blocking(move || {
-                        tokens
-                            .iter()
-                            .filter_map(|t| t.connect().err().map(|e| format!("{}: {e}", t.name)))
-                            .collect::<Vec<_>>()
-                    })
-                    .await
-                    .unwrap_or_else(|e| vec![e.to_string()])
+                    self.reconnect_tokens().await
                 } else {
                     Vec::new()
                 };
+                // A fleet engage written while this instance was disconnected is in the marks
+                // the reconnect just read: it holds before the gate could open.
+                if self.daemon == DaemonState::Running && self.adopt_marks() {
+                    let _ = self.switch.finish_proxy_release(pending);
+                    let this = self.clone();
+                    tokio::spawn(async move { this.disconnect_all().await });
+                    let f = self.switch.fleet_engagement(&FleetScope::Proxy);
+                    return report(true, f.as_ref().map(fleet_holds_note));
+                }
                 if !self.switch.finish_proxy_release(pending) {
                     return superseded();
                 }
@@ -300,7 +343,12 @@ impl Control {
                     return AdminReply::failed(e);
                 }
                 match self.switch.release_keystore(p, by, seen) {
-                    Ok(()) => report(true, None),
+                    Ok(()) => report(
+                        true,
+                        self.switch
+                            .fleet_engagement(&FleetScope::Keystore(p.clone()))
+                            .map(|f| fleet_holds_note(&f).replace("the proxy", "the keystore")),
+                    ),
                     Err(ReleaseError::Superseded) => superseded(),
                     Err(e) => AdminReply::failed(e),
                 }
@@ -328,6 +376,19 @@ impl Control {
                 }
             }
         }
+    }
+
+    /// Connects every token again (after a whole-proxy release); the failures, by token.
+    pub(super) async fn reconnect_tokens(&self) -> Vec<String> {
+        let tokens = self.tokens.clone();
+        tokio::task::spawn_blocking(move || {
+            tokens
+                .iter()
+                .filter_map(|t| t.connect().err().map(|e| format!("{}: {e}", t.name)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_else(|e| vec![e.to_string()])
     }
 
     /// Logs out of every token, closes every session and finalizes the modules.
@@ -374,6 +435,7 @@ impl Control {
                         engaged,
                         durable: engaged == on_disk,
                         by: v.state.keystores.get(&p).cloned(),
+                        fleet_by: v.state.fleet.keystores.get(&p).cloned(),
                     },
                     prefix: p,
                 }
@@ -400,6 +462,7 @@ impl Control {
                 engaged: v.proxy_closed,
                 durable: v.proxy_closed == v.proxy_on_disk,
                 by: v.state.proxy.clone(),
+                fleet_by: v.state.fleet.proxy.clone(),
             },
             keystores,
             tokens,
@@ -421,7 +484,7 @@ impl Control {
         reply
     }
 
-    fn known_prefix(&self, p: &str) -> Result<(), String> {
+    pub(super) fn known_prefix(&self, p: &str) -> Result<(), String> {
         let prefixes = self.prefixes();
         if prefixes.iter().any(|k| k == p) {
             Ok(())
@@ -450,6 +513,16 @@ impl Control {
     }
 }
 
-fn not_durable_note(e: Option<String>) -> Option<String> {
+fn fleet_holds_note(f: &Engagement) -> String {
+    format!(
+        "released on this instance, but the proxy stays ENGAGED by the fleet-wide engage of {} (uid {}, via {}: {:?}); release that with --fleet",
+        f.at,
+        f.by_uid.map_or_else(|| "-".to_owned(), |u| u.to_string()),
+        f.via,
+        f.reason
+    )
+}
+
+pub(super) fn not_durable_note(e: Option<String>) -> Option<String> {
     e.map(|e| format!("in force, but NOT durable ({e}); retried in the background until written, a restart before that would lose it"))
 }

@@ -114,6 +114,8 @@ impl Daemon {
             audit.clone(),
             DaemonState::Running,
         );
+        // Fleet marks read when the tokens connected hold before the first request is served.
+        control.start_fleet_watch();
         if let Some(a) = &cfg.admin {
             crate::control::socket::serve(&a.socket, a.group.as_deref(), control.clone(), &lock)
                 .map_err(startup::unavailable)?;

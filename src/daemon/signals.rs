@@ -94,6 +94,7 @@ pub(super) fn install(control: Arc<Control>, reloader: Arc<Reloader>) {
                     scope: Scope::Proxy,
                     reason: Some("SIGUSR1 received".into()),
                     token: None,
+                    fleet: false,
                 };
                 if let AdminReply::Failed { error } = control.execute(req, None, "signal SIGUSR1").await {
                     tracing::error!(error = %error, "SIGUSR1 engage failed");

@@ -32,6 +32,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+/// Retries of a temporary connection whose token looks unavailable.
+const TEMPORARY_RETRIES: u32 = 4;
+
 pub(super) struct Connection {
     pub(super) pkcs11: Pkcs11,
     pub(super) slot: Slot,
@@ -209,6 +212,59 @@ impl Connector {
             .map_err(|e| unavailable("C_OpenSession", e))?;
         log_in_user(&session, &self.label, &self.pin)?;
         Ok((slot, session))
+    }
+
+    /// Runs `f` on a logged-in session of a connection of its own, never installed for
+    /// serving: for the few token writes and reads the control plane needs while the serving
+    /// connection is down on purpose (the proxy kill switch) or absent (an offline command).
+    /// Closing its sessions ends its login; the module is finalized afterwards only when no
+    /// other connection of this process uses it.
+    pub(super) fn with_temporary_session<T>(
+        &self,
+        rw: bool,
+        f: impl FnOnce(&Session) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        // A token directory being rewritten by another process (SoftHSM2's file store) can
+        // look absent for a moment: a few quick retries. A refused PIN is never retried.
+        let mut attempt = 0;
+        let conn = loop {
+            match self.open_connection() {
+                Err(HsmError::Unavailable(reason)) if attempt < TEMPORARY_RETRIES => {
+                    tracing::debug!(token = %self.name, reason = %reason, "temporary connection: retrying");
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(50 * attempt as u64));
+                }
+                other => break other?,
+            }
+        };
+        let Connection {
+            pkcs11,
+            slot,
+            login,
+            _module_use: module_use,
+        } = conn;
+        let out = {
+            let _call = self.enter();
+            let session = if rw {
+                pkcs11.open_rw_session(slot)
+            } else {
+                pkcs11.open_ro_session(slot)
+            }
+            .map_err(classify);
+            let out = session.and_then(|s| {
+                if !logged_in(&s)? {
+                    return Err(HsmError::Unavailable(
+                        "the session is not logged in; private objects unreadable".into(),
+                    ));
+                }
+                f(&s)
+            });
+            drop(login);
+            out
+        };
+        drop(module_use);
+        self.release_module(pkcs11);
+        out
     }
 
     /// Runs `f` on the login session of a connection not yet installed (connect reads the

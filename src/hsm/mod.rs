@@ -14,6 +14,7 @@ mod classify;
 mod connection;
 mod crypto;
 pub mod doctor;
+pub mod fleet;
 pub mod health;
 pub mod keyspec;
 pub mod keystate;

@@ -1,6 +1,6 @@
 //! A background thread per token: reconnects when the token is unavailable (backoff 0.5 s,
 //! 1 s, then every 1.5 s), stays idle while the kill switch is engaged, and refreshes the
-//! disabled-key marks from the token every half second so instances sharing a token agree
+//! disabled-key and fleet marks from the token every half second so instances sharing a token agree
 //! within a second.
 //!
 //! The backoff is short on purpose: KMS sees failures for as long as the token is down *plus*
@@ -21,6 +21,7 @@
 //! Requests and health checks never log in; while the PIN is refused they answer "unavailable".
 
 use super::connection::{logged_in, CountedSession};
+use super::fleet::{self, FleetSnapshot};
 use super::token::Token;
 use super::{marks, versions, HsmError};
 use std::sync::Arc;
@@ -80,7 +81,7 @@ fn run(token: &Token) {
         if connected {
             backoff = POLL;
             refusals = 0;
-            refresh_disabled(token, &mut poller);
+            refresh_marks(token, &mut poller);
             continue;
         }
         if refusals > LOGIN_RETRIES.len() {
@@ -125,11 +126,13 @@ fn run(token: &Token) {
 }
 
 /// Reads the disabled-key marks and installs them unless a local disable/enable overlapped
-/// the read (then the next tick tries again). A session that is not logged in sees no private
-/// object, so its "no marks" is never installed: the previous marks stay.
-fn refresh_disabled<'t>(token: &'t Token, poller: &mut Option<CountedSession<'t>>) {
+/// the read (then the next tick tries again), and the fleet marks. A session that is not
+/// logged in sees no private object, so its "no marks" is never installed: the previous marks
+/// stay.
+fn refresh_marks<'t>(token: &'t Token, poller: &mut Option<CountedSession<'t>>) {
     let seen = token.key_state_changes();
     let seen_versions = token.version_changes();
+    let read_started = Instant::now();
     let _call = token.conn.enter();
     if token.killed()
         || poller
@@ -165,11 +168,15 @@ fn refresh_disabled<'t>(token: &'t Token, poller: &mut Option<CountedSession<'t>
         Ok(all) => token.install_polled_versions(seen_versions, all),
         Err(e) => tracing::warn!(token = %token.name, error = %e, "cannot read key versions"),
     }
-    match marks::disabled_set(p.session()) {
-        Ok(set) => {
+    match marks::disabled_set(p.session()).and_then(|set| Ok((set, fleet::read(p.session())?))) {
+        Ok((set, fleet_marks)) => {
             if !token.install_polled_marks(seen, set) {
                 tracing::debug!(token = %token.name, "marks read during a local key-state change discarded");
             }
+            token.install_fleet(FleetSnapshot {
+                marks: fleet_marks,
+                read_started,
+            });
         }
         Err(e) => {
             tracing::warn!(token = %token.name, error = %e, "cannot read disabled-key marks");

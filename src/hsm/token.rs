@@ -6,6 +6,7 @@
 
 use super::cache::KeyCache;
 use super::connection::{logged_in, Connector, CountedSession};
+use super::fleet::{self, FleetMarks, FleetSnapshot};
 use super::keystate::{KeyState, MarkOutcome};
 use super::lifecycle::{find_key, KeyAdmin};
 use super::rotation::Rotations;
@@ -15,8 +16,8 @@ use crate::config::{IvSource, TokenConfig};
 use cryptoki::session::Session;
 use secrecy::SecretString;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 /// Attributes of a secret key, as GetKeyMetadata reports them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +36,8 @@ pub struct Token {
     pub(super) conn: Connector,
     pub(super) cache: KeyCache,
     keys: KeyState,
+    /// Fleet marks as last read on the current connection (`None` before the first read).
+    fleet: RwLock<Option<FleetSnapshot>>,
     /// Every key's versions, as last read from the token.
     pub(super) versions: VersionTable,
     /// Reservations of encryptions and the rotator's queue.
@@ -52,6 +55,7 @@ impl Token {
             conn: Connector::new(cfg, pin, killed),
             cache: KeyCache::default(),
             keys: KeyState::default(),
+            fleet: RwLock::new(None),
             versions: VersionTable::default(),
             rotations: Rotations::default(),
             instance: OnceLock::new(),
@@ -72,23 +76,28 @@ impl Token {
             // whose marks cannot be read (or that hides them: not logged in) is not served at
             // all (fail closed). The lifecycle lock keeps a local disable/enable from running
             // between the read and the install.
+            // The fleet marks are read with them for the same reason, and the key versions: a
+            // version retired or created while this instance was down is in force from the
+            // first request.
             let _lifecycle = self.keys.lock_lifecycle();
-            let marks = Connector::with_login(&c, |s| {
+            let read_started = Instant::now();
+            let (marks, fleet_marks, versions) = Connector::with_login(&c, |s| {
                 let _call = self.conn.enter();
                 if !logged_in(s)? {
                     return Err(HsmError::Unavailable(
                         "the login session is not logged in; disabled-key marks unreadable".into(),
                     ));
                 }
-                Ok((marks::disabled_set(s)?, versions::read_all(s)?))
+                Ok((marks::disabled_set(s)?, fleet::read(s)?, versions::read_all(s)?))
             })
             .map_err(|e| {
                 HsmError::Unavailable(format!("cannot read disabled-key marks or key versions: {e}"))
             })?;
-            // Versions too: a version retired or created while this instance was down is in
-            // force from the first request.
-            let (marks, versions) = marks;
             self.keys.install_marks(marks);
+            self.install_fleet(FleetSnapshot {
+                marks: fleet_marks,
+                read_started,
+            });
             self.versions.install(None, versions);
             Ok(c)
         });
@@ -185,6 +194,49 @@ impl Token {
     /// Is the token connected and logged in?
     pub fn is_connected(&self) -> bool {
         self.conn.is_connected()
+    }
+
+    // ---- fleet marks (fleet-wide kill switch) ----
+
+    /// The fleet marks last read on the current connection; `None` while the token is not
+    /// connected (then nothing is known about them).
+    pub fn fleet_snapshot(&self) -> Option<FleetSnapshot> {
+        if !self.is_connected() {
+            return None;
+        }
+        self.fleet.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(super) fn install_fleet(&self, snapshot: FleetSnapshot) {
+        *self.fleet.write().unwrap_or_else(|p| p.into_inner()) = Some(snapshot);
+    }
+
+    /// Writes the fleet mark of `scope` (a no-op when one exists). Blocking.
+    pub fn write_fleet_mark(&self, scope: &str, record: &[u8]) -> Result<(), HsmError> {
+        self.with_write_session(|s| fleet::put(s, scope, record))
+    }
+
+    /// Removes the fleet mark of `scope`; true when there was one. Blocking.
+    pub fn remove_fleet_mark(&self, scope: &str) -> Result<bool, HsmError> {
+        self.with_write_session(|s| fleet::remove(s, scope))
+    }
+
+    /// Reads the fleet marks on a connection of its own: logs in, reads, logs out and leaves
+    /// the module as it found it. This is the check an instance disconnected by a fleet engage
+    /// makes to learn of the release. Blocking.
+    pub fn probe_fleet_marks(&self) -> Result<FleetMarks, HsmError> {
+        self.conn.with_temporary_session(false, fleet::read)
+    }
+
+    /// A read-write session for a fleet mark: the serving connection when there is one,
+    /// otherwise a connection of its own (the proxy kill switch has disconnected the token,
+    /// or this is an offline command).
+    fn with_write_session<T>(&self, f: impl FnOnce(&Session) -> Result<T, HsmError>) -> Result<T, HsmError> {
+        if self.is_connected() && !self.killed() {
+            self.with_admin_session(f)
+        } else {
+            self.conn.with_temporary_session(true, f)
+        }
     }
 
     // ---- key state (key-scope kill switch) ----

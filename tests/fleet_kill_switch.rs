@@ -1,0 +1,292 @@
+//! The fleet-wide kill switch: several real daemons on one real SoftHSM2 token, each with its
+//! own state directory and admin socket. An engage through one instance (or offline, with no
+//! daemon on that config) must reach every instance through the token; a release must bring
+//! them all back, including those that disconnected; local and fleet engagements never lift
+//! each other.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How long an engage may take to reach another instance in these tests: the design target is
+/// one second (0.5 s poll + 0.1 s watch); the margin absorbs a loaded CI machine.
+const ENGAGE_REACH: Duration = Duration::from_secs(3);
+/// A release reaches disconnected instances through their check every 2 s.
+const RELEASE_REACH: Duration = Duration::from_secs(8);
+
+/// Config of instance `name`: its own state directory and admin socket, the fixture's token.
+fn instance_config(fx: &Fixture, name: &str, two_keystores: bool) -> toml::Table {
+    let mut cfg = fx.config();
+    section(&mut cfg, "state").insert("directory".into(), format!("state-{name}").into());
+    section(&mut cfg, "admin").insert("socket".into(), format!("admin-{name}.sock").into());
+    if two_keystores {
+        let mut second = entry(&mut cfg, "keystores", 0).clone();
+        second.insert("uri_prefix".into(), "/other".into());
+        cfg["keystores"]
+            .as_array_mut()
+            .expect("keystores")
+            .push(toml::Value::Table(second));
+    }
+    cfg
+}
+
+fn fleet(fx: &Fixture, n: usize, two_keystores: bool) -> Vec<TestProxy> {
+    (0..n)
+        .map(|i| TestProxy::start_with(fx, &instance_config(fx, &format!("i{i}"), two_keystores), &[]))
+        .collect()
+}
+
+fn encrypt_status(fx: &Fixture, p: &TestProxy, base: Option<&str>) -> u16 {
+    let mut x = p.xks(fx);
+    if let Some(b) = base {
+        x.base = b.into();
+    }
+    x.encrypt(KEY_AES, &encrypt_body(b"fleet", None, false)).status
+}
+
+/// Waits until every instance satisfies `f`; the time it took, or a failure naming the
+/// instances that did not.
+#[track_caller]
+fn all_within(ps: &[TestProxy], limit: Duration, what: &str, f: impl Fn(&TestProxy) -> bool) -> Duration {
+    let t = Instant::now();
+    let ok = wait_until(limit, || ps.iter().all(&f));
+    let late: Vec<usize> = (0..ps.len()).filter(|&i| !f(&ps[i])).collect();
+    assert!(ok, "instances {late:?} not {what} after {:?}", t.elapsed());
+    t.elapsed()
+}
+
+fn status(config: &Path) -> serde_json::Value {
+    kill_switch_status(config)
+}
+
+#[test]
+fn a_fleet_engage_through_one_instance_stops_every_instance_and_a_fleet_release_brings_them_back() {
+    let fx = Fixture::new();
+    let ps = fleet(&fx, 3, false);
+    for p in &ps {
+        assert_eq!(encrypt_status(&fx, p, None), 200);
+    }
+    let out = cli_ok(
+        &ps[0].config,
+        &["kill-switch", "engage", "--fleet", "--reason", "fleet drill 7"],
+    );
+    assert!(
+        out.contains("fleet-wide") && out.contains("fleet mark written"),
+        "{out}"
+    );
+    // The instance that ran the command refuses at once.
+    assert_invalid_state(&ps[0].xks(&fx).encrypt(KEY_AES, &encrypt_body(b"x", None, false)));
+    let took = all_within(&ps, ENGAGE_REACH, "refusing Encrypt", |p| {
+        encrypt_status(&fx, p, None) == 400 && ping(p) != 200
+    });
+    eprintln!("fleet engage reached all 3 instances in {took:?}");
+    for p in &ps[1..] {
+        let s = status(&p.config);
+        assert_eq!(s["proxy"]["engaged"], true, "{s}");
+        assert!(s["proxy"]["by"].is_null(), "not engaged locally: {s}");
+        assert_eq!(s["proxy"]["fleet_by"]["reason"], "fleet drill 7", "{s}");
+        let human = cli_ok(&p.config, &["kill-switch", "status"]);
+        assert!(
+            human.contains("FLEET-WIDE") && human.contains("fleet drill 7"),
+            "{human}"
+        );
+        // They log out of the token, as a local engage does.
+        assert!(
+            wait_until(ENGAGE_REACH, || status(&p.config)["tokens"][0]["connected"]
+                == false),
+            "{}",
+            status(&p.config)
+        );
+    }
+
+    // Released through another instance, itself disconnected by the engage.
+    let out = cli_ok(
+        &ps[2].config,
+        &["kill-switch", "release", "--fleet", "--reason", "drill over"],
+    );
+    assert!(out.contains("released proxy"), "{out}");
+    assert_eq!(encrypt_status(&fx, &ps[2], None), 200);
+    let took = all_within(&ps, RELEASE_REACH, "serving again", |p| {
+        encrypt_status(&fx, p, None) == 200 && ping(p) == 200
+    });
+    eprintln!("fleet release reached all 3 instances in {took:?}");
+    for p in &ps {
+        let s = status(&p.config);
+        assert!(s["proxy"]["fleet_by"].is_null(), "{s}");
+        let h = s["history"].as_array().expect("history").clone();
+        assert!(
+            h.iter()
+                .any(|e| e["action"] == "release" && e["scope"] == "fleet:proxy"),
+            "{s}"
+        );
+    }
+}
+
+#[test]
+fn a_fleet_keystore_engage_refuses_only_that_keystore_on_every_instance() {
+    let fx = Fixture::new();
+    let ps = fleet(&fx, 2, true);
+    cli_ok(
+        &ps[1].config,
+        &[
+            "kill-switch",
+            "engage",
+            "--fleet",
+            "--keystore",
+            PREFIX,
+            "--reason",
+            "tenant",
+        ],
+    );
+    let took = all_within(&ps, ENGAGE_REACH, "refusing the keystore", |p| {
+        encrypt_status(&fx, p, None) == 400
+    });
+    eprintln!("fleet keystore engage reached both instances in {took:?}");
+    for p in &ps {
+        assert_eq!(encrypt_status(&fx, p, Some("/other/kms/xks/v1")), 200);
+        assert_eq!(ping(p), 200, "a keystore engage must not take the instance out");
+        let s = status(&p.config);
+        let ks = s["keystores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["prefix"] == PREFIX)
+            .cloned()
+            .unwrap();
+        assert_eq!(ks["engaged"], true, "{s}");
+        assert_eq!(ks["fleet_by"]["reason"], "tenant", "{s}");
+    }
+    cli_ok(
+        &ps[0].config,
+        &["kill-switch", "release", "--fleet", "--keystore", PREFIX],
+    );
+    let took = all_within(&ps, ENGAGE_REACH, "serving the keystore", |p| {
+        encrypt_status(&fx, p, None) == 200
+    });
+    eprintln!("fleet keystore release reached both instances in {took:?}");
+}
+
+#[test]
+fn local_and_fleet_engagements_never_lift_each_other() {
+    let fx = Fixture::new();
+    let ps = fleet(&fx, 2, false);
+    // A local engage on instance 1 outlives a fleet engage and release.
+    cli_ok(
+        &ps[1].config,
+        &["kill-switch", "engage", "--reason", "local incident"],
+    );
+    cli_ok(
+        &ps[0].config,
+        &["kill-switch", "engage", "--fleet", "--reason", "fleet"],
+    );
+    all_within(&ps, ENGAGE_REACH, "refusing", |p| {
+        encrypt_status(&fx, p, None) == 400
+    });
+    cli_ok(&ps[0].config, &["kill-switch", "release", "--fleet"]);
+    all_within(&ps[..1], RELEASE_REACH, "serving", |p| {
+        encrypt_status(&fx, p, None) == 200
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        encrypt_status(&fx, &ps[1], None),
+        400,
+        "the local engage must hold"
+    );
+    assert_eq!(status(&ps[1].config)["proxy"]["by"]["reason"], "local incident");
+
+    // A local release does not lift a fleet engage.
+    cli_ok(&ps[1].config, &["kill-switch", "release"]);
+    assert_eq!(encrypt_status(&fx, &ps[1], None), 200);
+    cli_ok(
+        &ps[1].config,
+        &["kill-switch", "engage", "--fleet", "--reason", "again"],
+    );
+    all_within(&ps, ENGAGE_REACH, "refusing", |p| {
+        encrypt_status(&fx, p, None) == 400
+    });
+    let (code, _, err) = cli(&ps[0].config, &["kill-switch", "release"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("stays ENGAGED by the fleet-wide engage"), "{err}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        encrypt_status(&fx, &ps[0], None),
+        400,
+        "the fleet engage must hold"
+    );
+    cli_ok(&ps[0].config, &["kill-switch", "release", "--fleet"]);
+    all_within(&ps, RELEASE_REACH, "serving", |p| {
+        encrypt_status(&fx, p, None) == 200
+    });
+}
+
+#[test]
+fn a_fleet_engaged_instance_restarts_engaged_and_is_released_by_the_fleet_release() {
+    let fx = Fixture::new();
+    let mut ps = fleet(&fx, 2, false);
+    cli_ok(
+        &ps[0].config,
+        &["kill-switch", "engage", "--fleet", "--reason", "restart drill"],
+    );
+    all_within(&ps, ENGAGE_REACH, "refusing", |p| {
+        encrypt_status(&fx, p, None) == 400
+    });
+    let b = ps.pop().expect("instance 1");
+    let cfg_b = instance_config(&fx, "i1", false);
+    drop(b);
+    let b = TestProxy::start_with(&fx, &cfg_b, &[]);
+    assert_eq!(
+        encrypt_status(&fx, &b, None),
+        400,
+        "restarted instance must stay engaged"
+    );
+    assert_eq!(status(&b.config)["proxy"]["fleet_by"]["reason"], "restart drill");
+    cli_ok(&ps[0].config, &["kill-switch", "release", "--fleet"]);
+    ps.push(b);
+    all_within(&ps, RELEASE_REACH, "serving", |p| {
+        encrypt_status(&fx, p, None) == 200
+    });
+}
+
+#[test]
+fn an_offline_fleet_engage_reaches_the_running_instances() {
+    let fx = Fixture::new();
+    let ps = fleet(&fx, 1, false);
+    // A config with no daemon: the command writes the mark on the token itself.
+    let offline = fx.write_config(&instance_config(&fx, "offline", false));
+    let (code, out, err) = cli(
+        &offline,
+        &["kill-switch", "engage", "--fleet", "--reason", "from a jump host"],
+    );
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("fleet mark written on token(s)"), "{out}");
+    all_within(&ps, ENGAGE_REACH, "refusing", |p| {
+        encrypt_status(&fx, p, None) == 400
+    });
+    assert_eq!(
+        status(&ps[0].config)["proxy"]["fleet_by"]["reason"],
+        "from a jump host"
+    );
+    let (code, out, err) = cli(&offline, &["kill-switch", "release", "--fleet"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    all_within(&ps, RELEASE_REACH, "serving", |p| {
+        encrypt_status(&fx, p, None) == 200
+    });
+}
+
+#[test]
+fn fleet_applies_to_proxy_and_keystore_scopes_only() {
+    let fx = Fixture::new();
+    let ps = fleet(&fx, 1, false);
+    let (code, _, err) = cli(
+        &ps[0].config,
+        &["kill-switch", "engage", "--fleet", "--key", KEY_AES],
+    );
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("--fleet") || err.contains("cannot be used with"),
+        "{err}"
+    );
+    assert_eq!(encrypt_status(&fx, &ps[0], None), 200);
+}
