@@ -272,6 +272,48 @@ mod tests {
         );
     }
 
+    /// Another instance's reservation shows up between the write and the check: the overflow
+    /// is given back from the unused block, and when nothing is left the grant is refused.
+    #[test]
+    fn an_overflow_seen_after_the_write_is_given_back() {
+        let reads = std::cell::Cell::new(0);
+        let written = std::cell::RefCell::new(Vec::new());
+        let read = || {
+            reads.set(reads.get() + 1);
+            let other = if reads.get() == 1 { 0 } else { 95 };
+            Ok::<_, ()>(Counts::from([("b".to_owned(), other)]))
+        };
+        let write = |v| {
+            written.borrow_mut().push(v);
+            Ok(())
+        };
+        assert_eq!(
+            reserve("a", 0, 16, 100, read, write),
+            Ok(Grant::Granted {
+                own: 5,
+                block: 5,
+                total: 100
+            })
+        );
+        assert_eq!(*written.borrow(), [16, 5]);
+        reads.set(0);
+        written.borrow_mut().clear();
+        let read = || {
+            reads.set(reads.get() + 1);
+            let other = if reads.get() == 1 { 50 } else { 100 };
+            Ok::<_, ()>(Counts::from([("b".to_owned(), other)]))
+        };
+        let write = |v| {
+            written.borrow_mut().push(v);
+            Ok(())
+        };
+        assert_eq!(
+            reserve("a", 0, 16, 100, read, write),
+            Ok(Grant::Exhausted { total: 100, own: 0 })
+        );
+        assert_eq!(*written.borrow(), [16, 0], "the whole block is given back");
+    }
+
     #[test]
     fn block_size_follows_the_rate_of_the_last_block() {
         assert_eq!(next_block(0, None), MIN_BLOCK);
