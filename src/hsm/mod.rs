@@ -6,8 +6,8 @@
 //! Every PKCS#11 call of the crate lives under this module: the daemon's workers and
 //! supervisor, key versions and their encryption budget ([`versions`], [`budget`],
 //! [`rotation`], [`version_admin`]; docs/key-versions.md), key lifecycle ([`lifecycle`],
-//! [`marks`]), token setup for the quickstart and the offline CLI ([`setup`]), the benchmark's raw-token ceiling ([`raw`]) and the probes of
-//! `xks-bridge doctor` ([`doctor`]).
+//! [`marks`]), token setup for the quickstart and the offline CLI ([`setup`]), the benchmark's
+//! raw-token ceiling ([`raw`]) and the probes of `xks-bridge doctor` ([`doctor`]).
 
 pub mod budget;
 mod cache;
