@@ -116,6 +116,20 @@ fn rotation_keeps_old_ciphertext_decrypting_and_new_ciphertext_names_the_new_ver
         .expect("the key is listed");
     assert_eq!(aes["current_version"], 2);
     assert_eq!(aes["versions"].as_array().map(Vec::len), Some(2));
+    let listed: u64 = aes["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| v["encryptions"].as_u64().expect("count in keys list"))
+        .sum();
+    assert_eq!(
+        listed,
+        v.iter().map(|x| x.2).sum::<u64>(),
+        "keys list and keys show agree"
+    );
+    let table = cli_ok(&cfg, &["keys", "list"]);
+    let row = table.lines().find(|l| l.starts_with(KEY_AES)).expect("key row");
+    assert!(row.contains(" v2 "), "the table shows the current version: {row}");
 
     let audit = std::fs::read_to_string(h.fx.path("audit/audit.jsonl")).unwrap_or_default();
     assert!(

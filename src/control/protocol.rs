@@ -261,8 +261,7 @@ pub struct KeyVersionInfo {
     pub created: Option<String>,
     /// `current`, `decrypt-only`, `retired` or `destroyed`.
     pub state: String,
-    /// Encryptions counted under it (reserved, summed over instances: an upper bound);
-    /// absent in `keys list`.
+    /// Encryptions counted under it (reserved, summed over instances: an upper bound).
     pub encryptions: Option<u64>,
 }
 

@@ -446,6 +446,7 @@ impl<'a> KeyAdmin<'a> {
             disabled,
             created: marks::creation_records(self.s)?,
             versions: super::versions::read_all(self.s)?,
+            counts: super::versions::all_counts(self.s)?,
         })
     }
 
@@ -483,6 +484,9 @@ impl<'a> KeyAdmin<'a> {
         e.created = ctx.created.get(&e.id).map(|r| r.created.clone());
         (e.current_version, e.versions) =
             super::version_admin::entries(&e.id, &ctx.versions, e.created.clone());
+        for v in &mut e.versions {
+            v.encryptions = Some(ctx.counts.get(&(e.id.clone(), v.number)).copied().unwrap_or(0));
+        }
         Ok(e)
     }
 }
@@ -491,4 +495,5 @@ struct ListContext {
     disabled: HashSet<String>,
     created: HashMap<String, marks::CreationRecord>,
     versions: HashMap<String, super::versions::KeyVersions>,
+    counts: HashMap<(String, u32), u64>,
 }

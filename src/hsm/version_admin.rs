@@ -18,8 +18,7 @@ pub struct VersionEntry {
     pub created: Option<String>,
     /// `current`, `decrypt-only`, `retired` or `destroyed`.
     pub state: &'static str,
-    /// Encryptions reserved under it, summed over instances (an upper bound of those made);
-    /// `None` where not read (`keys list`).
+    /// Encryptions reserved under it, summed over instances (an upper bound of those made).
     pub encryptions: Option<u64>,
 }
 

@@ -330,6 +330,41 @@ pub(super) fn counters(s: &Session, id: &str, n: u32) -> Result<super::budget::C
     ))
 }
 
+/// The count of every (key id, version) on the token: one pass over every counter (`keys
+/// list`), summed over instances as [`counters`] does.
+pub(super) fn all_counts(s: &Session) -> Result<HashMap<(String, u32), u64>, HsmError> {
+    for _ in 0..50 {
+        let (objects, vanished) = data_snapshot(s, COUNTER_APP)?;
+        if vanished {
+            continue;
+        }
+        let mut per_instance: HashMap<(String, u32, String), u64> = HashMap::new();
+        for (l, v) in objects {
+            let Some((version_label, instance)) = l.rsplit_once('/') else {
+                continue;
+            };
+            let Some((id, n)) = parse_record_label(version_label) else {
+                continue;
+            };
+            let Ok(bytes) = <[u8; 8]>::try_from(v.as_slice()) else {
+                continue;
+            };
+            let e = per_instance
+                .entry((id.to_owned(), n, instance.to_owned()))
+                .or_insert(0);
+            *e = (*e).max(u64::from_be_bytes(bytes));
+        }
+        let mut out = HashMap::new();
+        for ((id, n, _), v) in per_instance {
+            *out.entry((id, n)).or_insert(0u64) += v;
+        }
+        return Ok(out);
+    }
+    Err(HsmError::Internal(
+        "encryption counters kept changing during 50 reads".into(),
+    ))
+}
+
 /// Stores `value` in this instance's counter. `C_SetAttributeValue` on `CKA_VALUE` where the
 /// token allows it; SoftHSM2 2.6 refuses it for data objects (`CKR_ATTRIBUTE_READ_ONLY`), and
 /// then a new object is created *before* the old one is destroyed, so a reader sees the old
