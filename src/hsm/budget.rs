@@ -103,17 +103,16 @@ pub fn reserve<E>(
     })
 }
 
-/// The next block size: the encryptions of the last second (what the previous block lasted
-/// scaled to one second), at least [`MIN_BLOCK`], so a busy instance writes its counter about
-/// once a second and an idle one reserves little it might lose in a crash.
-pub fn next_block(previous: u64, lasted: Option<Duration>) -> u64 {
-    match lasted {
-        None => MIN_BLOCK,
-        Some(d) => {
-            let per_second = previous as f64 / d.as_secs_f64().max(1e-3);
-            (per_second.min(u64::MAX as f64 / 2.0) as u64).max(MIN_BLOCK)
-        }
-    }
+/// The next block size: the encryptions of the last second (`consumed` since the previous
+/// grant, over the time it took), at least [`MIN_BLOCK`], so a busy instance writes its counter
+/// about once a second and an idle one reserves little it might lose in a crash. It at most
+/// doubles from one block to the next: a rate measured over a very short interval (a refill
+/// right after another) must not reserve a huge block.
+pub fn next_block(previous: u64, consumed: u64, lasted: Option<Duration>) -> u64 {
+    let Some(d) = lasted else { return MIN_BLOCK };
+    let per_second = consumed as f64 / d.as_secs_f64().max(1e-3);
+    let ceiling = previous.max(MIN_BLOCK).saturating_mul(2);
+    ((per_second.min(u64::MAX as f64 / 2.0)) as u64).clamp(MIN_BLOCK, ceiling)
 }
 
 /// One candidate for a version number.
@@ -315,10 +314,16 @@ mod tests {
     }
 
     #[test]
-    fn block_size_follows_the_rate_of_the_last_block() {
-        assert_eq!(next_block(0, None), MIN_BLOCK);
-        assert_eq!(next_block(1000, Some(Duration::from_millis(100))), 10_000);
-        assert_eq!(next_block(16, Some(Duration::from_secs(60))), MIN_BLOCK);
+    fn block_size_follows_the_rate_and_at_most_doubles() {
+        assert_eq!(next_block(0, 0, None), MIN_BLOCK);
+        assert_eq!(next_block(8000, 1000, Some(Duration::from_millis(100))), 10_000);
+        assert_eq!(next_block(1000, 1000, Some(Duration::from_millis(100))), 2000);
+        assert_eq!(next_block(16, 16, Some(Duration::from_secs(60))), MIN_BLOCK);
+        assert_eq!(
+            next_block(6000, 6000, Some(Duration::from_micros(10))),
+            12_000,
+            "a refill right after another must not reserve millions"
+        );
     }
 
     /// Many instances reserve and "encrypt" concurrently with random pauses between every

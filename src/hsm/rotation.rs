@@ -45,6 +45,9 @@ struct Refill {
     own: u64,
     last_block: u64,
     granted_at: Option<Instant>,
+    /// The reservation left right after the last grant (what has been used since is the
+    /// rate the next block is sized by).
+    left_after_grant: u64,
     /// The fleet's sum at the last refill, and the budget it was measured against.
     total: u64,
     max: u64,
@@ -188,8 +191,14 @@ impl Token {
         {
             return Ok(Some(0));
         }
+        let left_now = r.left.load(Ordering::SeqCst);
+        if !take && left_now > r.low_water.load(Ordering::Relaxed) {
+            // A background request made stale by a refill since: nothing to do.
+            return Ok(Some(0));
+        }
         let me = self.instance_id()?;
-        let want = budget::next_block(st.last_block, st.granted_at.map(|t| t.elapsed()));
+        let consumed = st.left_after_grant.saturating_sub(left_now);
+        let want = budget::next_block(st.last_block, consumed, st.granted_at.map(|t| t.elapsed()));
         let want = if st.total >= budget.rotate_at() {
             // Past the rotation point: leave the rest to be shared while the new version settles.
             want.min(((budget.max_encryptions.saturating_sub(st.total)) / 2).max(1))
@@ -225,7 +234,8 @@ impl Token {
                 st.granted_at = Some(Instant::now());
                 st.total = total;
                 r.low_water.store(block / 4, Ordering::Relaxed);
-                r.left.fetch_add(block - u64::from(take), Ordering::SeqCst);
+                st.left_after_grant =
+                    r.left.fetch_add(block - u64::from(take), Ordering::SeqCst) + block - u64::from(take);
                 drop(st);
                 self.maybe_rotate(id, n, total, budget);
                 Ok(Some(block))
