@@ -9,13 +9,15 @@ use sha2::{Digest, Sha256};
 /// decryptable under their original rule.
 pub const METADATA_FORMAT_V1: u8 = 0x01;
 
-/// Key version written into metadata until key material rotation behind a stable key id exists.
-pub const CURRENT_KEY_VERSION: u32 = 1;
+/// Key version of a key that was never rotated: its original key object (see
+/// docs/key-versions.md).
+pub const FIRST_KEY_VERSION: u32 = 1;
 
 /// Size in bytes of the metadata this proxy emits: format byte + big-endian u32 key version.
 pub const METADATA_LEN: usize = 5;
 
-/// Builds the ciphertext metadata returned by Encrypt: `format (1) || key_version (u32 BE)`.
+/// Builds the ciphertext metadata returned by Encrypt: `format (1) || key_version (u32 BE)`;
+/// Decrypt uses the key version it names.
 /// It is authenticated because [`gcm_aad`] binds it into the GCM AAD.
 pub fn encode_metadata(key_version: u32) -> [u8; METADATA_LEN] {
     let v = key_version.to_be_bytes();
@@ -125,7 +127,7 @@ mod tests {
 
     #[test]
     fn metadata_round_trips_and_rejects_foreign_bytes() {
-        let md = encode_metadata(CURRENT_KEY_VERSION);
+        let md = encode_metadata(FIRST_KEY_VERSION);
         assert_eq!(md, [1, 0, 0, 0, 1]);
         assert_eq!(decode_metadata(&md), Some(1));
         assert_eq!(decode_metadata(b""), None);

@@ -136,10 +136,52 @@ pub enum KeysCmd {
         #[command(flatten)]
         target: KeyTarget,
     },
-    /// Show one key (JSON).
+    /// Show one key as JSON, with its versions (number, creation time, state, encryptions
+    /// counted) and current_version.
     Show {
         /// External key id.
         id: String,
+        /// JSON output (the only format; accepted for symmetry with `keys list --json`).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+    /// Create a new version of a key inside the token and make it current on every instance
+    /// sharing the token (within a second). Prints the new version.
+    Rotate {
+        /// External key id.
+        id: String,
+        /// Why (audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+    /// Retire a key version: ciphertext made with it no longer decrypts (reversible with
+    /// `keys unretire`). The current version cannot be retired: rotate first.
+    Retire {
+        /// External key id.
+        id: String,
+        /// Version number.
+        #[arg(long)]
+        version: u32,
+        /// Why (audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+    /// Let a retired key version decrypt again.
+    Unretire {
+        /// External key id.
+        id: String,
+        /// Version number.
+        #[arg(long)]
+        version: u32,
+        /// Why (audit trail).
+        #[arg(long)]
+        reason: Option<String>,
         #[command(flatten)]
         target: KeyTarget,
     },
@@ -163,11 +205,15 @@ pub enum KeysCmd {
         #[command(flatten)]
         target: KeyTarget,
     },
-    /// Destroy a disabled key. Ciphertext under it becomes unrecoverable.
+    /// Destroy a disabled key (every version), or with --version one retired version.
+    /// Ciphertext under it becomes unrecoverable.
     Destroy {
         /// External key id.
         id: String,
-        /// Repeat the id to confirm.
+        /// Destroy only this (retired) version; --confirm must then be `<id>/v<version>`.
+        #[arg(long)]
+        version: Option<u32>,
+        /// Repeat the id (or `<id>/v<version>`) to confirm.
         #[arg(long)]
         confirm: String,
         #[command(flatten)]
@@ -515,7 +561,20 @@ pub fn keys(cmd: KeysCmd) -> CliResult {
             )
         }
         KeysCmd::List { json, target } => (target, KeyOp::List, json),
-        KeysCmd::Show { id, target } => (target, KeyOp::Show { id }, true),
+        KeysCmd::Show { id, target, .. } => (target, KeyOp::Show { id }, true),
+        KeysCmd::Rotate { id, reason, target } => (target, KeyOp::Rotate { id, reason }, false),
+        KeysCmd::Retire {
+            id,
+            version,
+            reason,
+            target,
+        } => (target, KeyOp::Retire { id, version, reason }, false),
+        KeysCmd::Unretire {
+            id,
+            version,
+            reason,
+            target,
+        } => (target, KeyOp::Unretire { id, version, reason }, false),
         KeysCmd::Disable { id, reason, target } => {
             let req = AdminRequest::Engage {
                 scope: Scope::Key(id),
@@ -534,7 +593,26 @@ pub fn keys(cmd: KeysCmd) -> CliResult {
             };
             return run_keys(&target, req, false);
         }
-        KeysCmd::Destroy { id, confirm, target } => {
+        KeysCmd::Destroy {
+            id,
+            version: Some(version),
+            confirm,
+            target,
+        } => {
+            if confirm != format!("{id}/v{version}") {
+                return Err((
+                    EXIT_BAD_CONFIG,
+                    format!("--confirm must be exactly {id}/v{version} to destroy that version"),
+                ));
+            }
+            (target, KeyOp::DestroyVersion { id, version }, false)
+        }
+        KeysCmd::Destroy {
+            id,
+            version: None,
+            confirm,
+            target,
+        } => {
             if confirm != id {
                 return Err((EXIT_BAD_CONFIG, "--confirm must repeat the key id exactly".into()));
             }
@@ -563,6 +641,14 @@ fn run_keys(target: &KeyTarget, req: AdminRequest, json_out: bool) -> CliResult 
             outln!("{}", serde_json::to_string_pretty(&key).unwrap_or_default());
         }
         AdminReply::KeyChanged { action, id } => outln!("{action}: {id}"),
+        AdminReply::KeyRotated { id, version } => outln!("rotated: {id} version {version} is current"),
+        AdminReply::VersionDestroyed {
+            id,
+            version,
+            encryptions,
+        } => outln!(
+            "destroyed: version {version} of {id}; it protected at most {encryptions} encryptions, whose ciphertext can no longer be decrypted"
+        ),
         reply @ AdminReply::Changed(_) => return change(reply),
         other => return Err(render::unexpected(other)),
     }

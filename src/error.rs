@@ -66,7 +66,11 @@ impl Error {
                 HsmError::KeyNotFound => ErrorName::KeyNotFound,
                 HsmError::KeyUsage(_) | HsmError::WeakKey(_) => ErrorName::InvalidKeyUsage,
                 HsmError::KeyDisabled | HsmError::GateClosed => ErrorName::InvalidState,
-                HsmError::InvalidCiphertext => ErrorName::InvalidCiphertext,
+                HsmError::InvalidCiphertext | HsmError::UnknownVersion(_) => ErrorName::InvalidCiphertext,
+                HsmError::VersionRetired(_) | HsmError::VersionExhausted { rotating: false, .. } => {
+                    ErrorName::InvalidState
+                }
+                HsmError::VersionExhausted { rotating: true, .. } => ErrorName::Throttling,
                 HsmError::Busy => ErrorName::Throttling,
                 HsmError::Timeout => ErrorName::DependencyTimeout,
                 HsmError::Disconnected => ErrorName::InvalidState,
@@ -104,6 +108,18 @@ impl Error {
             Error::Hsm(HsmError::GateClosed) => "the kill switch is engaged",
             Error::Hsm(HsmError::InvalidCiphertext) => {
                 "ciphertext, IV, tag, AAD or ciphertext metadata failed authentication"
+            }
+            Error::Hsm(HsmError::UnknownVersion(_)) => {
+                "the ciphertext metadata names a key version that does not exist (never created, or destroyed)"
+            }
+            Error::Hsm(HsmError::VersionRetired(_)) => {
+                "the key version this ciphertext was made with is retired; an operator must unretire it to decrypt"
+            }
+            Error::Hsm(HsmError::VersionExhausted { rotating: true, .. }) => {
+                "the key version reached its encryption budget and a new version is being created; retry shortly"
+            }
+            Error::Hsm(HsmError::VersionExhausted { rotating: false, .. }) => {
+                "the key version reached its encryption budget and no new version could be created"
             }
             Error::Hsm(HsmError::Busy) => "the HSM worker queue is full; retry later",
             Error::Hsm(HsmError::Timeout) => "the HSM did not answer within the deadline",

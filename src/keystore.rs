@@ -5,7 +5,7 @@ use crate::auth::CredentialSet;
 use crate::authz::{CompiledPolicy, RequestFacts};
 use crate::error::Error;
 use crate::gates::Gate;
-use crate::hsm::Hsm;
+use crate::hsm::{Hsm, VersionBudget};
 use crate::ratelimit::TokenBucket;
 use crate::request::RequestContext;
 use crate::xks::Operation;
@@ -30,6 +30,8 @@ pub struct Keystore {
     pub policy: Option<Arc<CompiledPolicy>>,
     /// This keystore's kill switch; the HSM workers check it again right before each call.
     pub gate: Gate,
+    /// Encryption budget and maximum age of its keys' versions.
+    pub budget: VersionBudget,
 }
 
 impl Keystore {
@@ -53,6 +55,7 @@ impl Keystore {
             quota: None,
             policy: None,
             gate,
+            budget: VersionBudget::default(),
         }
     }
 

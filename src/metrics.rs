@@ -184,6 +184,18 @@ pub struct Metrics {
     /// 1 while the instance drains (out of the load balancer's rotation, about to exit).
     draining: Gauge,
     draining_probe: std::sync::OnceLock<DrainProbe>,
+    /// Per key with encryptions since start: its current version, the encryptions counted
+    /// under it fleet-wide and the budget left (labels bounded by the keys on the token).
+    key_version: Family<KeyLabels, Gauge>,
+    version_encryptions: Family<KeyLabels, Gauge>,
+    version_budget_remaining: Family<KeyLabels, Gauge>,
+    rotation_failures: Family<TokenLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct KeyLabels {
+    token: String,
+    key_id: String,
 }
 
 /// Whether the server drains, read at scrape time (the server sits above the metrics).
@@ -231,6 +243,10 @@ impl Metrics {
             audit_dropped: Counter::default(),
             draining: Gauge::default(),
             draining_probe: std::sync::OnceLock::new(),
+            key_version: Family::default(),
+            version_encryptions: Family::default(),
+            version_budget_remaining: Family::default(),
+            rotation_failures: Family::default(),
         };
         for r in Rejection::ALL {
             // Present at 0 from the start, so that a rate() alert has a series to watch.
@@ -295,6 +311,26 @@ impl Metrics {
                 "unauthenticated_requests",
                 "requests refused before authentication, by reason (not logged one by one, not audited)",
                 m.unauthenticated.clone(),
+            );
+            r.register(
+                "key_current_version",
+                "the key version Encrypt uses, per key with encryptions since start",
+                m.key_version.clone(),
+            );
+            r.register(
+                "key_version_encryptions",
+                "encryptions reserved fleet-wide under the current version (an upper bound), as of this instance's last refill",
+                m.version_encryptions.clone(),
+            );
+            r.register(
+                "key_version_budget_remaining",
+                "encryptions left in the current version's budget; 0 means Encrypt is refused until a new version exists",
+                m.version_budget_remaining.clone(),
+            );
+            r.register(
+                "key_rotation_failures",
+                "automatic key rotations that could not create a new version",
+                m.rotation_failures.clone(),
             );
             r.register(
                 "audit_records_dropped",
@@ -365,6 +401,20 @@ impl Metrics {
             self.token_up
                 .get_or_create(&t)
                 .set(i64::from(p.token().is_connected()));
+            self.rotation_failures
+                .get_or_create(&t)
+                .set(p.token().rotation_failures() as i64);
+            for u in p.token().version_use() {
+                let k = KeyLabels {
+                    token: t.token.clone(),
+                    key_id: u.key_id,
+                };
+                self.key_version.get_or_create(&k).set(i64::from(u.version));
+                self.version_encryptions.get_or_create(&k).set(u.counted as i64);
+                self.version_budget_remaining
+                    .get_or_create(&k)
+                    .set(u.remaining as i64);
+            }
         }
         let sample = (self.switch)();
         // Rebuilt each scrape so a released key or removed keystore does not linger.

@@ -120,18 +120,21 @@ pub fn key_table(keys: &[KeyInfo]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{:<40} {:<8} {:<18} {:<9} {:<11} EXTRACTABLE",
-        "ID", "SPEC", "USAGES", "STATE", "CREATED"
+        "{:<40} {:<8} {:<18} {:<9} {:<11} {:<7} {:<8} {:<12} EXTRACTABLE",
+        "ID", "SPEC", "USAGES", "STATE", "CREATED", "CURRENT", "VERSIONS", "ENCRYPTIONS"
     );
     for k in keys {
         let _ = writeln!(
             o,
-            "{:<40} {:<8} {:<18} {:<9} {:<11} {}",
+            "{:<40} {:<8} {:<18} {:<9} {:<11} {:<7} {:<8} {:<12} {}",
             k.id,
             k.key_spec,
             k.usages.join(","),
             k.state,
             k.created.as_deref().unwrap_or("-"),
+            format!("v{}", k.current_version),
+            k.versions.len(),
+            k.versions.iter().filter_map(|v| v.encryptions).sum::<u64>(),
             k.extractable
         );
     }

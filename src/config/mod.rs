@@ -2,6 +2,7 @@
 //! read. Every validation message starts with the path of the offending field
 //! (`keystores[0].uri_prefix: ...`), and the process exits 64 (EX_USAGE) on a bad config.
 
+pub mod budget;
 mod profile;
 mod rules;
 
@@ -350,6 +351,28 @@ pub struct KeystoreConfig {
     pub allowed_regions: Vec<String>,
     /// Request quota for this keystore; above it: 429 ThrottlingException.
     pub rate_limit: Option<RateLimit>,
+    /// Encryptions one key version may make, fleet-wide, before a new version replaces it
+    /// (default 2^31, half the NIST SP 800-38D bound for random 96-bit IVs; at most 2^32).
+    #[serde(default = "default_max_encryptions")]
+    pub max_encryptions_per_version: u64,
+    /// If set, a version older than this many days is replaced at its next use.
+    pub rotate_after_days: Option<u32>,
+}
+
+fn default_max_encryptions() -> u64 {
+    budget::DEFAULT_MAX_ENCRYPTIONS
+}
+
+impl KeystoreConfig {
+    /// The version budget of this keystore's keys.
+    pub fn version_budget(&self) -> budget::VersionBudget {
+        budget::VersionBudget {
+            max_encryptions: self.max_encryptions_per_version,
+            rotate_after: self
+                .rotate_after_days
+                .map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400)),
+        }
+    }
 }
 
 /// A token bucket: `requests_per_second` sustained, `burst` at once.

@@ -197,6 +197,16 @@ fn validate_keystore(cfg: &Config, k: &KeystoreConfig) -> Result<(), String> {
     if k.api_base().len() > 128 {
         return Err("uri_prefix: the URI path (prefix + /kms/xks/v1) exceeds 128 characters".into());
     }
+    let max = k.max_encryptions_per_version;
+    if max == 0 || max > super::budget::NIST_BOUND {
+        return Err(format!(
+            "max_encryptions_per_version: {max} must be between 1 and 2^32 = {} (the NIST SP 800-38D bound for AES-GCM with random 96-bit IVs)",
+            super::budget::NIST_BOUND
+        ));
+    }
+    if k.rotate_after_days == Some(0) {
+        return Err("rotate_after_days: must be at least 1".into());
+    }
     if cfg.token(&k.token).is_none() {
         return Err(format!("token: no [[tokens]] entry is named {:?}", k.token));
     }

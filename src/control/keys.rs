@@ -1,7 +1,7 @@
 //! Key-scope kill switch and key lifecycle verbs, run against the token through `hsm`'s API on
 //! a blocking thread (PKCS#11 never runs on the async reactor).
 
-use super::protocol::{AdminReply, KeyInfo, KeyOp};
+use super::protocol::{AdminReply, KeyInfo, KeyOp, KeyVersionInfo};
 use super::state_file::Engagement;
 pub use crate::hsm::MarkOutcome;
 use crate::hsm::{HsmError, KeyEntry, Token};
@@ -77,6 +77,17 @@ fn info(e: KeyEntry) -> KeyInfo {
         created: e.created,
         extractable: e.extractable,
         sensitive: e.sensitive,
+        current_version: e.current_version,
+        versions: e
+            .versions
+            .into_iter()
+            .map(|v| KeyVersionInfo {
+                number: v.number,
+                created: v.created,
+                state: v.state.to_owned(),
+                encryptions: v.encryptions,
+            })
+            .collect(),
     }
 }
 
@@ -93,6 +104,17 @@ pub async fn run(t: &Arc<Token>, op: &KeyOp, connect_first: bool) -> AdminReply 
             action: action.to_owned(),
             id: id.to_owned(),
         };
+        if let KeyOp::Rotate { id, .. } = &op {
+            // Not under the lifecycle lock: the settle takes a second and a disable must not
+            // wait behind it.
+            return t
+                .rotate_key(id)
+                .map(|version| AdminReply::KeyRotated {
+                    id: id.clone(),
+                    version,
+                })
+                .map_err(|e| key_error(Some(id), e));
+        }
         t.key_admin(|k| match &op {
             KeyOp::Create { id, usage } => k.create(id, *usage).map(|_| done("created", id)),
             KeyOp::CreateKek { id, material } => {
@@ -116,6 +138,21 @@ pub async fn run(t: &Arc<Token>, op: &KeyOp, connect_first: bool) -> AdminReply 
             }),
             KeyOp::Show { id } => k.show(id).map(|e| AdminReply::KeyShown { key: info(e) }),
             KeyOp::Destroy { id } => k.destroy(id).map(|_| done("destroyed", id)),
+            KeyOp::Retire { id, version, .. } => k
+                .retire(id, *version)
+                .map(|_| done(&format!("retired version {version} of"), id)),
+            KeyOp::Unretire { id, version, .. } => k
+                .unretire(id, *version)
+                .map(|_| done(&format!("unretired version {version} of"), id)),
+            KeyOp::DestroyVersion { id, version } => {
+                k.destroy_version(id, *version)
+                    .map(|encryptions| AdminReply::VersionDestroyed {
+                        id: id.clone(),
+                        version: *version,
+                        encryptions,
+                    })
+            }
+            KeyOp::Rotate { .. } => Err(HsmError::Internal("rotate handled above".into())),
         })
         .map_err(|e| key_error(op.id(), e))
     })

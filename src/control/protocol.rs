@@ -50,6 +50,22 @@ pub enum KeyOp {
     Show { id: String },
     /// Destroy a disabled key.
     Destroy { id: String },
+    /// Create version n+1 inside the token and make it current on every instance.
+    Rotate { id: String, reason: Option<String> },
+    /// A version no longer decrypts (not the current one).
+    Retire {
+        id: String,
+        version: u32,
+        reason: Option<String>,
+    },
+    /// A retired version decrypts again.
+    Unretire {
+        id: String,
+        version: u32,
+        reason: Option<String>,
+    },
+    /// Destroy a retired version's key object.
+    DestroyVersion { id: String, version: u32 },
 }
 
 impl KeyOp {
@@ -62,6 +78,10 @@ impl KeyOp {
             KeyOp::List => "list",
             KeyOp::Show { .. } => "show",
             KeyOp::Destroy { .. } => "destroy",
+            KeyOp::Rotate { .. } => "rotate",
+            KeyOp::Retire { .. } => "retire-version",
+            KeyOp::Unretire { .. } => "unretire-version",
+            KeyOp::DestroyVersion { .. } => "destroy-version",
         }
     }
 
@@ -72,8 +92,32 @@ impl KeyOp {
             | KeyOp::CreateKek { id, .. }
             | KeyOp::Import { id, .. }
             | KeyOp::Show { id }
-            | KeyOp::Destroy { id } => Some(id),
+            | KeyOp::Destroy { id }
+            | KeyOp::Rotate { id, .. }
+            | KeyOp::Retire { id, .. }
+            | KeyOp::Unretire { id, .. }
+            | KeyOp::DestroyVersion { id, .. } => Some(id),
             KeyOp::List => None,
+        }
+    }
+
+    /// The operator's reason, for the audit trail.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            KeyOp::Rotate { reason, .. } | KeyOp::Retire { reason, .. } | KeyOp::Unretire { reason, .. } => {
+                reason.clone()
+            }
+            _ => None,
+        }
+    }
+
+    /// The audit scope: `key:<id>`, or `key:<id>/v<n>` for a version verb.
+    pub fn scope(&self) -> String {
+        match self {
+            KeyOp::Retire { id, version, .. }
+            | KeyOp::Unretire { id, version, .. }
+            | KeyOp::DestroyVersion { id, version } => format!("key:{id}/v{version}"),
+            other => format!("key:{}", other.id().unwrap_or("-")),
         }
     }
 
@@ -224,6 +268,23 @@ pub struct KeyInfo {
     pub extractable: bool,
     /// `CKA_SENSITIVE`.
     pub sensitive: bool,
+    /// The version Encrypt uses now.
+    pub current_version: u32,
+    /// Every version, oldest first.
+    pub versions: Vec<KeyVersionInfo>,
+}
+
+/// One key version as `keys show` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyVersionInfo {
+    /// Version number (1 is the original key object).
+    pub number: u32,
+    /// Creation time, when known.
+    pub created: Option<String>,
+    /// `current`, `decrypt-only`, `retired` or `destroyed`.
+    pub state: String,
+    /// Encryptions counted under it (reserved, summed over instances: an upper bound).
+    pub encryptions: Option<u64>,
 }
 
 /// One scope's state in `status`.
@@ -350,6 +411,22 @@ pub enum AdminReply {
     },
     /// A drain is under way.
     Draining(DrainReport),
+    /// `keys rotate`: the new current version.
+    KeyRotated {
+        /// The key.
+        id: String,
+        /// Its new current version.
+        version: u32,
+    },
+    /// `keys destroy --version`.
+    VersionDestroyed {
+        /// The key.
+        id: String,
+        /// The destroyed version.
+        version: u32,
+        /// Encryptions it protected (counted upper bound).
+        encryptions: u64,
+    },
     /// The request failed; nothing was changed unless the message says otherwise.
     Failed {
         /// For the operator.

@@ -222,15 +222,14 @@ impl Control {
             },
             AdminRequest::Drain { reason } => self.drain(&by(&reason)),
             AdminRequest::Keys { token, op } => {
-                let by = by(&None);
+                let by = by(&op.reason());
                 let reply = self.keys(token.as_deref(), &op, by.clone()).await;
                 if op.changes_token() {
                     let action = match &reply {
                         AdminReply::Failed { .. } => format!("{}-failed", op.name()),
                         _ => op.name().to_owned(),
                     };
-                    let scope = format!("key:{}", op.id().unwrap_or("-"));
-                    self.audit_admin(true, &action, &scope, &by).await;
+                    self.audit_admin(true, &action, &op.scope(), &by).await;
                 }
                 reply
             }
@@ -539,9 +538,7 @@ impl Control {
         let reply = keys::run(&t, op, self.daemon == DaemonState::NotRunning).await;
         if op.changes_token() && !matches!(reply, AdminReply::Failed { .. }) {
             tracing::warn!(op = op.name(), key_id = op.id().unwrap_or("-"), by_uid = ?by.by_uid, "key lifecycle");
-            let _ = self
-                .switch
-                .record_event(op.name(), &format!("key:{}", op.id().unwrap_or("-")), by);
+            let _ = self.switch.record_event(op.name(), &op.scope(), by);
         }
         reply
     }

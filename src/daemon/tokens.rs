@@ -4,7 +4,7 @@
 use super::startup::{config_error, unavailable, StartError};
 use crate::config::Config;
 use crate::control::switch::Switch;
-use crate::hsm::{supervisor, Hsm, HsmError, Token};
+use crate::hsm::{rotation, supervisor, Hsm, HsmError, Token};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -16,11 +16,13 @@ pub(super) async fn start(
     let mut pools = HashMap::new();
     let mut tokens = Vec::new();
     let local_denies = switch.local_key_denies();
+    let instance = instance_id(&cfg.state.directory)?;
     for (i, t) in cfg.tokens.iter().enumerate() {
         let pin = t
             .load_pin()
             .map_err(|e| config_error(format!("tokens[{i}].pin: {e}")))?;
         let token = Arc::new(Token::new(t, pin, switch.gates().proxy().flag()));
+        token.set_instance_id(instance.clone());
         if let Some(local) = local_denies.get(&t.name) {
             crate::control::keys::install_local_denies(&token, local.keys());
         }
@@ -38,9 +40,50 @@ pub(super) async fn start(
             }
         }
         supervisor::spawn(token.clone());
+        rotation::spawn(token.clone());
         let pool = Hsm::start(token.clone(), t, crate::metrics::latency_histogram());
         pools.insert(t.name.clone(), pool);
         tokens.push(token);
     }
     Ok((tokens, pools))
+}
+
+/// File in the state directory holding this instance's id.
+const INSTANCE_FILE: &str = "instance-id";
+
+/// This instance's id in the token's encryption counters: generated once (16 random bytes,
+/// hex) and kept in the state directory, so a restart continues its own counters. One daemon
+/// per state directory (the instance lock) makes it unique per running instance; a state
+/// directory copied to another machine must have this file removed (docs/key-versions.md).
+fn instance_id(dir: &std::path::Path) -> Result<String, StartError> {
+    let path = dir.join(INSTANCE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) if is_instance_id(s.trim()) => return Ok(s.trim().to_owned()),
+        Ok(_) => {
+            return Err(unavailable(format!(
+                "state.directory: {} is not an instance id (32 hex digits); remove it to generate a new one",
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(unavailable(format!("state.directory: {}: {e}", path.display()))),
+    }
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw).map_err(|e| unavailable(format!("no randomness for the instance id: {e}")))?;
+    let id = hex::encode(raw);
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(id.as_bytes())?;
+            f.as_file().sync_all()?;
+            Ok(f)
+        })
+        .map_err(|e| unavailable(format!("state.directory: cannot write {}: {e}", path.display())))?;
+    tmp.persist(&path)
+        .map_err(|e| unavailable(format!("state.directory: cannot write {}: {e}", path.display())))?;
+    Ok(id)
+}
+
+fn is_instance_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }

@@ -59,18 +59,22 @@ impl KeyCache {
             .remove(label);
     }
 
-    /// The key labelled `label`: from the cache while no lifecycle change happened since it was
+    /// The key `target` names: from the cache while no lifecycle change happened since it was
     /// found, else found (and checked) again on `session`.
-    pub(super) fn lookup(&self, session: &Session, label: &str) -> Result<CachedKey, HsmError> {
+    pub(super) fn lookup(&self, session: &Session, target: &KeyRef) -> Result<CachedKey, HsmError> {
         let current = self.generation.load(Ordering::SeqCst);
+        let label = target.cache_key();
         if let Some(k) = self.entries.read().unwrap_or_else(|p| p.into_inner()).get(label) {
             if k.generation == current {
                 return Ok(k.clone());
             }
         }
         self.evict(label);
-        let handle = find_key(session, label)?;
-        let spec = check(session, handle, label)?;
+        let handle = match &target.ckaid {
+            None => find_key(session, &target.label)?,
+            Some(id) => find_key_with_id(session, &target.label, id)?,
+        };
+        let spec = check(session, handle, &target.label)?;
         let key = CachedKey {
             handle,
             spec,
@@ -82,6 +86,45 @@ impl KeyCache {
             .insert(label.to_owned(), key.clone());
         Ok(key)
     }
+}
+
+/// Which key object a job uses: version 1 by its label alone (the key id), a later version by
+/// its label and the `CKA_ID` of its committed candidate.
+#[derive(Debug, Clone)]
+pub(super) struct KeyRef {
+    pub(super) label: String,
+    pub(super) ckaid: Option<Vec<u8>>,
+    /// `label`, or `label#<hex CKA_ID>`: the cache's key.
+    key: String,
+}
+
+impl KeyRef {
+    pub(super) fn new(label: String, ckaid: Option<Vec<u8>>) -> KeyRef {
+        let key = match &ckaid {
+            None => label.clone(),
+            Some(id) => format!("{label}#{}", hex::encode(id)),
+        };
+        KeyRef { label, ckaid, key }
+    }
+
+    pub(super) fn cache_key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// The one secret key labelled `label` whose `CKA_ID` is `id`.
+fn find_key_with_id(s: &Session, label: &str, id: &[u8]) -> Result<ObjectHandle, HsmError> {
+    let found = s
+        .find_objects(&[
+            Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(id.to_vec()),
+        ])
+        .map_err(classify)?;
+    // Several handles for one (label, 128-bit random CKA_ID) are copies of one object: SoftHSM2
+    // can list an object another process created twice until it re-indexes, and no other
+    // object can carry the nonce (`create_version_key` clears leftovers before each attempt).
+    found.first().copied().ok_or(HsmError::KeyNotFound)
 }
 
 /// Reads the handle's label, type, length and protection attributes: the label must still be

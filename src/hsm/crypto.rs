@@ -2,10 +2,12 @@
 //! attributes for GetKeyMetadata. Keys come from the handle cache (re-found once on a stale
 //! handle); every crypto call is preceded by [`Token::admit`].
 
-use super::cache::CachedKey;
+use super::budget::VersionBudget;
+use super::cache::{CachedKey, KeyRef};
 use super::classify::classify_for;
 use super::lifecycle::{usages, USAGE_ATTRIBUTES};
 use super::token::{KeyInfo, Token};
+use super::versions::{self, VersionState};
 use super::{classify, Gate, HsmError, Sealed};
 use crate::config::IvSource;
 use cryptoki::error::RvError;
@@ -29,19 +31,19 @@ impl Token {
     fn with_key<T>(
         &self,
         s: &Session,
-        label: &str,
+        target: &KeyRef,
         aes256: bool,
         f: impl Fn(&CachedKey) -> Result<T, HsmError>,
     ) -> Result<T, HsmError> {
         let mut attempt = 0;
         loop {
-            let key = self.cache.lookup(s, label)?;
+            let key = self.cache.lookup(s, target)?;
             if aes256 && !key.spec.is_aes256() {
                 return Err(HsmError::KeyUsage("the key is not an AES-256 key".into()));
             }
             match f(&key) {
                 Err(e) if e.stale_handle() && attempt == 0 => {
-                    self.cache.evict(label);
+                    self.cache.evict(target.cache_key());
                     attempt += 1;
                 }
                 other => return other,
@@ -49,34 +51,96 @@ impl Token {
         }
     }
 
-    /// [`Token::admit`], and the key's handle must still be current.
+    /// [`Token::admit`] for the key id (the key-scope kill switch covers every version), and
+    /// the key's handle must still be current.
     fn admit_key(
         &self,
         on: &On<'_>,
         key: &CachedKey,
-        label: &str,
+        key_id: &str,
         gate: Option<&Gate>,
     ) -> Result<(), HsmError> {
-        self.admit(on.generation, label, gate)?;
+        self.admit(on.generation, key_id, gate)?;
         if !self.cache.is_current(key) {
             return Err(HsmError::StaleHandle);
         }
         Ok(())
     }
 
+    /// The key object Encrypt uses for version `n` of `id`: it must be committed and not
+    /// retired.
+    fn encrypt_target(&self, id: &str, n: u32) -> Result<KeyRef, HsmError> {
+        let st = self.versions.get(id, n);
+        if st.as_ref().is_some_and(|v| v.retired) {
+            return Err(HsmError::VersionRetired(n));
+        }
+        if n == 1 {
+            return Ok(KeyRef::new(id.to_owned(), None));
+        }
+        match st.and_then(|v| v.committed.first().cloned()) {
+            Some(nonce) => Ok(KeyRef::new(versions::label(id, n), Some(nonce))),
+            None => Err(HsmError::UnknownVersion(n)),
+        }
+    }
+
+    /// The key objects Decrypt may try for version `n` of `id`, committed winner first. A
+    /// version this instance has not polled yet (created through another instance within the
+    /// last half second) is read from the token.
+    fn decrypt_targets(&self, s: &Session, id: &str, n: u32) -> Result<Vec<KeyRef>, HsmError> {
+        if n == 0 {
+            return Err(HsmError::UnknownVersion(0));
+        }
+        let st = match self.versions.get(id, n) {
+            Some(v) => v,
+            None if n == 1 => VersionState::default(),
+            None => VersionState {
+                committed: versions::commits(s, id, n)?,
+                retired: versions::is_retired(s, id, n)?,
+                ..VersionState::default()
+            },
+        };
+        if st.retired {
+            // A destroyed version stays retired on the token (so its number and count remain
+            // visible); its ciphertext names key material that no longer exists.
+            let destroyed = n >= 2
+                && st.committed.iter().all(|nonce| {
+                    let target = KeyRef::new(versions::label(id, n), Some(nonce.clone()));
+                    matches!(self.cache.lookup(s, &target), Err(HsmError::KeyNotFound))
+                });
+            return Err(if destroyed {
+                HsmError::UnknownVersion(n)
+            } else {
+                HsmError::VersionRetired(n)
+            });
+        }
+        if n == 1 {
+            return Ok(vec![KeyRef::new(id.to_owned(), None)]);
+        }
+        if st.committed.is_empty() {
+            return Err(HsmError::UnknownVersion(n));
+        }
+        Ok(st
+            .committed
+            .into_iter()
+            .map(|nonce| KeyRef::new(versions::label(id, n), Some(nonce)))
+            .collect())
+    }
+
     pub(super) fn encrypt(
         &self,
         on: &On<'_>,
-        label: &str,
+        (key_id, version): (&str, u32),
+        budget: &VersionBudget,
         gate: Option<&Gate>,
         aad: &[u8],
         pt: &[u8],
     ) -> Result<Sealed, HsmError> {
         let s = on.session;
-        self.with_key(s, label, true, |key| {
+        let target = self.encrypt_target(key_id, version)?;
+        self.with_key(s, &target, true, |key| {
             let mut iv = [0u8; 12];
             if self.iv_source == IvSource::TokenRandom {
-                self.admit_key(on, key, label, gate)?;
+                self.admit_key(on, key, key_id, gate)?;
                 s.generate_random_slice(&mut iv).map_err(classify)?;
             }
             // Luna's mode passes no IV at all (length 0): the HSM then returns the IV it made
@@ -89,7 +153,10 @@ impl Token {
             };
             let params = GcmParams::new(iv_param, aad, (TAG_LEN as u64 * 8).into())
                 .map_err(|e| HsmError::Internal(e.to_string()))?;
-            self.admit_key(on, key, label, gate)?;
+            self.admit_key(on, key, key_id, gate)?;
+            // Counted before the call: a failure after this point over-counts, never under.
+            self.take_encryption(key_id, version, budget)?;
+            self.admit_key(on, key, key_id, gate)?;
             let out = s
                 .encrypt(&Mechanism::AesGcm(params), key.handle, pt)
                 .map_err(classify)
@@ -131,34 +198,47 @@ impl Token {
     pub(super) fn decrypt(
         &self,
         on: &On<'_>,
-        label: &str,
+        (key_id, version): (&str, u32),
         gate: Option<&Gate>,
         iv: &[u8],
         aad: &[u8],
         ct: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         let s = on.session;
-        self.with_key(s, label, true, |key| {
-            let mut iv = iv.to_vec();
-            let params = GcmParams::new(&mut iv, aad, (TAG_LEN as u64 * 8).into())
-                .map_err(|e| HsmError::Internal(e.to_string()))?;
-            self.admit_key(on, key, label, gate)?;
-            s.decrypt(&Mechanism::AesGcm(params), key.handle, ct)
-                .map(Zeroizing::new)
-                .map_err(|e| {
-                    let e = classify_for(self.quirks, e);
-                    if let HsmError::Device { rv, function } = &e {
-                        if classify::is_bad_tag_elsewhere(*rv, function) {
-                            self.log_foreign_bad_tag(*rv);
+        let targets = self.decrypt_targets(s, key_id, version)?;
+        let mut last = HsmError::UnknownVersion(version);
+        for target in &targets {
+            let plain = self.with_key(s, target, true, |key| {
+                let mut iv = iv.to_vec();
+                let params = GcmParams::new(&mut iv, aad, (TAG_LEN as u64 * 8).into())
+                    .map_err(|e| HsmError::Internal(e.to_string()))?;
+                self.admit_key(on, key, key_id, gate)?;
+                s.decrypt(&Mechanism::AesGcm(params), key.handle, ct)
+                    .map(Zeroizing::new)
+                    .map_err(|e| {
+                        let e = classify_for(self.quirks, e);
+                        if let HsmError::Device { rv, function } = &e {
+                            if classify::is_bad_tag_elsewhere(*rv, function) {
+                                self.log_foreign_bad_tag(*rv);
+                            }
                         }
-                    }
-                    e
-                })
-        })
+                        e
+                    })
+            });
+            match plain {
+                Ok(p) => return Ok(p),
+                // A destroyed version: its number is known, its key object gone.
+                Err(HsmError::KeyNotFound) if version >= 2 => last = HsmError::UnknownVersion(version),
+                Err(e @ HsmError::InvalidCiphertext) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
     }
 
     pub(super) fn key_info(&self, s: &Session, label: &str) -> Result<KeyInfo, HsmError> {
-        let (spec, attrs) = self.with_key(s, label, false, |key| {
+        let target = KeyRef::new(label.to_owned(), None);
+        let (spec, attrs) = self.with_key(s, &target, false, |key| {
             let attrs = s
                 .get_attributes(key.handle, &USAGE_ATTRIBUTES)
                 .map_err(classify)?;

@@ -62,6 +62,10 @@ pub struct KeyEntry {
     pub extractable: bool,
     /// `CKA_SENSITIVE`.
     pub sensitive: bool,
+    /// The version Encrypt uses.
+    pub current_version: u32,
+    /// Every version, oldest first (`keys show` adds the counts).
+    pub versions: Vec<super::version_admin::VersionEntry>,
 }
 
 fn label_template(class: ObjectClass, label: &str) -> [Attribute; 2] {
@@ -168,10 +172,78 @@ fn with_hardening(
     Err(last.unwrap_or_else(|| HsmError::Internal("no key template tried".into())))
 }
 
+/// The usages every version of a key shares: version 1's, read from the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct VersionUsages {
+    pub(super) encrypt: bool,
+    pub(super) decrypt: bool,
+    wrap: bool,
+    unwrap: bool,
+}
+
+impl VersionUsages {
+    pub(super) fn of(s: &Session, v1: ObjectHandle) -> Result<VersionUsages, HsmError> {
+        use AttributeType as A;
+        let attrs = s
+            .get_attributes(v1, &[A::Encrypt, A::Decrypt, A::Wrap, A::Unwrap])
+            .map_err(classify)?;
+        let mut u = VersionUsages {
+            encrypt: false,
+            decrypt: false,
+            wrap: false,
+            unwrap: false,
+        };
+        for a in attrs {
+            match a {
+                Attribute::Encrypt(x) => u.encrypt = x,
+                Attribute::Decrypt(x) => u.decrypt = x,
+                Attribute::Wrap(x) => u.wrap = x,
+                Attribute::Unwrap(x) => u.unwrap = x,
+                _ => {}
+            }
+        }
+        Ok(u)
+    }
+}
+
+/// Generates the AES-256 key object of a version candidate inside the token: the same
+/// protection as every external key, version 1's usages, and the candidate's nonce as `CKA_ID`.
+pub(super) fn create_version_key(
+    s: &Session,
+    label: &str,
+    nonce: &[u8],
+    u: VersionUsages,
+) -> Result<ObjectHandle, HsmError> {
+    let usage = Usage {
+        encrypt: u.encrypt,
+        decrypt: u.decrypt,
+    };
+    let mut t = key_template(label, usage, u.unwrap);
+    t.retain(|a| !matches!(a, Attribute::Wrap(_)));
+    t.push(Attribute::Wrap(u.wrap));
+    t.push(Attribute::Id(nonce.to_vec()));
+    t.push(Attribute::ValueLen(32.into()));
+    with_hardening(label, t, |t| {
+        // A refused attempt may still have left an object (a token bug, but one that would give
+        // this nonce two different keys): nothing but this attempt's object may carry it.
+        for h in s
+            .find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(nonce.to_vec()),
+            ])
+            .map_err(classify)?
+        {
+            s.destroy_object(h).map_err(classify)?;
+        }
+        s.generate_key(&Mechanism::AesKeyGen, t).map_err(classify)
+    })
+}
+
 /// Key administration on one logged-in read-write session. In the daemon it also tells the
 /// token's key-handle cache and key state about every change.
 pub struct KeyAdmin<'a> {
-    s: &'a Session,
+    pub(super) s: &'a Session,
     token: Option<&'a Token>,
 }
 
@@ -184,6 +256,18 @@ impl<'a> KeyAdmin<'a> {
     fn changed(&self) {
         if let Some(t) = self.token {
             t.keys_changed();
+        }
+    }
+
+    pub(super) fn changed_keys(&self) {
+        self.changed();
+    }
+
+    /// Versions were changed here: the daemon's table is read again now rather than at the
+    /// next poll, so this instance never serves the old state after the command returned.
+    pub(super) fn versions_changed(&self) {
+        if let Some(t) = self.token {
+            t.refresh_versions_now(self.s);
         }
     }
 
@@ -306,6 +390,7 @@ impl<'a> KeyAdmin<'a> {
         self.changed();
         destroyed?;
         marks::remove_creation_records(self.s, id);
+        self.destroy_all_versions(id);
         let _ = marks::remove_marks(self.s, id);
         if let Some(t) = self.token {
             t.forget_destroyed(id);
@@ -325,10 +410,12 @@ impl<'a> KeyAdmin<'a> {
         marks::remove_marks(self.s, id)
     }
 
-    /// Describes one key.
+    /// Describes one key, with every version and its count.
     pub fn show(&self, id: &str) -> Result<KeyEntry, HsmError> {
         let ctx = self.list_context()?;
-        self.entry(find_key(self.s, id)?, &ctx)
+        let mut e = self.entry(find_key(self.s, id)?, &ctx)?;
+        (e.current_version, e.versions) = self.versions(id)?;
+        Ok(e)
     }
 
     /// Describes every secret key on the token, sorted by id.
@@ -340,7 +427,11 @@ impl<'a> KeyAdmin<'a> {
             .map_err(classify)?;
         let mut out = Vec::new();
         for h in keys {
-            out.push(self.entry(h, &ctx)?);
+            let e = self.entry(h, &ctx)?;
+            // Version objects (`<id>/v<n>`) are not keys of their own.
+            if !e.id.contains('/') {
+                out.push(e);
+            }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
@@ -354,6 +445,8 @@ impl<'a> KeyAdmin<'a> {
         Ok(ListContext {
             disabled,
             created: marks::creation_records(self.s)?,
+            versions: super::versions::read_all(self.s)?,
+            counts: super::versions::all_counts(self.s)?,
         })
     }
 
@@ -370,6 +463,8 @@ impl<'a> KeyAdmin<'a> {
             created: None,
             extractable: true,
             sensitive: false,
+            current_version: 1,
+            versions: Vec::new(),
         };
         let (mut kt, mut len) = (None, 0u64);
         for a in attrs {
@@ -387,6 +482,11 @@ impl<'a> KeyAdmin<'a> {
             e.state = "DISABLED";
         }
         e.created = ctx.created.get(&e.id).map(|r| r.created.clone());
+        (e.current_version, e.versions) =
+            super::version_admin::entries(&e.id, &ctx.versions, e.created.clone());
+        for v in &mut e.versions {
+            v.encryptions = Some(ctx.counts.get(&(e.id.clone(), v.number)).copied().unwrap_or(0));
+        }
         Ok(e)
     }
 }
@@ -394,4 +494,6 @@ impl<'a> KeyAdmin<'a> {
 struct ListContext {
     disabled: HashSet<String>,
     created: HashMap<String, marks::CreationRecord>,
+    versions: HashMap<String, super::versions::KeyVersions>,
+    counts: HashMap<(String, u32), u64>,
 }

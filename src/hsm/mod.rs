@@ -4,11 +4,14 @@
 //! missed deadline [`HsmError::Timeout`]. Nothing here knows about XKS.
 //!
 //! Every PKCS#11 call of the crate lives under this module: the daemon's workers and
-//! supervisor, key lifecycle ([`lifecycle`], [`marks`]), token setup for the quickstart and
-//! the offline CLI ([`setup`]), the benchmark's raw-token ceiling ([`raw`]) and the probes of
-//! `xks-bridge doctor` ([`doctor`]). What differs between HSM vendors behind the same
-//! PKCS#11 names (tag-failure codes, login role) is one table, [`profile`].
+//! supervisor, key versions and their encryption budget ([`versions`], [`budget`],
+//! [`rotation`], [`version_admin`]; docs/key-versions.md), key lifecycle ([`lifecycle`],
+//! [`marks`]), token setup for the quickstart and the offline CLI ([`setup`]), the benchmark's
+//! raw-token ceiling ([`raw`]) and the probes of `xks-bridge doctor` ([`doctor`]). What differs
+//! between HSM vendors behind the same PKCS#11 names (tag-failure codes, login role) is one
+//! table, [`profile`].
 
+pub mod budget;
 mod cache;
 mod classify;
 mod connection;
@@ -22,17 +25,22 @@ pub mod lifecycle;
 pub mod marks;
 pub mod profile;
 pub mod raw;
+pub mod rotation;
 pub mod setup;
 pub mod supervisor;
 pub mod token;
+pub mod version_admin;
+pub mod versions;
 mod worker;
 
+pub use budget::VersionBudget;
 pub use classify::classify;
 pub use health::{TokenHealth, TokenStatus};
 pub use keyspec::KeySpec;
 pub use keystate::MarkOutcome;
 pub use lifecycle::{KeyAdmin, KeyEntry, Usage};
 pub use token::{KeyInfo, Token};
+pub use version_admin::VersionEntry;
 pub use worker::IDLE_CHECK;
 
 /// A caller's own refusal switch for one job (for example a keystore kill switch owned above
@@ -96,6 +104,21 @@ pub enum HsmError {
     /// A lifecycle request the token state or its own arguments rule out.
     #[error("{0}")]
     Refused(String),
+    /// The ciphertext names a key version that does not exist (never committed, or destroyed).
+    #[error("key version {0} does not exist")]
+    UnknownVersion(u32),
+    /// The key version is retired: it no longer decrypts (until an operator unretires it).
+    #[error("key version {0} is retired")]
+    VersionRetired(u32),
+    /// The version used up its encryption budget; `rotating` when a new version is being
+    /// created (retry shortly), else none can be created.
+    #[error("key version {version} used up its encryption budget")]
+    VersionExhausted {
+        /// The exhausted version.
+        version: u32,
+        /// A new version is being settled.
+        rotating: bool,
+    },
     /// The proxy kill switch disconnected the token on purpose.
     #[error("token disconnected by the kill switch")]
     Disconnected,
@@ -124,13 +147,16 @@ pub struct Sealed {
 /// One unit of work for a worker thread.
 pub(crate) enum Op {
     Encrypt {
-        label: String,
+        key_id: String,
+        version: u32,
+        budget: VersionBudget,
         gate: Option<Gate>,
         aad: Vec<u8>,
         plaintext: Zeroizing<Vec<u8>>,
     },
     Decrypt {
-        label: String,
+        key_id: String,
+        version: u32,
         gate: Option<Gate>,
         iv: Vec<u8>,
         aad: Vec<u8>,
@@ -228,18 +254,23 @@ impl Hsm {
         }
     }
 
-    /// AES-256-GCM encryption under the key labelled `label`, with the already-framed AAD.
-    /// `gate`, when given, is re-read by the worker before each PKCS#11 call of the job.
+    /// AES-256-GCM encryption under version `version` of key `key_id`, with the already-framed
+    /// AAD; one encryption is counted against `budget`. `gate`, when given, is re-read by the
+    /// worker before each PKCS#11 call of the job.
     pub async fn encrypt(
         &self,
-        label: &str,
+        key_id: &str,
+        version: u32,
+        budget: VersionBudget,
         aad: Vec<u8>,
         plaintext: Zeroizing<Vec<u8>>,
         gate: Option<Gate>,
     ) -> Result<Sealed, HsmError> {
         match self
             .submit(Op::Encrypt {
-                label: label.to_owned(),
+                key_id: key_id.to_owned(),
+                version,
+                budget,
                 gate,
                 aad,
                 plaintext,
@@ -251,18 +282,20 @@ impl Hsm {
         }
     }
 
-    /// AES-256-GCM decryption; `ciphertext_and_tag` is the ciphertext followed by the tag.
-    /// `gate` as for [`Hsm::encrypt`].
+    /// AES-256-GCM decryption under version `version` of `key_id`; `ciphertext_and_tag` is the
+    /// ciphertext followed by the tag. `gate` as for [`Hsm::encrypt`].
     pub async fn decrypt(
         &self,
-        label: &str,
+        key_id: &str,
+        version: u32,
         iv: Vec<u8>,
         aad: Vec<u8>,
         ciphertext_and_tag: Vec<u8>,
         gate: Option<Gate>,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         let op = Op::Decrypt {
-            label: label.to_owned(),
+            key_id: key_id.to_owned(),
+            version,
             gate,
             iv,
             aad,

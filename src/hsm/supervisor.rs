@@ -23,7 +23,7 @@
 use super::connection::{logged_in, CountedSession};
 use super::fleet::{self, FleetSnapshot};
 use super::token::Token;
-use super::{marks, HsmError};
+use super::{marks, versions, HsmError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,6 +131,7 @@ fn run(token: &Token) {
 /// stay.
 fn refresh_marks<'t>(token: &'t Token, poller: &mut Option<CountedSession<'t>>) {
     let seen = token.key_state_changes();
+    let seen_versions = token.version_changes();
     let read_started = Instant::now();
     let _call = token.conn.enter();
     if token.killed()
@@ -160,6 +161,12 @@ fn refresh_marks<'t>(token: &'t Token, poller: &mut Option<CountedSession<'t>>) 
             *poller = None;
             return;
         }
+    }
+    // Key versions ride on the same poll: a rotation or retirement made through any instance
+    // sharing the token is in force here within a second.
+    match versions::read_all(p.session()) {
+        Ok(all) => token.install_polled_versions(seen_versions, all),
+        Err(e) => tracing::warn!(token = %token.name, error = %e, "cannot read key versions"),
     }
     match marks::disabled_set(p.session()).and_then(|set| Ok((set, fleet::read(p.session())?))) {
         Ok((set, fleet_marks)) => {

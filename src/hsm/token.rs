@@ -10,12 +10,14 @@ use super::fleet::{self, FleetMarks, FleetSnapshot};
 use super::keystate::{KeyState, MarkOutcome};
 use super::lifecycle::{find_key, KeyAdmin};
 use super::profile::{quirks, Quirks};
+use super::rotation::Rotations;
+use super::versions::{self, VersionTable};
 use super::{marks, Gate, HsmError};
 use crate::config::{IvSource, TokenConfig};
 use cryptoki::session::Session;
 use secrecy::SecretString;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// Attributes of a secret key, as GetKeyMetadata reports them.
@@ -40,6 +42,12 @@ pub struct Token {
     keys: KeyState,
     /// Fleet marks as last read on the current connection (`None` before the first read).
     fleet: RwLock<Option<FleetSnapshot>>,
+    /// Every key's versions, as last read from the token.
+    pub(super) versions: VersionTable,
+    /// Reservations of encryptions and the rotator's queue.
+    pub(super) rotations: Rotations,
+    /// This instance's id in counter labels (set by the daemon from its state directory).
+    instance: OnceLock<String>,
 }
 
 impl Token {
@@ -53,6 +61,9 @@ impl Token {
             cache: KeyCache::default(),
             keys: KeyState::default(),
             fleet: RwLock::new(None),
+            versions: VersionTable::default(),
+            rotations: Rotations::default(),
+            instance: OnceLock::new(),
         }
     }
 
@@ -70,28 +81,77 @@ impl Token {
             // whose marks cannot be read (or that hides them: not logged in) is not served at
             // all (fail closed). The lifecycle lock keeps a local disable/enable from running
             // between the read and the install.
-            // The fleet marks are read with them for the same reason.
+            // The fleet marks are read with them for the same reason, and the key versions: a
+            // version retired or created while this instance was down is in force from the
+            // first request.
             let _lifecycle = self.keys.lock_lifecycle();
             let read_started = Instant::now();
-            let (marks, fleet_marks) = Connector::with_login(&c, |s| {
+            let (marks, fleet_marks, versions) = Connector::with_login(&c, |s| {
                 let _call = self.conn.enter();
                 if !logged_in(s)? {
                     return Err(HsmError::Unavailable(
                         "the login session is not logged in; disabled-key marks unreadable".into(),
                     ));
                 }
-                Ok((marks::disabled_set(s)?, fleet::read(s)?))
+                Ok((marks::disabled_set(s)?, fleet::read(s)?, versions::read_all(s)?))
             })
-            .map_err(|e| HsmError::Unavailable(format!("cannot read disabled-key marks: {e}")))?;
+            .map_err(|e| {
+                HsmError::Unavailable(format!("cannot read disabled-key marks or key versions: {e}"))
+            })?;
             self.keys.install_marks(marks);
             self.install_fleet(FleetSnapshot {
                 marks: fleet_marks,
                 read_started,
             });
+            self.versions.install(None, versions);
             Ok(c)
         });
         self.cache.clear();
         self.conn.install(conn)
+    }
+
+    /// Sets the id this instance writes its encryption counters under (once; later calls are
+    /// ignored). See docs/key-versions.md.
+    pub fn set_instance_id(&self, id: String) {
+        let _ = self.instance.set(id);
+    }
+
+    pub(super) fn instance_id(&self) -> Result<&str, HsmError> {
+        self.instance
+            .get()
+            .map(String::as_str)
+            .ok_or_else(|| HsmError::Internal("no instance id: encryption counters cannot be written".into()))
+    }
+
+    /// The version of `key_id` Encrypt uses now (1 for keys that were never rotated).
+    pub fn current_version(&self, key_id: &str) -> u32 {
+        self.versions.current(key_id)
+    }
+
+    /// Reads every key's versions on `s` and installs them now (after a local change).
+    pub(super) fn refresh_versions_now(&self, s: &Session) {
+        match versions::read_all(s) {
+            Ok(all) => {
+                self.versions.install(None, all);
+            }
+            Err(e) => {
+                tracing::warn!(token = %self.name, error = %e, "cannot read key versions after a change; the next poll will")
+            }
+        }
+    }
+
+    /// The poll's half of the versions: installs a read unless a local change overlapped it.
+    pub(super) fn install_polled_versions(
+        &self,
+        seen: u64,
+        all: std::collections::HashMap<String, versions::KeyVersions>,
+    ) {
+        self.versions.install(Some(seen), all);
+    }
+
+    /// Change counter of the version table, read before a poll reads the token.
+    pub(super) fn version_changes(&self) -> u64 {
+        self.versions.change_count()
     }
 
     /// Current connection generation; a session from an older one is discarded.

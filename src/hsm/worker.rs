@@ -113,21 +113,24 @@ fn serve<'t>(token: &'t Token, slot: &mut Option<CountedSession<'t>>, op: &Op) -
 fn execute(token: &Token, on: &On<'_>, op: &Op) -> Result<Reply, HsmError> {
     match op {
         Op::Encrypt {
-            label,
+            key_id,
+            version,
+            budget,
             gate,
             aad,
             plaintext,
         } => token
-            .encrypt(on, label, gate.as_ref(), aad, plaintext)
+            .encrypt(on, (key_id, *version), budget, gate.as_ref(), aad, plaintext)
             .map(Reply::Sealed),
         Op::Decrypt {
-            label,
+            key_id,
+            version,
             gate,
             iv,
             aad,
             ciphertext_and_tag,
         } => token
-            .decrypt(on, label, gate.as_ref(), iv, aad, ciphertext_and_tag)
+            .decrypt(on, (key_id, *version), gate.as_ref(), iv, aad, ciphertext_and_tag)
             .map(Reply::Plain),
         Op::KeyInfo { label } => token.key_info(on.session, label).map(Reply::KeyInfo),
         Op::Health => token.probe(on.session).map(Reply::Health),

@@ -86,17 +86,21 @@ pub async fn handle(
     ks.check_key(key_id)?;
     ks.authorize(Operation::Decrypt, key_id, ctx)?;
     ks.check_enabled(key_id)?;
-    // Metadata of a format this proxy never wrote cannot authenticate; the framed AAD makes GCM
-    // reject it too, but a version we do not know must never be passed on as if it were ours.
-    if !metadata.is_empty() && aead::decode_metadata(&metadata) != Some(aead::CURRENT_KEY_VERSION) {
-        return Err(HsmError::InvalidCiphertext.into());
-    }
+    // The metadata names the key version. Metadata of a format this proxy never wrote cannot
+    // authenticate (the framed AAD makes GCM reject it too), so it never reaches the token;
+    // absent metadata can only have been made by version 1 (and then fails GCM anyway, since
+    // this proxy always emits metadata).
+    let version = if metadata.is_empty() {
+        1
+    } else {
+        aead::decode_metadata(&metadata).ok_or(HsmError::InvalidCiphertext)?
+    };
     let gcm_aad =
         aead::gcm_aad(&aad, &metadata).ok_or_else(|| Error::Internal("AAD too long to frame".into()))?;
     ciphertext.extend_from_slice(&tag);
     let plaintext = ks
         .hsm
-        .decrypt(key_id, iv, gcm_aad, ciphertext, Some(ks.gate.flag()))
+        .decrypt(key_id, version, iv, gcm_aad, ciphertext, Some(ks.gate.flag()))
         .await?;
     let resp = DecryptResponse {
         plaintext: Zeroizing::new(encode(&plaintext)),

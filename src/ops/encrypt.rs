@@ -74,15 +74,39 @@ pub async fn handle(
     ks.authorize(Operation::Encrypt, key_id, ctx)?;
     ks.check_enabled(key_id)?;
 
-    let metadata = aead::encode_metadata(aead::CURRENT_KEY_VERSION);
-    let gcm_aad =
-        aead::gcm_aad(&aad, &metadata).ok_or_else(|| Error::Internal("AAD too long to frame".into()))?;
-    // One retry of the whole encrypt if the verification decrypt fails (spec Appendix C, step 4).
-    for _ in 0..2 {
+    // One retry of the whole encrypt if the verification decrypt fails (spec Appendix C, step
+    // 4), or if the version read here used up its budget while a newer one became current.
+    let mut retried_version = false;
+    let mut attempt = 0;
+    while attempt < 2 {
+        attempt += 1;
+        // The version is read here, not in the worker, because it is part of the metadata and
+        // so of the AAD the token authenticates.
+        let version = ks.hsm.token().current_version(key_id);
+        let metadata = aead::encode_metadata(version);
+        let gcm_aad =
+            aead::gcm_aad(&aad, &metadata).ok_or_else(|| Error::Internal("AAD too long to frame".into()))?;
         let sealed = ks
             .hsm
-            .encrypt(key_id, gcm_aad.clone(), plaintext.clone(), Some(ks.gate.flag()))
-            .await?;
+            .encrypt(
+                key_id,
+                version,
+                ks.budget,
+                gcm_aad.clone(),
+                plaintext.clone(),
+                Some(ks.gate.flag()),
+            )
+            .await;
+        let sealed = match sealed {
+            Err(HsmError::VersionExhausted { .. })
+                if !retried_version && ks.hsm.token().current_version(key_id) != version =>
+            {
+                retried_version = true;
+                attempt -= 1;
+                continue;
+            }
+            other => other?,
+        };
         let (ct, tag) = split(&sealed)?;
         let cdiv = with_cdiv.then(|| aead::integrity_value(&aad, &metadata, &sealed.iv, ct, tag));
         if with_cdiv {
@@ -90,6 +114,7 @@ pub async fn handle(
                 .hsm
                 .decrypt(
                     key_id,
+                    version,
                     sealed.iv.to_vec(),
                     gcm_aad.clone(),
                     sealed.ciphertext_and_tag.clone(),

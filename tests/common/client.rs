@@ -193,6 +193,13 @@ impl Client {
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
+    /// Like [`Client::post_signed`], but a transport failure (the daemon died) is returned.
+    pub fn try_post_signed(&mut self, signer: &Signer, path: &str, body: &[u8]) -> Result<Resp, String> {
+        let mut headers = vec![("host".to_owned(), self.authority.clone())];
+        headers.extend(signer.headers("POST", &self.authority, path, body));
+        self.try_send_raw("POST", path, &headers, body.to_vec())
+    }
+
     /// A POST signed by `signer`, with `Content-Type: application/json`.
     #[track_caller]
     pub fn post_signed(&mut self, signer: &Signer, path: &str, body: &[u8]) -> Resp {

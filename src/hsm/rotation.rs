@@ -1,0 +1,542 @@
+//! Rotation and counting on the token: the per-(key, version) reservations an Encrypt draws
+//! from, their refills (the only token writes of the Encrypt path), the rotator thread that
+//! creates a new version when one nears its budget or its age, and `keys rotate`.
+//!
+//! The fast path of an Encrypt is one atomic decrement of the local reservation. When a
+//! quarter of the block is left, the refiller thread reserves the next block on the token (a
+//! read-write session of its own) with [`budget::reserve`]; a worker refills itself only when
+//! the reservation runs dry first. The reservation's lock is taken only by those threads,
+//! never by the async runtime. Rotation never runs on a worker: a request is queued to
+//! the token's rotator thread, which settles the next version with [`budget::settle`].
+
+use super::budget::{self, Candidate, CandidateStore, Grant, Round, Settled, VersionBudget};
+use super::lifecycle::{create_version_key, find_key, VersionUsages};
+use super::token::Token;
+use super::versions::{self, Record};
+use super::{classify, HsmError};
+use cryptoki::session::Session;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a candidate waits for concurrent candidates to become visible before the winner
+/// is chosen. It bounds how long a creator may stall between its check and its write.
+pub const SETTLE: Duration = Duration::from_secs(1);
+/// Pause between writing a counter and reading every counter again (see `refill`).
+const VERIFY_DELAY: Duration = Duration::from_millis(20);
+/// A failed automatic rotation is retried at most this often.
+const RETRY_FAILED: Duration = Duration::from_secs(5);
+
+/// One instance's reservation of encryptions under one version.
+#[derive(Default)]
+pub(super) struct Reservation {
+    left: AtomicU64,
+    /// At or below this many left, the next block is reserved in the background.
+    low_water: AtomicU64,
+    /// A background reservation is queued or running.
+    prefetching: std::sync::atomic::AtomicBool,
+    refill: Mutex<Refill>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Refill {
+    /// What this instance's counter on the token holds.
+    own: u64,
+    last_block: u64,
+    granted_at: Option<Instant>,
+    /// The reservation left right after the last grant (what has been used since is the
+    /// rate the next block is sized by).
+    left_after_grant: u64,
+    /// The fleet's sum at the last refill, and the budget it was measured against.
+    total: u64,
+    max: u64,
+}
+
+/// What the metrics report for one key's current version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionUse {
+    /// External key id.
+    pub key_id: String,
+    /// Current version.
+    pub version: u32,
+    /// Encryptions reserved fleet-wide for it, as of this instance's last refill.
+    pub counted: u64,
+    /// Budget left (per the keystore's budget last used).
+    pub remaining: u64,
+}
+
+/// A key's automatic rotation.
+#[derive(Debug, Clone)]
+enum Rotation {
+    InFlight,
+    Failed { at: Instant },
+}
+
+/// Both ends of a bounded queue to one of the token's background threads.
+type Channel<T> = (crossbeam_channel::Sender<T>, crossbeam_channel::Receiver<T>);
+
+/// The reservations of one token and its rotator's queue.
+pub(super) struct Rotations {
+    reservations: std::sync::RwLock<HashMap<String, HashMap<u32, Arc<Reservation>>>>,
+    state: Mutex<HashMap<String, Rotation>>,
+    /// Keys to rotate, with the version each request wants replaced.
+    queue: Channel<(String, u32)>,
+    /// Reservations to make ahead of need.
+    refills: Channel<(String, u32, VersionBudget)>,
+    /// Counter of automatic rotations that could not create a version (exported as a metric).
+    pub(super) failures: AtomicU64,
+}
+
+impl Default for Rotations {
+    fn default() -> Self {
+        Rotations {
+            reservations: Default::default(),
+            state: Default::default(),
+            queue: crossbeam_channel::bounded(1024),
+            refills: crossbeam_channel::bounded(1024),
+            failures: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Rotations {
+    fn get(&self, id: &str, n: u32) -> Arc<Reservation> {
+        if let Some(r) = self
+            .reservations
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .and_then(|m| m.get(&n))
+        {
+            return r.clone();
+        }
+        let mut w = self.reservations.write().unwrap_or_else(|p| p.into_inner());
+        w.entry(id.to_owned()).or_default().entry(n).or_default().clone()
+    }
+
+    fn rotating(&self, id: &str) -> bool {
+        matches!(
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).get(id),
+            Some(Rotation::InFlight)
+        )
+    }
+
+    /// Queues an automatic rotation of `id` away from version `n` unless one is in flight or
+    /// failed recently.
+    fn request(&self, id: &str, n: u32) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match st.get(id) {
+            Some(Rotation::InFlight) => return,
+            Some(Rotation::Failed { at }) if at.elapsed() < RETRY_FAILED => return,
+            _ => {}
+        }
+        if self.queue.0.try_send((id.to_owned(), n)).is_ok() {
+            st.insert(id.to_owned(), Rotation::InFlight);
+        }
+    }
+
+    fn finished(&self, id: &str, ok: bool) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            st.remove(id);
+        } else {
+            st.insert(id.to_owned(), Rotation::Failed { at: Instant::now() });
+        }
+    }
+}
+
+impl Token {
+    /// Takes one encryption of version `n` of `id`: an atomic decrement while the local
+    /// reservation lasts. Below a quarter of the last block, the refiller thread reserves the
+    /// next block in the background; only when the reservation runs dry before that (a burst,
+    /// or the first encryption) does the worker refill on the token itself. Called by a worker
+    /// right before `C_Encrypt`.
+    pub(super) fn take_encryption(&self, id: &str, n: u32, budget: &VersionBudget) -> Result<(), HsmError> {
+        let r = self.rotations.get(id, n);
+        if let Ok(before) = r
+            .left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+        {
+            if before <= r.low_water.load(Ordering::Relaxed) && !r.prefetching.swap(true, Ordering::SeqCst) {
+                let queued = self.rotations.refills.0.try_send((id.to_owned(), n, *budget));
+                if queued.is_err() {
+                    r.prefetching.store(false, Ordering::SeqCst);
+                }
+            }
+            return Ok(());
+        }
+        match self.refill(&r, id, n, budget, true)? {
+            Some(_) => Ok(()),
+            None => self.exhausted(id, n),
+        }
+    }
+
+    /// Reserves the next block of `r` on the token (under its lock). With `take`, one
+    /// encryption of it is taken for the caller. `None`: the budget is used up.
+    fn refill(
+        &self,
+        r: &Reservation,
+        id: &str,
+        n: u32,
+        budget: &VersionBudget,
+        take: bool,
+    ) -> Result<Option<u64>, HsmError> {
+        let mut st = r.refill.lock().unwrap_or_else(|p| p.into_inner());
+        // Another thread may have refilled while this one waited for the lock.
+        if take
+            && r.left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+                .is_ok()
+        {
+            return Ok(Some(0));
+        }
+        let left_now = r.left.load(Ordering::SeqCst);
+        if !take && left_now > r.low_water.load(Ordering::Relaxed) {
+            // A background request made stale by a refill since: nothing to do.
+            return Ok(Some(0));
+        }
+        let me = self.instance_id()?;
+        let consumed = st.left_after_grant.saturating_sub(left_now);
+        let want = budget::next_block(st.last_block, consumed, st.granted_at.map(|t| t.elapsed()));
+        let want = if st.total >= budget.rotate_at() {
+            // Past the rotation point: leave the rest to be shared while the new version settles.
+            want.min(((budget.max_encryptions.saturating_sub(st.total)) / 2).max(1))
+        } else {
+            want
+        };
+        let counter = versions::counter_label(id, n, me);
+        let mut reads = 0;
+        let grant = self.with_rw_session(|s| {
+            budget::reserve(
+                me,
+                st.own,
+                want,
+                budget.max_encryptions,
+                || {
+                    reads += 1;
+                    if reads > 1 {
+                        // The check after the write: another process's write that completed
+                        // before it must be visible to it. SoftHSM2's file store was seen to
+                        // show another process's fresh object a moment late; the pause covers it.
+                        std::thread::sleep(VERIFY_DELAY);
+                    }
+                    versions::counters(s, id, n)
+                },
+                |v| versions::write_counter(s, &counter, v),
+            )
+        })?;
+        st.max = budget.max_encryptions;
+        match grant {
+            Grant::Granted { own, block, total } => {
+                st.own = own;
+                st.last_block = block;
+                st.granted_at = Some(Instant::now());
+                st.total = total;
+                r.low_water.store(block / 4, Ordering::Relaxed);
+                st.left_after_grant =
+                    r.left.fetch_add(block - u64::from(take), Ordering::SeqCst) + block - u64::from(take);
+                drop(st);
+                self.maybe_rotate(id, n, total, budget);
+                Ok(Some(block))
+            }
+            Grant::Exhausted { total, own } => {
+                st.own = own;
+                st.total = total;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The version's budget is used up: a rotation is requested, and the caller gets a
+    /// throttle (a new version is settling) or, when none can be made, a refusal.
+    fn exhausted(&self, id: &str, n: u32) -> Result<(), HsmError> {
+        if self.versions.current(id) != n {
+            return Err(HsmError::VersionExhausted {
+                version: n,
+                rotating: true,
+            });
+        }
+        self.rotations.request(id, n);
+        let rotating = self.rotations.rotating(id);
+        if !rotating {
+            tracing::error!(token = %self.name, key_id = id, version = n, "ENCRYPTION BUDGET EXHAUSTED and no new key version could be created: Encrypt under this key is refused until a version is created (keys rotate) or the budget raised");
+        }
+        Err(HsmError::VersionExhausted { version: n, rotating })
+    }
+
+    /// The refiller: reserves blocks ahead of need, off the workers.
+    fn refiller(&self) {
+        let rx = self.rotations.refills.1.clone();
+        while let Ok((id, n, budget)) = rx.recv() {
+            let r = self.rotations.get(&id, n);
+            if !self.killed() {
+                if let Err(e) = self.refill(&r, &id, n, &budget, false) {
+                    tracing::warn!(token = %self.name, key_id = %id, version = n, error = %e, "background reservation failed; the next Encrypt reserves itself");
+                }
+            }
+            r.prefetching.store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn maybe_rotate(&self, id: &str, n: u32, total: u64, budget: &VersionBudget) {
+        if self.versions.current(id) != n {
+            return;
+        }
+        let by_count = total >= budget.rotate_at();
+        let by_age = budget.rotate_after.is_some_and(|age| {
+            let created = self.versions.get(id, n).and_then(|v| v.created_ms);
+            created.is_some_and(|c| now_ms().saturating_sub(c) >= age.as_millis() as u64)
+        });
+        if by_count || by_age {
+            self.rotations.request(id, n);
+        }
+    }
+
+    /// The current version of every key with a reservation, with its use (metrics).
+    pub fn version_use(&self) -> Vec<VersionUse> {
+        let res = self
+            .rotations
+            .reservations
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (id, by_version) in res.iter() {
+            let v = self.versions.current(id);
+            let refill = |r: &Arc<Reservation>| *r.refill.lock().unwrap_or_else(|p| p.into_inner());
+            let st = by_version.get(&v).map(refill).unwrap_or_default();
+            // A version not refilled yet here still has the budget its predecessor had.
+            let max = by_version.values().map(|r| refill(r).max).max().unwrap_or(0);
+            out.push(VersionUse {
+                key_id: id.clone(),
+                version: v,
+                counted: st.total,
+                remaining: max.saturating_sub(st.total),
+            });
+        }
+        out.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+        out
+    }
+
+    /// Automatic rotations that could not create a version since start.
+    pub fn rotation_failures(&self) -> u64 {
+        self.rotations.failures.load(Ordering::Relaxed)
+    }
+
+    /// Creates version n+1 of `id` (n = the current version as the token says now) with the
+    /// tie-break, waits until it is committed, and installs it here. Returns its number.
+    /// Blocking (about [`SETTLE`]); takes no lock the kill switch needs.
+    pub fn rotate_key(&self, id: &str) -> Result<u32, HsmError> {
+        self.rotate(id, None)
+    }
+
+    /// Rotation proper; with `from`, only if `from` is still the current version on the token
+    /// (an automatic rotation another instance has already done is not done twice).
+    fn rotate(&self, id: &str, from: Option<u32>) -> Result<u32, HsmError> {
+        let instance = self.instance_id().unwrap_or("operator").to_owned();
+        let out = self.with_rw_session(|s| {
+            let v1 = find_key(s, id)?;
+            let usages = VersionUsages::of(s, v1)?;
+            if !usages.encrypt && !usages.decrypt {
+                return Err(HsmError::Refused(format!(
+                    "key {id:?} neither encrypts nor decrypts: it has no versions to rotate"
+                )));
+            }
+            let store = TokenCandidates {
+                s,
+                id,
+                instance: &instance,
+                usages,
+            };
+            // Transient token failures (SoftHSM2 answers CKR_GENERAL_ERROR to some concurrent
+            // object creations) are retried; each round re-reads the token, and once the round
+            // that started from version n has run, a retry only finishes that same step.
+            let mut from = from;
+            let mut last = None;
+            for _ in 0..5 {
+                match self.rotation_round(s, &store, id, &mut from) {
+                    Ok(Some(n)) => return Ok(n),
+                    Ok(None) => continue,
+                    Err(e @ (HsmError::Refused(_) | HsmError::KeyNotFound | HsmError::Disconnected)) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(token = %self.name, key_id = id, error = %e, "key rotation round failed; retrying");
+                        last = Some(e);
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(|| HsmError::Internal("no candidate survived five settle rounds".into())))
+        });
+        if let Ok(n) = &out {
+            tracing::warn!(token = %self.name, key_id = id, version = n, "key rotated: new version is current");
+        }
+        out
+    }
+
+    /// One settle round towards `from + 1` (`from` = the current version on the token, fixed at
+    /// the first round). `Some(n)`: version n is current; `None`: no candidate survived.
+    fn rotation_round(
+        &self,
+        s: &Session,
+        store: &TokenCandidates<'_>,
+        id: &str,
+        from: &mut Option<u32>,
+    ) -> Result<Option<u32>, HsmError> {
+        let all = versions::read_all(s)?;
+        let cur = versions::current(all.get(id));
+        if from.is_some_and(|f| f != cur) {
+            self.versions.install(None, all);
+            return Ok(Some(cur));
+        }
+        *from = Some(cur);
+        let next = cur + 1;
+        match budget::settle(store, next, SETTLE, std::thread::sleep)? {
+            Settled::Committed(_) => {
+                let all = versions::read_all(s)?;
+                if versions::current(all.get(id)) < next {
+                    return Err(HsmError::Refused(format!(
+                        "version {next} of {id:?} is committed but retired; unretire it or rotate again"
+                    )));
+                }
+                self.versions.install(None, all);
+                Ok(Some(next))
+            }
+            Settled::NoCandidate => Ok(None),
+        }
+    }
+
+    /// Runs `f` on a new read-write session of the connection, without the lifecycle lock.
+    pub(super) fn with_rw_session<T>(
+        &self,
+        f: impl FnOnce(&Session) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        let _call = self.conn.enter();
+        let s = self.conn.open(true)?;
+        f(s.session())
+    }
+
+    /// The rotator: serves automatic rotation requests one at a time, off the workers.
+    fn rotator(self: &Arc<Self>) {
+        let rx = self.rotations.queue.1.clone();
+        while let Ok((id, from)) = rx.recv() {
+            if self.killed() {
+                self.rotations.finished(&id, false);
+                continue;
+            }
+            match self.rotate(&id, Some(from)) {
+                Ok(_) => self.rotations.finished(&id, true),
+                Err(e) => {
+                    self.rotations.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(token = %self.name, key_id = %id, error = %e, "AUTOMATIC KEY ROTATION FAILED: the current version keeps its budget and Encrypt is refused once it is used up; retrying");
+                    self.rotations.finished(&id, false);
+                }
+            }
+        }
+    }
+}
+
+/// Starts the rotator and refiller threads of `token` (the daemon only; offline commands
+/// never encrypt).
+pub fn spawn(token: Arc<Token>) {
+    let name = format!("hsm-{}-rotator", token.name);
+    let t = token.clone();
+    if let Err(e) = std::thread::Builder::new().name(name).spawn(move || t.rotator()) {
+        tracing::error!(error = %e, "cannot start the key rotator thread");
+    }
+    let name = format!("hsm-{}-refiller", token.name);
+    if let Err(e) = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || token.refiller())
+    {
+        tracing::error!(error = %e, "cannot start the reservation refiller thread");
+    }
+}
+
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The tie-break's store on the token, for one key.
+struct TokenCandidates<'a> {
+    s: &'a Session,
+    id: &'a str,
+    instance: &'a str,
+    usages: VersionUsages,
+}
+
+impl CandidateStore for TokenCandidates<'_> {
+    type Error = HsmError;
+
+    fn round(&self, n: u32) -> Result<Round, HsmError> {
+        Ok(Round {
+            committed: versions::commits(self.s, self.id, n)?,
+            candidates: versions::records(self.s, self.id, n)?
+                .into_iter()
+                .filter_map(|(_, r)| r.candidate())
+                .collect(),
+        })
+    }
+
+    fn create(&self, n: u32) -> Result<Candidate, HsmError> {
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).map_err(|e| HsmError::Internal(format!("no randomness: {e}")))?;
+        let label = versions::label(self.id, n);
+        // The key object first, then its record: a crash in between leaves an object no record
+        // names, which is never used; a record always names an existing object.
+        let key = match create_version_key(self.s, &label, &nonce, self.usages) {
+            Ok(k) => k,
+            Err(e) => {
+                // SoftHSM2 can report CKR_GENERAL_ERROR for a concurrent creation that left the
+                // object behind: remove whatever carries this attempt's nonce.
+                for (h, ckaid) in versions::key_objects(self.s, self.id, n).unwrap_or_default() {
+                    if ckaid == nonce {
+                        let _ = self.s.destroy_object(h);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let created_ms = now_ms();
+        let rec = Record {
+            created: crate::clock::now_rfc3339(),
+            created_ms,
+            nonce: hex::encode(nonce),
+            instance: self.instance.to_owned(),
+        };
+        let bytes = serde_json::to_vec(&rec).map_err(|e| HsmError::Internal(e.to_string()))?;
+        if let Err(e) = super::marks::put_data(
+            self.s,
+            versions::RECORD_APP,
+            &versions::record_label(self.id, n),
+            &bytes,
+        ) {
+            let _ = self.s.destroy_object(key);
+            return Err(e);
+        }
+        Ok(Candidate {
+            created_ms,
+            nonce: nonce.to_vec(),
+        })
+    }
+
+    fn destroy(&self, n: u32, c: &Candidate) -> Result<(), HsmError> {
+        for (h, ckaid) in versions::key_objects(self.s, self.id, n)? {
+            if ckaid == c.nonce {
+                self.s.destroy_object(h).map_err(classify)?;
+            }
+        }
+        for (h, r) in versions::records(self.s, self.id, n)? {
+            if r.candidate().is_some_and(|x| x.nonce == c.nonce) {
+                self.s.destroy_object(h).map_err(classify)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&self, n: u32, w: &Candidate) -> Result<(), HsmError> {
+        versions::put_commit(self.s, self.id, n, &w.nonce)
+    }
+}

@@ -1,0 +1,468 @@
+//! Key versions behind a stable external key id, against the real daemon and the real SoftHSM2
+//! token: rotation by the operator, decrypt by the version the metadata names, retired,
+//! destroyed and missing versions, the key-scope kill switch over every version, automatic
+//! rotation at a small budget across two daemons sharing one token, and counters that never go
+//! down when a daemon is killed while encrypting.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The key version a ciphertext's metadata names (format byte 1, big-endian u32).
+fn version_of(s: &Sealed) -> u32 {
+    let md = s.metadata.as_deref().expect("ciphertextMetadata present");
+    assert_eq!(md.len(), 5, "metadata is format byte + u32: {md:?}");
+    assert_eq!(md[0], 1, "format byte");
+    u32::from_be_bytes([md[1], md[2], md[3], md[4]])
+}
+
+fn show(config: &Path, key: &str) -> Value {
+    serde_json::from_str(&cli_ok(config, &["keys", "show", key, "--json"])).expect("keys show JSON")
+}
+
+/// (number, state, encryptions) of every version `keys show` lists.
+fn versions(config: &Path, key: &str) -> Vec<(u64, String, u64)> {
+    show(config, key)["versions"]
+        .as_array()
+        .expect("versions array")
+        .iter()
+        .map(|v| {
+            (
+                v["number"].as_u64().expect("number"),
+                v["state"].as_str().expect("state").to_owned(),
+                v["encryptions"].as_u64().expect("encryptions"),
+            )
+        })
+        .collect()
+}
+
+#[track_caller]
+fn decrypts(xks: &mut Xks, s: &Sealed, plaintext: &[u8]) {
+    let r = xks.decrypt(KEY_AES, &s.decrypt_body(Some(b"ctx")));
+    assert_eq!(
+        r.status,
+        200,
+        "decrypt of a version {} ciphertext: {}",
+        version_of(s),
+        r.text()
+    );
+    assert_eq!(r.b64_field("plaintext"), plaintext);
+}
+
+/// Encrypt retried while the daemon answers 429 (a new version is settling) or 503 (the HSM
+/// missed the 240 ms deadline on a loaded machine): both are KMS's retryable answers.
+fn encrypt_retrying(xks: &mut Xks, plaintext: &[u8]) -> Sealed {
+    try_encrypt(xks, plaintext).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_encrypt(xks: &mut Xks, plaintext: &[u8]) -> Result<Sealed, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = xks.encrypt(KEY_AES, &encrypt_body(plaintext, Some(b"ctx"), false));
+        match r.status {
+            200 => return Ok(Sealed::from_response(&r)),
+            429 | 503 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(40)),
+            _ => return Err(format!("encrypt: {} {}", r.status, r.text())),
+        }
+    }
+}
+
+#[test]
+fn rotation_keeps_old_ciphertext_decrypting_and_new_ciphertext_names_the_new_version() {
+    let mut h = Harness::start();
+    let cfg = h.proxy.config.clone();
+    let metadata_before = h.xks.metadata(KEY_AES);
+    assert_eq!(metadata_before.status, 200);
+    let old = h.xks.encrypt_ok(KEY_AES, b"before rotation", Some(b"ctx"));
+    assert_eq!(version_of(&old), 1, "a key never rotated is version 1");
+
+    let out = cli_ok(&cfg, &["keys", "rotate", KEY_AES, "--reason", "yearly rotation"]);
+    assert!(out.contains("version 2"), "rotate prints the new version: {out}");
+    let new = h.xks.encrypt_ok(KEY_AES, b"after rotation", Some(b"ctx"));
+    assert_eq!(version_of(&new), 2, "Encrypt uses the new version at once");
+    decrypts(&mut h.xks, &old, b"before rotation");
+    decrypts(&mut h.xks, &new, b"after rotation");
+
+    let metadata_after = h.xks.metadata(KEY_AES);
+    assert_eq!(metadata_after.status, 200);
+    assert_eq!(
+        metadata_after.body, metadata_before.body,
+        "GetKeyMetadata must be byte-identical across a rotation"
+    );
+
+    let shown = show(&cfg, KEY_AES);
+    assert_eq!(shown["current_version"], 2);
+    let v = versions(&cfg, KEY_AES);
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert_eq!((v[0].0, v[0].1.as_str()), (1, "decrypt-only"));
+    assert_eq!((v[1].0, v[1].1.as_str()), (2, "current"));
+    // One encryption each: counted (an upper bound), and at most the first, smallest block
+    // ahead of what was made.
+    assert!((1..=16).contains(&v[0].2), "version 1 counted: {v:?}");
+    assert!((1..=16).contains(&v[1].2), "version 2 counted: {v:?}");
+
+    let list = cli_ok(&cfg, &["keys", "list", "--json"]);
+    let list: Value = serde_json::from_str(&list).expect("keys list JSON");
+    let keys = list.as_array().expect("array");
+    assert!(
+        keys.iter().all(|k| !k["id"].as_str().unwrap_or("").contains('/')),
+        "version objects are not listed as keys: {list}"
+    );
+    let aes = keys
+        .iter()
+        .find(|k| k["id"] == KEY_AES)
+        .expect("the key is listed");
+    assert_eq!(aes["current_version"], 2);
+    assert_eq!(aes["versions"].as_array().map(Vec::len), Some(2));
+    let listed: u64 = aes["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| v["encryptions"].as_u64().expect("count in keys list"))
+        .sum();
+    assert_eq!(
+        listed,
+        v.iter().map(|x| x.2).sum::<u64>(),
+        "keys list and keys show agree"
+    );
+    let table = cli_ok(&cfg, &["keys", "list"]);
+    let row = table.lines().find(|l| l.starts_with(KEY_AES)).expect("key row");
+    assert!(row.contains(" v2 "), "the table shows the current version: {row}");
+
+    let audit = std::fs::read_to_string(h.fx.path("audit/audit.jsonl")).unwrap_or_default();
+    assert!(
+        audit.contains("\"rotate\"") && audit.contains("yearly rotation"),
+        "the rotation is in the audit trail"
+    );
+}
+
+#[test]
+fn retired_destroyed_and_missing_versions_get_their_documented_errors() {
+    let mut h = Harness::start();
+    let cfg = h.proxy.config.clone();
+    let v1 = h.xks.encrypt_ok(KEY_AES, b"one", Some(b"ctx"));
+    cli_ok(&cfg, &["keys", "rotate", KEY_AES]);
+    let v2 = h.xks.encrypt_ok(KEY_AES, b"two", Some(b"ctx"));
+    assert_eq!(version_of(&v2), 2);
+
+    // Retiring the current version is refused: rotate first.
+    let (code, _, err) = cli(&cfg, &["keys", "retire", KEY_AES, "--version", "2"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("rotate first"), "{err}");
+
+    cli_ok(
+        &cfg,
+        &["keys", "retire", KEY_AES, "--version", "1", "--reason", "test"],
+    );
+    let r = h.xks.decrypt(KEY_AES, &v1.decrypt_body(Some(b"ctx")));
+    assert_error(&r, 400, "InvalidStateException");
+    assert!(r.text().contains("retired"), "{}", r.text());
+    decrypts(&mut h.xks, &v2, b"two");
+    assert_eq!(versions(&cfg, KEY_AES)[0].1, "retired");
+    cli_ok(&cfg, &["keys", "unretire", KEY_AES, "--version", "1"]);
+    decrypts(&mut h.xks, &v1, b"one");
+
+    // A version that never existed: the metadata is well-formed, the version is not.
+    let mut forged = v1.clone();
+    forged.metadata = Some(vec![1, 0, 0, 0, 9]);
+    let r = h.xks.decrypt(KEY_AES, &forged.decrypt_body(Some(b"ctx")));
+    assert_error(&r, 400, "InvalidCiphertextException");
+    assert!(r.text().contains("does not exist"), "{}", r.text());
+
+    // Destroying a version needs it retired and an explicit confirmation.
+    cli_ok(&cfg, &["keys", "rotate", KEY_AES]);
+    let (code, _, err) = cli(
+        &cfg,
+        &[
+            "keys",
+            "destroy",
+            KEY_AES,
+            "--version",
+            "2",
+            "--confirm",
+            &format!("{KEY_AES}/v2"),
+        ],
+    );
+    assert_ne!(code, Some(0), "an unretired version was destroyed");
+    assert!(err.contains("not retired"), "{err}");
+    cli_ok(&cfg, &["keys", "retire", KEY_AES, "--version", "2"]);
+    let (code, _, _) = cli(
+        &cfg,
+        &["keys", "destroy", KEY_AES, "--version", "2", "--confirm", KEY_AES],
+    );
+    assert_eq!(
+        code,
+        Some(64),
+        "a confirmation that does not name the version is refused"
+    );
+    let out = cli_ok(
+        &cfg,
+        &[
+            "keys",
+            "destroy",
+            KEY_AES,
+            "--version",
+            "2",
+            "--confirm",
+            &format!("{KEY_AES}/v2"),
+        ],
+    );
+    assert!(
+        out.contains("protected at most 1 encryptions") || out.contains("protected at most"),
+        "{out}"
+    );
+    let r = h.xks.decrypt(KEY_AES, &v2.decrypt_body(Some(b"ctx")));
+    assert_error(&r, 400, "InvalidCiphertextException");
+    assert!(r.text().contains("does not exist"), "{}", r.text());
+    let states: Vec<String> = versions(&cfg, KEY_AES).into_iter().map(|v| v.1).collect();
+    assert_eq!(states, ["decrypt-only", "destroyed", "current"]);
+
+    // The key-scope kill switch covers every version.
+    let v3 = h.xks.encrypt_ok(KEY_AES, b"three", Some(b"ctx"));
+    assert_eq!(version_of(&v3), 3);
+    cli_ok(&cfg, &["keys", "disable", KEY_AES, "--reason", "test"]);
+    for s in [&v1, &v3] {
+        let r = h.xks.decrypt(KEY_AES, &s.decrypt_body(Some(b"ctx")));
+        assert_error(&r, 400, "InvalidStateException");
+    }
+    cli_ok(&cfg, &["keys", "enable", KEY_AES]);
+    decrypts(&mut h.xks, &v1, b"one");
+    decrypts(&mut h.xks, &v3, b"three");
+}
+
+#[test]
+fn a_budget_above_the_nist_bound_is_refused_naming_the_field() {
+    let fx = Fixture::new();
+    let mut cfg = fx.config();
+    entry(&mut cfg, "keystores", 0).insert(
+        "max_encryptions_per_version".into(),
+        toml::Value::Integer((1i64 << 32) + 1),
+    );
+    let (code, _, err) = cli(&fx.write_config(&cfg), &["check-config"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("max_encryptions_per_version"), "{err}");
+}
+
+/// A second daemon on the same token: its own state directory (so its own instance id), admin
+/// socket and audit file.
+fn second_config(fx: &Fixture, cfg: &toml::Table) -> toml::Table {
+    let mut second = cfg.clone();
+    section(&mut second, "state").insert("directory".into(), "state-b".into());
+    section(&mut second, "admin").insert("socket".into(), "admin-b.sock".into());
+    section(&mut second, "audit").insert("file".into(), "audit-b/audit.jsonl".into());
+    let _ = fx;
+    second
+}
+
+/// Secret-key objects on the token per label (`pkcs11-tool --list-objects`).
+fn key_labels(fx: &Fixture) -> BTreeMap<String, usize> {
+    let out = pkcs11_tool_ok(fx, &["--list-objects", "--type", "secrkey"]);
+    let mut labels = BTreeMap::new();
+    for l in out.lines() {
+        if let Some(label) = l.trim().strip_prefix("label:") {
+            *labels.entry(label.trim().to_owned()).or_insert(0) += 1;
+        }
+    }
+    labels
+}
+
+/// One daemon's ciphertexts with their plaintexts.
+type Run = Vec<(Sealed, Vec<u8>)>;
+
+#[test]
+fn automatic_rotation_across_two_daemons_never_uses_a_version_past_its_budget() {
+    const BUDGET: u64 = 100;
+    const PER_DAEMON: usize = 500;
+    let fx = Fixture::new();
+    let mut cfg = fx.config();
+    entry(&mut cfg, "keystores", 0).insert("max_encryptions_per_version".into(), (BUDGET as i64).into());
+    let a = TestProxy::start_with(&fx, &cfg, &[]);
+    let b = TestProxy::start_with(&fx, &second_config(&fx, &cfg), &[]);
+
+    let results: Vec<Result<Run, String>> = std::thread::scope(|scope| {
+        let runs: Vec<_> = [(&a, 0u8), (&b, 1u8)]
+            .into_iter()
+            .map(|(p, tag)| {
+                let mut xks = p.xks(&fx);
+                scope.spawn(move || {
+                    (0..PER_DAEMON)
+                        .map(|i| {
+                            let pt = format!("daemon {tag} message {i}").into_bytes();
+                            try_encrypt(&mut xks, &pt).map(|s| (s, pt))
+                        })
+                        .collect::<Result<Vec<_>, String>>()
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("encrypting thread"))
+            .collect()
+    });
+    let results: Vec<Run> = results
+        .into_iter()
+        .collect::<Result<_, String>>()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\n--- daemon a ---\n{}\n--- daemon b ---\n{}",
+                a.logs(),
+                b.logs()
+            )
+        });
+
+    let mut per_version: BTreeMap<u32, u64> = BTreeMap::new();
+    eprintln!(
+        "(results collected) keys show: {:?}",
+        versions(&a.config, KEY_AES)
+    );
+    for (s, _) in results.iter().flatten() {
+        *per_version.entry(version_of(s)).or_insert(0) += 1;
+    }
+    for (v, n) in &per_version {
+        assert!(
+            *n <= BUDGET,
+            "version {v} made {n} encryptions, past its budget of {BUDGET}: {per_version:?}"
+        );
+    }
+    eprintln!("encryptions per version: {per_version:?}");
+    eprintln!("encryptions per version: {per_version:?}");
+    let used: Vec<u32> = per_version.keys().copied().collect();
+    let highest = *used.last().expect("versions used");
+    assert_eq!(
+        used,
+        (1..=highest).collect::<Vec<_>>(),
+        "versions used are 1..=n with no gap"
+    );
+    assert!(
+        (10..=25).contains(&highest),
+        "1,000 encryptions at a budget of 100 should take 10 to 25 versions, took {highest}: {per_version:?}"
+    );
+
+    // Exactly one version per number on the token, and `keys show` agrees.
+    let shown = versions(&a.config, KEY_AES);
+    eprintln!("keys show: {shown:?}");
+    let numbers: Vec<u64> = shown.iter().map(|v| v.0).collect();
+    let unique: BTreeSet<u64> = numbers.iter().copied().collect();
+    assert_eq!(
+        numbers.len(),
+        unique.len(),
+        "duplicate version numbers: {shown:?}"
+    );
+    assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
+    assert!(numbers.len() as u32 <= highest + 1, "{shown:?}");
+    for (n, _, counted) in &shown {
+        assert!(*counted <= BUDGET, "version {n} counted {counted} > {BUDGET}");
+        let made = per_version.get(&(*n as u32)).copied().unwrap_or(0);
+        assert!(
+            *counted >= made,
+            "version {n}: counted {counted} < {made} made (under-count)"
+        );
+    }
+    let labels = key_labels(&fx);
+    for n in 2..=numbers.len() {
+        let label = format!("{KEY_AES}/v{n}");
+        assert_eq!(
+            labels.get(&label),
+            Some(&1),
+            "key objects labelled {label}: {labels:?}"
+        );
+    }
+
+    // Every ciphertext decrypts through either daemon.
+    let mut xa = a.xks(&fx);
+    let mut xb = b.xks(&fx);
+    for (i, (s, pt)) in results.iter().flatten().enumerate() {
+        let x = if i % 2 == 0 { &mut xa } else { &mut xb };
+        decrypts(x, s, pt);
+    }
+    let metrics = scrape_metrics(&a);
+    assert!(
+        metrics.contains("xks_bridge_key_current_version{"),
+        "per-key version metric missing:\n{metrics}"
+    );
+}
+
+#[test]
+fn killing_a_daemon_while_it_encrypts_never_lowers_a_count() {
+    let fx = Fixture::new();
+    let mut cfg = fx.config();
+    entry(&mut cfg, "keystores", 0).insert("max_encryptions_per_version".into(), 300i64.into());
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    let config = proxy.config.clone();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let made = std::thread::scope(|scope| {
+        let mut xks = proxy.xks(&fx);
+        let stop = &stop;
+        let worker = scope.spawn(move || {
+            let mut made = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let body = encrypt_body(b"kill me", Some(b"ctx"), false).to_string();
+                let path = format!("{BASE}/keys/{KEY_AES}/encrypt");
+                match xks.client.try_post_signed(&xks.signer, &path, body.as_bytes()) {
+                    Ok(r) if r.status == 200 => made.push(Sealed::from_response(&r)),
+                    Ok(r) if r.status == 429 || r.status == 503 => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Ok(r) => panic!("encrypt: {} {}", r.status, r.text()),
+                    // The daemon was killed mid-request.
+                    Err(_) => break,
+                }
+            }
+            made
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let before = versions(&config, KEY_AES);
+        send_signal(proxy.pid(), "KILL");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let made = worker.join().expect("encrypting thread");
+        (before, made)
+    });
+    let (before, made) = made;
+    assert!(
+        made.len() > 20,
+        "too few encryptions before the kill: {}",
+        made.len()
+    );
+    drop(proxy);
+
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    let after = versions(&config, KEY_AES);
+    for (n, _, count) in &before {
+        let now = after.iter().find(|v| v.0 == *n).map(|v| v.2).unwrap_or(0);
+        assert!(
+            now >= *count,
+            "version {n}: count went down from {count} to {now} ({before:?} -> {after:?})"
+        );
+    }
+    let mut per_version: BTreeMap<u32, u64> = BTreeMap::new();
+    for s in &made {
+        *per_version.entry(version_of(s)).or_insert(0) += 1;
+    }
+    for (v, n) in &per_version {
+        let counted = after
+            .iter()
+            .find(|x| x.0 == u64::from(*v))
+            .map(|x| x.2)
+            .unwrap_or(0);
+        assert!(counted >= *n, "version {v}: {n} made, {counted} counted");
+    }
+    let mut xks = proxy.xks(&fx);
+    for s in made.iter().step_by(7) {
+        let r = xks.decrypt(KEY_AES, &s.decrypt_body(Some(b"ctx")));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // The restarted daemon continues its own counters.
+    let s = encrypt_retrying(&mut xks, b"after restart");
+    let v = version_of(&s);
+    let later = versions(&config, KEY_AES);
+    let at = |list: &[(u64, String, u64)]| {
+        list.iter()
+            .find(|x| x.0 == u64::from(v))
+            .map(|x| x.2)
+            .unwrap_or(0)
+    };
+    assert!(at(&later) >= at(&after).max(1));
+}
