@@ -81,6 +81,7 @@ impl Error {
                 | HsmError::KeyExists(_)
                 | HsmError::StaleHandle
                 | HsmError::Refused(_)
+                | HsmError::CounterRefused(_)
                 | HsmError::Internal(_) => ErrorName::Internal,
             },
         }
@@ -120,6 +121,9 @@ impl Error {
             }
             Error::Hsm(HsmError::VersionExhausted { rotating: false, .. }) => {
                 "the key version reached its encryption budget and no new version could be created"
+            }
+            Error::Hsm(HsmError::CounterRefused(_)) => {
+                "the HSM refused to record the encryption count; Encrypt is refused so that the key's encryption budget cannot be passed uncounted"
             }
             Error::Hsm(HsmError::Busy) => "the HSM worker queue is full; retry later",
             Error::Hsm(HsmError::Timeout) => "the HSM did not answer within the deadline",

@@ -54,8 +54,10 @@ fn read(rel: &str) -> String {
 fn dashboard_and_alert_rules_query_only_metrics_the_daemon_exports() {
     let fx = Fixture::new();
     let proxy = TestProxy::start(&fx);
-    // One request, so the per-operation families have samples (and the HSM was called).
+    // One request, so the per-operation families have samples (and the HSM was called), and
+    // one Encrypt, so the per-key version and budget families have samples too.
     assert_eq!(proxy.xks(&fx).health().status, 200);
+    proxy.xks(&fx).encrypt_ok(KEY_AES, b"sample", None);
     let exposition = scrape_metrics(&proxy);
     let samples = exported_samples(&exposition);
     let families = exported_families(&exposition);

@@ -466,3 +466,48 @@ fn killing_a_daemon_while_it_encrypts_never_lowers_a_count() {
     };
     assert!(at(&later) >= at(&after).max(1));
 }
+
+/// A token that refuses the encryption counters (a login that may not create data objects):
+/// Encrypt fails closed with a message saying why, once per interval in the log, while Decrypt
+/// (which counts nothing) keeps working; `count_encryptions = false` is the documented way out.
+#[test]
+fn a_token_that_refuses_the_counters_makes_encrypt_fail_closed_not_uncounted() {
+    let fx = Fixture::new();
+    let (cfg, control) = shimmed_config(&fx);
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    let mut xks = proxy.xks(&fx);
+    let sealed = xks.encrypt_ok(KEY_AES, b"counted", Some(b"ctx"));
+    set_control(&control, "refuse_data_objects");
+    // KEY_ENCRYPT_ONLY has no counter yet: its first Encrypt must reserve one on the token.
+    for _ in 0..3 {
+        let r = xks.encrypt(KEY_ENCRYPT_ONLY, &encrypt_body(b"x", None, false));
+        assert_eq!(r.status, 500, "{}", r.text());
+        assert_eq!(r.json()["errorName"], "InternalException", "{}", r.text());
+        assert!(
+            r.json()["errorMessage"]
+                .as_str()
+                .is_some_and(|m| m.contains("encryption count")),
+            "{}",
+            r.text()
+        );
+    }
+    decrypts(&mut xks, &sealed, b"counted");
+    assert!(
+        proxy.wait_for_log("ENCRYPTION COUNTER REFUSED"),
+        "{}",
+        proxy.logs()
+    );
+    assert_eq!(
+        proxy.logs().matches("ENCRYPTION COUNTER REFUSED").count(),
+        1,
+        "logged once per interval, not per request"
+    );
+    drop(proxy);
+
+    let mut cfg = cfg;
+    entry(&mut cfg, "keystores", 0).insert("count_encryptions".into(), false.into());
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    let mut xks = proxy.xks(&fx);
+    let s = xks.encrypt_ok(KEY_ENCRYPT_ONLY, b"uncounted by choice", None);
+    assert_eq!(version_of(&s), 1);
+}

@@ -182,7 +182,10 @@ fn contains(list: &Value, id: &str) -> bool {
 #[test]
 fn a_key_engage_whose_token_mark_is_refused_is_enforced_locally_across_polls_reconnects_and_restarts() {
     let fx = Fixture::new();
-    let (cfg, control) = shimmed_config(&fx);
+    let (mut cfg, control) = shimmed_config(&fx);
+    // A token whose login cannot create data objects cannot hold encryption counters either:
+    // such a deployment turns counting off (tests/key_versions.rs covers the refusal).
+    entry(&mut cfg, "keystores", 0).insert("count_encryptions".into(), false.into());
     let proxy = TestProxy::start_with(&fx, &cfg, &[]);
     let sealed = proxy.xks(&fx).encrypt_ok(KEY_AES, b"before the engage", None);
 

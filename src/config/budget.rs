@@ -15,6 +15,9 @@ pub struct VersionBudget {
     pub max_encryptions: u64,
     /// Age after which a version is replaced, if set.
     pub rotate_after: Option<Duration>,
+    /// Count encryptions at all (`count_encryptions`); off, neither the budget nor
+    /// `rotate_after` applies.
+    pub counting: bool,
 }
 
 impl Default for VersionBudget {
@@ -22,6 +25,7 @@ impl Default for VersionBudget {
         VersionBudget {
             max_encryptions: DEFAULT_MAX_ENCRYPTIONS,
             rotate_after: None,
+            counting: true,
         }
     }
 }

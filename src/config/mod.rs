@@ -357,6 +357,14 @@ pub struct KeystoreConfig {
     pub max_encryptions_per_version: u64,
     /// If set, a version older than this many days is replaced at its next use.
     pub rotate_after_days: Option<u32>,
+    /// Count encryptions on the token (default). Off only for a token whose login cannot
+    /// create private data objects: then nothing enforces the budget or `rotate_after_days`.
+    #[serde(default = "default_true")]
+    pub count_encryptions: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_encryptions() -> u64 {
@@ -371,6 +379,7 @@ impl KeystoreConfig {
             rotate_after: self
                 .rotate_after_days
                 .map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400)),
+            counting: self.count_encryptions,
         }
     }
 }

@@ -119,6 +119,10 @@ pub enum HsmError {
         /// A new version is being settled.
         rotating: bool,
     },
+    /// The token refused to store an encryption counter (a login that may not create data
+    /// objects, a full token): encrypting anyway could pass the budget uncounted.
+    #[error("the token refused the encryption counter: {0}")]
+    CounterRefused(String),
     /// The proxy kill switch disconnected the token on purpose.
     #[error("token disconnected by the kill switch")]
     Disconnected,

@@ -86,6 +86,9 @@ pub(super) struct Rotations {
     refills: Channel<(String, u32, VersionBudget)>,
     /// Counter of automatic rotations that could not create a version (exported as a metric).
     pub(super) failures: AtomicU64,
+    /// When a refused counter write was last logged (each Encrypt retries it: one line per
+    /// interval, not one per request).
+    counter_refusal_logged: Mutex<Option<Instant>>,
 }
 
 impl Default for Rotations {
@@ -96,6 +99,7 @@ impl Default for Rotations {
             queue: crossbeam_channel::bounded(1024),
             refills: crossbeam_channel::bounded(1024),
             failures: AtomicU64::new(0),
+            counter_refusal_logged: Mutex::new(None),
         }
     }
 }
@@ -153,6 +157,9 @@ impl Token {
     /// or the first encryption) does the worker refill on the token itself. Called by a worker
     /// right before `C_Encrypt`.
     pub(super) fn take_encryption(&self, id: &str, n: u32, budget: &VersionBudget) -> Result<(), HsmError> {
+        if !budget.counting {
+            return Ok(());
+        }
         let r = self.rotations.get(id, n);
         if let Ok(before) = r
             .left
@@ -207,25 +214,27 @@ impl Token {
         };
         let counter = versions::counter_label(id, n, me);
         let mut reads = 0;
-        let grant = self.with_rw_session(|s| {
-            budget::reserve(
-                me,
-                st.own,
-                want,
-                budget.max_encryptions,
-                || {
-                    reads += 1;
-                    if reads > 1 {
-                        // The check after the write: another process's write that completed
-                        // before it must be visible to it. SoftHSM2's file store was seen to
-                        // show another process's fresh object a moment late; the pause covers it.
-                        std::thread::sleep(VERIFY_DELAY);
-                    }
-                    versions::counters(s, id, n)
-                },
-                |v| versions::write_counter(s, &counter, v),
-            )
-        })?;
+        let grant = self
+            .with_rw_session(|s| {
+                budget::reserve(
+                    me,
+                    st.own,
+                    want,
+                    budget.max_encryptions,
+                    || {
+                        reads += 1;
+                        if reads > 1 {
+                            // The check after the write: another process's write that completed
+                            // before it must be visible to it. SoftHSM2's file store was seen to
+                            // show another process's fresh object a moment late; the pause covers it.
+                            std::thread::sleep(VERIFY_DELAY);
+                        }
+                        versions::counters(s, id, n)
+                    },
+                    |v| versions::write_counter(s, &counter, v),
+                )
+            })
+            .map_err(|e| self.counter_refused(id, n, e))?;
         st.max = budget.max_encryptions;
         match grant {
             Grant::Granted { own, block, total } => {
@@ -246,6 +255,25 @@ impl Token {
                 Ok(None)
             }
         }
+    }
+
+    /// A counter write the token refused becomes [`HsmError::CounterRefused`] (Encrypt is
+    /// refused: fail closed), logged loudly but at most every ten seconds; failures of the
+    /// connection itself stay what they are.
+    fn counter_refused(&self, id: &str, n: u32, e: HsmError) -> HsmError {
+        if e.device_lost() || e.session_lost() || !matches!(e, HsmError::Device { .. }) {
+            return e;
+        }
+        let mut last = self
+            .rotations
+            .counter_refusal_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            tracing::error!(token = %self.name, key_id = id, version = n, error = %e, "ENCRYPTION COUNTER REFUSED by the token: Encrypt is refused so that the budget cannot be passed uncounted; let this login create private data objects, or set count_encryptions = false for the keystore (then nothing enforces the bound)");
+            *last = Some(Instant::now());
+        }
+        HsmError::CounterRefused(e.to_string())
     }
 
     /// The version's budget is used up: a rotation is requested, and the caller gets a
