@@ -11,6 +11,7 @@
 //! between HSM vendors behind the same PKCS#11 names (tag-failure codes, login role) is one
 //! table, [`profile`].
 
+mod beacon;
 pub mod budget;
 mod cache;
 mod classify;

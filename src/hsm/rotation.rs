@@ -565,6 +565,9 @@ impl CandidateStore for TokenCandidates<'_> {
     }
 
     fn commit(&self, n: u32, w: &Candidate) -> Result<(), HsmError> {
-        versions::put_commit(self.s, self.id, n, &w.nonce)
+        let out = versions::put_commit(self.s, self.id, n, &w.nonce);
+        // Other instances make the new version current at their next poll.
+        super::beacon::bump(self.s);
+        out
     }
 }

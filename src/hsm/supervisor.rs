@@ -20,6 +20,7 @@
 //! until the daemon restarts (or the proxy kill switch is released, which reconnects once).
 //! Requests and health checks never log in; while the PIN is refused they answer "unavailable".
 
+use super::beacon;
 use super::connection::{logged_in, CountedSession};
 use super::fleet::{self, FleetSnapshot};
 use super::token::Token;
@@ -49,6 +50,7 @@ pub fn spawn(token: Arc<Token>) {
 fn run(token: &Token) {
     let mut backoff = POLL;
     let mut poller: Option<CountedSession<'_>> = None;
+    let mut beacon = beacon::Watch::new();
     // Refused logins since the last successful connection.
     let mut refusals = 0usize;
     let mut next = Instant::now() + POLL;
@@ -81,7 +83,7 @@ fn run(token: &Token) {
         if connected {
             backoff = POLL;
             refusals = 0;
-            refresh_marks(token, &mut poller);
+            refresh_marks(token, &mut poller, &mut beacon);
             continue;
         }
         if refusals > LOGIN_RETRIES.len() {
@@ -129,7 +131,7 @@ fn run(token: &Token) {
 /// the read (then the next tick tries again), and the fleet marks. A session that is not
 /// logged in sees no private object, so its "no marks" is never installed: the previous marks
 /// stay.
-fn refresh_marks<'t>(token: &'t Token, poller: &mut Option<CountedSession<'t>>) {
+fn refresh_marks<'t>(token: &'t Token, poller: &mut Option<CountedSession<'t>>, beacon: &mut beacon::Watch) {
     let seen = token.key_state_changes();
     let seen_versions = token.version_changes();
     let read_started = Instant::now();
@@ -162,11 +164,19 @@ fn refresh_marks<'t>(token: &'t Token, poller: &mut Option<CountedSession<'t>>) 
             return;
         }
     }
+    // Nothing announced since the last full read: the searches below would find what they
+    // found then (see `beacon`).
+    if beacon.unchanged(p.session()) {
+        return;
+    }
     // Key versions ride on the same poll: a rotation or retirement made through any instance
     // sharing the token is in force here within a second.
     match versions::read_all(p.session()) {
         Ok(all) => token.install_polled_versions(seen_versions, all),
-        Err(e) => tracing::warn!(token = %token.name, error = %e, "cannot read key versions"),
+        Err(e) => {
+            beacon.reset();
+            tracing::warn!(token = %token.name, error = %e, "cannot read key versions")
+        }
     }
     match marks::disabled_set(p.session()).and_then(|set| Ok((set, fleet::read(p.session())?))) {
         Ok((set, fleet_marks)) => {
@@ -179,6 +189,7 @@ fn refresh_marks<'t>(token: &'t Token, poller: &mut Option<CountedSession<'t>>) 
             });
         }
         Err(e) => {
+            beacon.reset();
             tracing::warn!(token = %token.name, error = %e, "cannot read disabled-key marks");
             *poller = None;
         }

@@ -4,6 +4,7 @@
 //! the first request), the key-scope kill switch, lifecycle sessions and the checks a worker
 //! makes before each PKCS#11 call.
 
+use super::beacon;
 use super::cache::KeyCache;
 use super::connection::{logged_in, Connector, CountedSession};
 use super::fleet::{self, FleetMarks, FleetSnapshot};
@@ -107,7 +108,15 @@ impl Token {
             Ok(c)
         });
         self.cache.clear();
-        self.conn.install(conn)
+        self.conn.install(conn)?;
+        // Best effort: without a beacon the polls search the token every time.
+        let _call = self.conn.enter();
+        if let Ok(s) = self.conn.open(true) {
+            if let Err(e) = beacon::ensure(s.session()) {
+                tracing::debug!(token = %self.name, error = %e, "no change beacon on the token");
+            }
+        }
+        Ok(())
     }
 
     /// Sets the id this instance writes its encryption counters under (once; later calls are
@@ -240,7 +249,11 @@ impl Token {
         if self.is_connected() && !self.killed() {
             self.with_admin_session(f)
         } else {
-            self.conn.with_temporary_session(true, f)
+            self.conn.with_temporary_session(true, |s| {
+                let out = f(s);
+                beacon::bump(s);
+                out
+            })
         }
     }
 
@@ -334,10 +347,15 @@ impl Token {
         self.with_admin_session(|s| f(&KeyAdmin::new(s, Some(self))))
     }
 
+    /// Every change of polled state (marks, lifecycle, version administration) goes through
+    /// here or announces itself: the beacon is replaced afterwards, whatever `f` returned (a
+    /// failed operation may have written part of its change).
     fn with_admin_session<T>(&self, f: impl FnOnce(&Session) -> Result<T, HsmError>) -> Result<T, HsmError> {
         let _call = self.conn.enter();
         let s = self.conn.open(true)?;
-        f(s.session())
+        let out = f(s.session());
+        beacon::bump(s.session());
+        out
     }
 
     /// `key_id`'s object is destroyed and cached handles invalidated: its refusal has nothing
