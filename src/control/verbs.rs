@@ -455,6 +455,22 @@ impl Control {
         if !self.switch.proxy_engaged() {
             return;
         }
+        self.disconnect_tokens().await;
+    }
+
+    /// At exit: no thread may be inside a PKCS#11 module when the process ends, because the
+    /// module's own global destructors run then (SoftHSM2 crashed the daemon with SIGSEGV
+    /// after "exiting 0" when its poll was inside a search). The proxy gate closes in memory
+    /// only (nothing is written: a restart starts as the state file says), which makes the
+    /// workers, the poll and the background threads let go of the token; then the tokens are
+    /// disconnected and finalized as for the kill switch.
+    pub async fn release_tokens_for_exit(self: &Arc<Self>) {
+        let _g = self.proxy_lock.lock().await;
+        self.switch.gates().proxy().set(true);
+        self.disconnect_tokens().await;
+    }
+
+    async fn disconnect_tokens(&self) {
         let tokens = self.tokens.clone();
         let res = tokio::task::spawn_blocking(move || {
             tokens.iter().for_each(|t| t.begin_disconnect());

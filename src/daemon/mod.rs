@@ -210,6 +210,7 @@ impl Daemon {
                 tracing::error!(error = %e, "audit trail: final flush failed");
             }
         }
+        self.control.release_tokens_for_exit().await;
         tracing::info!(served_s = started.elapsed().as_secs(), "stopped: exiting 0");
     }
 }
