@@ -290,3 +290,21 @@ fn fleet_applies_to_proxy_and_keystore_scopes_only() {
     );
     assert_eq!(encrypt_status(&fx, &ps[0], None), 200);
 }
+
+/// A token that refuses the fleet mark: the instance that ran the command is engaged anyway
+/// (fail closed), and the command says the fleet is not and exits 1.
+#[test]
+fn a_fleet_engage_no_token_takes_engages_this_instance_only_and_exits_1() {
+    let fx = Fixture::new();
+    let (mut cfg, control) = shimmed_config(&fx);
+    section(&mut cfg, "state").insert("directory".into(), "state-shim".into());
+    section(&mut cfg, "admin").insert("socket".into(), "admin-shim.sock".into());
+    let p = TestProxy::start_with(&fx, &cfg, &[]);
+    set_control(&control, "refuse_data_objects");
+    let (code, out, err) = cli(&p.config, &["kill-switch", "engage", "--fleet", "--reason", "r"]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(out.contains("on THIS instance only"), "{out}");
+    assert!(err.contains("no token took the fleet mark"), "{err}");
+    assert_eq!(encrypt_status(&fx, &p, None), 400);
+    assert_eq!(status(&p.config)["proxy"]["fleet_by"]["reason"], "r");
+}

@@ -8,6 +8,21 @@ use std::path::{Path, PathBuf};
 use xks_bridge::config::EXIT_BAD_CONFIG;
 use xks_bridge::control::protocol::{AdminReply, AdminRequest, KeyOp, Scope, Usage};
 
+/// One version of one key (`keys retire`, `keys unretire`).
+#[derive(Args)]
+pub struct VersionArgs {
+    /// External key id.
+    id: String,
+    /// Version number.
+    #[arg(long)]
+    version: u32,
+    /// Why (audit trail).
+    #[arg(long)]
+    reason: Option<String>,
+    #[command(flatten)]
+    target: KeyTarget,
+}
+
 /// Options shared by `keys` subcommands that touch the token.
 #[derive(Args)]
 pub struct KeyTarget {
@@ -107,31 +122,9 @@ pub enum KeysCmd {
     },
     /// Retire a key version: ciphertext made with it no longer decrypts (reversible with
     /// `keys unretire`). The current version cannot be retired: rotate first.
-    Retire {
-        /// External key id.
-        id: String,
-        /// Version number.
-        #[arg(long)]
-        version: u32,
-        /// Why (audit trail).
-        #[arg(long)]
-        reason: Option<String>,
-        #[command(flatten)]
-        target: KeyTarget,
-    },
+    Retire(VersionArgs),
     /// Let a retired key version decrypt again.
-    Unretire {
-        /// External key id.
-        id: String,
-        /// Version number.
-        #[arg(long)]
-        version: u32,
-        /// Why (audit trail).
-        #[arg(long)]
-        reason: Option<String>,
-        #[command(flatten)]
-        target: KeyTarget,
-    },
+    Unretire(VersionArgs),
     /// Disable a key (the key-scope kill switch).
     Disable {
         /// External key id.
@@ -281,18 +274,18 @@ pub fn keys(cmd: KeysCmd) -> CliResult {
         KeysCmd::List { json, target } => (target, KeyOp::List, json),
         KeysCmd::Show { id, target, .. } => (target, KeyOp::Show { id }, true),
         KeysCmd::Rotate { id, reason, target } => (target, KeyOp::Rotate { id, reason }, false),
-        KeysCmd::Retire {
+        KeysCmd::Retire(VersionArgs {
             id,
             version,
             reason,
             target,
-        } => (target, KeyOp::Retire { id, version, reason }, false),
-        KeysCmd::Unretire {
+        }) => (target, KeyOp::Retire { id, version, reason }, false),
+        KeysCmd::Unretire(VersionArgs {
             id,
             version,
             reason,
             target,
-        } => (target, KeyOp::Unretire { id, version, reason }, false),
+        }) => (target, KeyOp::Unretire { id, version, reason }, false),
         KeysCmd::Disable { id, reason, target } => {
             let req = AdminRequest::Engage {
                 scope: Scope::Key(id),

@@ -54,6 +54,16 @@ fn record_of(bytes: &[u8]) -> Engagement {
     })
 }
 
+/// The release a watch makes when it finds a fleet mark gone.
+fn mark_removed() -> Engagement {
+    Engagement {
+        reason: "the fleet mark was removed from the token".into(),
+        by_uid: None,
+        via: VIA_MARK.into(),
+        at: crate::clock::now_rfc3339(),
+    }
+}
+
 /// State of the watch between ticks.
 #[derive(Default)]
 pub(super) struct Watch {
@@ -300,12 +310,7 @@ impl Control {
             if !all_fresh_and_unmarked {
                 continue;
             }
-            let by = Engagement {
-                reason: "the fleet mark was removed from the token".into(),
-                by_uid: None,
-                via: VIA_MARK.into(),
-                at: crate::clock::now_rfc3339(),
-            };
+            let by = mark_removed();
             match self.switch.release_fleet_keystore(p, by.clone(), seen) {
                 Ok(()) => {
                     tracing::warn!(scope = %label, "FLEET kill switch RELEASE seen on the token");
@@ -370,12 +375,7 @@ impl Control {
         if probes.is_empty() || marked || self.switch.fleet_changed_since(&FleetScope::Proxy, started) {
             return;
         }
-        let by = Engagement {
-            reason: "the fleet mark was removed from the token".into(),
-            by_uid: None,
-            via: VIA_MARK.into(),
-            at: crate::clock::now_rfc3339(),
-        };
+        let by = mark_removed();
         match self
             .release_fleet_here(&FleetScope::Proxy, by.clone(), seen)
             .await

@@ -88,7 +88,7 @@ pub(super) struct Rotations {
     pub(super) failures: AtomicU64,
     /// When a refused counter write was last logged (each Encrypt retries it: one line per
     /// interval, not one per request).
-    counter_refusal_logged: Mutex<Option<Instant>>,
+    counter_refusal_log: Mutex<crate::clock::Throttle>,
 }
 
 impl Default for Rotations {
@@ -99,7 +99,7 @@ impl Default for Rotations {
             queue: crossbeam_channel::bounded(1024),
             refills: crossbeam_channel::bounded(1024),
             failures: AtomicU64::new(0),
-            counter_refusal_logged: Mutex::new(None),
+            counter_refusal_log: Mutex::new(crate::clock::Throttle::new(Duration::from_secs(10))),
         }
     }
 }
@@ -264,14 +264,14 @@ impl Token {
         if e.device_lost() || e.session_lost() || !matches!(e, HsmError::Device { .. }) {
             return e;
         }
-        let mut last = self
+        let due = self
             .rotations
-            .counter_refusal_logged
+            .counter_refusal_log
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-            tracing::error!(token = %self.name, key_id = id, version = n, error = %e, "ENCRYPTION COUNTER REFUSED by the token: Encrypt is refused so that the budget cannot be passed uncounted; let this login create private data objects, or set count_encryptions = false for the keystore (then nothing enforces the bound)");
-            *last = Some(Instant::now());
+            .unwrap_or_else(|p| p.into_inner())
+            .due();
+        if let Some(held_back) = due {
+            tracing::error!(token = %self.name, key_id = id, version = n, error = %e, refused_since_last_line = held_back, "ENCRYPTION COUNTER REFUSED by the token: Encrypt is refused so that the budget cannot be passed uncounted; let this login create private data objects, or set count_encryptions = false for the keystore (then nothing enforces the bound)");
         }
         HsmError::CounterRefused(e.to_string())
     }

@@ -25,8 +25,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// count (the refusal metric has every one).
 pub struct Refusals {
     tarpit: Tarpit,
-    last_warning: Option<Instant>,
-    since_warning: u64,
+    warning: crate::clock::Throttle,
 }
 
 impl Refusals {
@@ -34,8 +33,7 @@ impl Refusals {
     pub fn new(capacity: usize) -> Refusals {
         Refusals {
             tarpit: Tarpit::new(capacity),
-            last_warning: None,
-            since_warning: 0,
+            warning: crate::clock::Throttle::new(WARN_EVERY),
         }
     }
 
@@ -44,10 +42,8 @@ impl Refusals {
         if reason == Refusal::PerSourceUnproven {
             self.tarpit.hold(stream);
         }
-        self.since_warning += 1;
-        if self.last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-            tracing::warn!(%peer, reason = reason.as_str(), refused_since_last_warning = self.since_warning, "connection limit reached; refusing new connections");
-            (self.last_warning, self.since_warning) = (Some(Instant::now()), 0);
+        if let Some(held_back) = self.warning.due() {
+            tracing::warn!(%peer, reason = reason.as_str(), refused_since_last_warning = held_back + 1, "connection limit reached; refusing new connections");
         }
     }
 
