@@ -176,21 +176,47 @@ pub(super) fn iv_checks(configured: IvSource, chosen: IvSource, f: &Findings) ->
         .collect()
 }
 
-/// The profile to configure: the configured one if the token behaves as it says (IV mode,
-/// bad-tag code), else the first vendor profile that matches what was found, else `generic`.
+/// The profile to configure: the profile the token identifies as, if it behaves as that
+/// profile says (IV mode, bad-tag code); else the configured one if it fits; else the first
+/// vendor profile that matches what was found; else `generic`.
 pub(super) fn suggested_profile(cfg: &TokenConfig, chosen: IvSource, f: &Findings) -> Profile {
-    let accepts = |p: Profile| match &f.bad_tag {
-        BadTag::Refused { accepted_by, .. } => accepted_by.contains(&p),
-        _ => true,
-    };
-    let iv_fits = cfg.profile.default_iv_source() == chosen || cfg.iv_source == Some(chosen);
-    if accepts(cfg.profile) && iv_fits {
+    let fits_vendor = |p: Profile| p != Profile::Generic && fits(p, chosen, f);
+    if let Some(p) = identified_profile(f).filter(|p| fits_vendor(*p)) {
+        return p;
+    }
+    if configured_fits(cfg, chosen, f) {
         return cfg.profile;
     }
     Profile::ALL
         .into_iter()
-        .find(|p| *p != Profile::Generic && p.default_iv_source() == chosen && accepts(*p))
+        .find(|p| fits_vendor(*p))
         .unwrap_or(Profile::Generic)
+}
+
+/// Whether `p`'s IV mode is the one that works and `p` accepts the token's bad-tag code.
+fn fits(p: Profile, chosen: IvSource, f: &Findings) -> bool {
+    let accepts = match &f.bad_tag {
+        BadTag::Refused { accepted_by, .. } => accepted_by.contains(&p),
+        _ => true,
+    };
+    accepts && p.default_iv_source() == chosen
+}
+
+/// Whether the configured profile (with its `iv_source` override) works on this token.
+fn configured_fits(cfg: &TokenConfig, chosen: IvSource, f: &Findings) -> bool {
+    let accepts = match &f.bad_tag {
+        BadTag::Refused { accepted_by, .. } => accepted_by.contains(&cfg.profile),
+        _ => true,
+    };
+    accepts && (cfg.profile.default_iv_source() == chosen || cfg.iv_source == Some(chosen))
+}
+
+/// The vendor profile the module names itself as, by its manufacturer ID. Only SoftHSM2 is
+/// identified: it is the one module checked here, and the one that behaves exactly as
+/// `generic` does, so behaviour alone cannot name it. Vendor HSMs are told apart by behaviour.
+fn identified_profile(f: &Findings) -> Option<Profile> {
+    let softhsm = |s: &str| s.to_ascii_lowercase().contains("softhsm");
+    (softhsm(&f.library.manufacturer) || softhsm(&f.token.manufacturer)).then_some(Profile::Softhsm)
 }
 
 pub(super) fn profile_check(cfg: &TokenConfig, chosen: IvSource, suggested: Profile, f: &Findings) -> Check {
@@ -225,6 +251,15 @@ pub(super) fn profile_check(cfg: &TokenConfig, chosen: IvSource, suggested: Prof
         }
     }
     if suggested == cfg.profile {
+        return check("profile", Verdict::Ok, found, None);
+    }
+    if configured_fits(cfg, chosen, f) {
+        // Works as configured; the snippet names the token's own profile.
+        found.push_str(&format!(
+            "; the module identifies as {:?}: the snippet sets profile = \"{}\"",
+            suggested.name(),
+            suggested.name()
+        ));
         return check("profile", Verdict::Ok, found, None);
     }
     check(

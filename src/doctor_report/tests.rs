@@ -182,6 +182,31 @@ fn a_token_that_behaves_as_its_profile_says_keeps_it_in_the_snippet() {
     assert!(r.snippet.contains("profile = \"generic\""), "{}", r.snippet);
 }
 
+/// SoftHSM2 behaves exactly as `generic`: only its manufacturer ID names it. A config without a
+/// profile still works (no warning), and the snippet names the token's own profile.
+#[test]
+fn a_module_that_names_itself_softhsm_gets_the_softhsm_profile_in_the_snippet() {
+    let mut f = good();
+    f.library.manufacturer = "SoftHSM".into();
+    let r = judge(&token("token-random"), f.clone());
+    let p = verdict_of(&r, "profile");
+    assert_eq!(p.verdict, Verdict::Ok, "{}", p.found);
+    assert!(p.found.contains("identifies as \"softhsm\""), "{}", p.found);
+    assert!(r.snippet.contains("profile = \"softhsm\""), "{}", r.snippet);
+    let unnamed = judge(&token("token-random"), good());
+    assert_eq!(r.verdict, unnamed.verdict, "a name alone changes no verdict");
+    // A name is not enough: a module that says SoftHSM but returns its IV after the tag is
+    // judged by what it does.
+    f.iv = IvFacts {
+        caller_random: Probe::Refused("CKR_MECHANISM_PARAM_INVALID from C_EncryptInit".into()),
+        mechanism_generated: Probe::Refused("CKR_MECHANISM_PARAM_INVALID from C_EncryptInit".into()),
+        after_tag: Probe::Works,
+    };
+    let r = judge(&token("token-random"), f);
+    assert!(!r.snippet.contains("profile = \"softhsm\""), "{}", r.snippet);
+    assert!(r.snippet.contains("mechanism-after-tag"), "{}", r.snippet);
+}
+
 #[test]
 fn a_token_that_returns_its_iv_after_the_tag_is_named_luna() {
     let mut f = good();
