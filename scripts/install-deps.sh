@@ -19,6 +19,7 @@ command -v useradd >/dev/null 2>&1 || need+=(passwd)            # tests create a
 command -v getent >/dev/null 2>&1 || need+=(libc-bin)           # tests look the group up
 command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)             # scripts/package.sh and tests/package.rs unpack the .deb
 command -v man >/dev/null 2>&1 || need+=(man-db)                # tests render the packaged man pages (man-db pulls groff-base)
+command -v faketime >/dev/null 2>&1 || need+=(faketime)         # tests run a daemon days ahead (rotate_after_days)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)           # scripts/fleet.sh and tests/fleet_lb.rs put HAProxy in front of a fleet
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

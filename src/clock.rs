@@ -7,6 +7,12 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
+/// Milliseconds since the Unix epoch of an RFC 3339 timestamp (as [`now_rfc3339`] writes it).
+pub fn rfc3339_to_ms(s: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 /// "At most once per interval", for log lines that a flood would otherwise repeat per event
 /// (refused connections, a token refusing counters): counts what it held back.
 #[derive(Debug)]

@@ -511,3 +511,81 @@ fn a_token_that_refuses_the_counters_makes_encrypt_fail_closed_not_uncounted() {
     let s = xks.encrypt_ok(KEY_ENCRYPT_ONLY, b"uncounted by choice", None);
     assert_eq!(version_of(&s), 1);
 }
+
+/// libfaketime's preload library: `scripts/install-deps.sh` installs it (package `faketime`).
+fn faketime_library() -> String {
+    ["x86_64-linux-gnu", "aarch64-linux-gnu", "i386-linux-gnu"]
+        .iter()
+        .map(|arch| format!("/usr/lib/{arch}/faketime/libfaketimeMT.so.1"))
+        .find(|p| Path::new(p).exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "libfaketime is not installed (Debian package faketime; scripts/install-deps.sh installs it)"
+            )
+        })
+}
+
+/// `rotate_after_days`: a version older than that is replaced at its next use, and the new
+/// version is not. Version 1 is the key itself, whose age comes from the creation record the
+/// quickstart wrote today; the second daemon runs under libfaketime two days later (wall clock
+/// only, the monotonic clock is left alone) and is sent requests signed two days later.
+#[test]
+fn a_version_older_than_rotate_after_days_is_replaced_at_its_next_use() {
+    const TWO_DAYS: Duration = Duration::from_secs(2 * 86_400);
+    let faketime = faketime_library();
+    let fx = Fixture::new();
+    let mut cfg = fx.config();
+    entry(&mut cfg, "keystores", 0).insert("rotate_after_days".into(), 1.into());
+
+    // Today: version 1 is minutes old and stays current.
+    let young = {
+        let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+        let mut xks = proxy.xks(&fx);
+        let sealed: Vec<Sealed> = (0..40)
+            .map(|_| encrypt_retrying(&mut xks, b"young key"))
+            .collect();
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(sealed.iter().all(|s| version_of(s) == 1));
+        assert_eq!(
+            show(&proxy.config, KEY_AES)["current_version"],
+            1,
+            "{}",
+            proxy.logs()
+        );
+        sealed.into_iter().next().expect("one ciphertext")
+    };
+
+    let later = [
+        ("LD_PRELOAD", faketime.as_str()),
+        ("FAKETIME", "+2d"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let proxy = TestProxy::start_with(&fx, &cfg, &later);
+    let mut xks = proxy.xks(&fx);
+    xks.signer.time = Some(std::time::SystemTime::now() + TWO_DAYS);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rotated = loop {
+        let s = encrypt_retrying(&mut xks, b"two days later");
+        if version_of(&s) == 2 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "version 1 (two days old, rotate_after_days = 1) was not replaced within 30 s:\n{}",
+            proxy.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    decrypts(&mut xks, &young, b"young key");
+    decrypts(&mut xks, &rotated, b"two days later");
+
+    // The new version was created "now" by the daemon's clock: it is young and stays current.
+    for _ in 0..40 {
+        assert_eq!(version_of(&encrypt_retrying(&mut xks, b"new version")), 2);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(version_of(&encrypt_retrying(&mut xks, b"still")), 2);
+    let v = versions(&proxy.config, KEY_AES);
+    assert_eq!(v.len(), 2, "exactly one automatic rotation: {v:?}");
+    assert_eq!(show(&proxy.config, KEY_AES)["current_version"], 2);
+}

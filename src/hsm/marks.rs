@@ -124,6 +124,35 @@ pub(super) fn creation_records(s: &Session) -> Result<HashMap<String, CreationRe
         .collect())
 }
 
+/// The creation time of `id` (milliseconds since the epoch) from its creation record, if it
+/// has a readable one.
+pub(super) fn created_ms(s: &Session, id: &str) -> Result<Option<u64>, HsmError> {
+    let found = s
+        .find_objects(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Application(CREATED_APP.to_vec()),
+            Attribute::Label(id.as_bytes().to_vec()),
+        ])
+        .map_err(classify)?;
+    let mut earliest = None;
+    for h in found {
+        let Ok(attrs) = s.get_attributes(h, &[AttributeType::Value]) else {
+            continue; // removed since the search
+        };
+        for a in attrs {
+            if let Attribute::Value(v) = a {
+                let ms = serde_json::from_slice::<CreationRecord>(&v)
+                    .ok()
+                    .and_then(|r| crate::clock::rfc3339_to_ms(&r.created));
+                if let Some(ms) = ms {
+                    earliest = Some(earliest.map_or(ms, |e: u64| e.min(ms)));
+                }
+            }
+        }
+    }
+    Ok(earliest)
+}
+
 /// Deletes the creation records of `id` (best effort: the key itself is already gone).
 pub(super) fn remove_creation_records(s: &Session, id: &str) {
     let found = s.find_objects(&[

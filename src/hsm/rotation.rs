@@ -11,6 +11,7 @@
 
 use super::budget::{self, Candidate, CandidateStore, Grant, Round, Settled, VersionBudget};
 use super::lifecycle::{create_version_key, find_key, VersionUsages};
+use super::marks;
 use super::token::Token;
 use super::versions::{self, Record};
 use super::{classify, HsmError};
@@ -86,6 +87,9 @@ pub(super) struct Rotations {
     refills: Channel<(String, u32, VersionBudget)>,
     /// Counter of automatic rotations that could not create a version (exported as a metric).
     pub(super) failures: AtomicU64,
+    /// Creation time of each key's version 1 from its creation record, read once per key
+    /// (`None`: the key has none, e.g. it was made outside xks-bridge).
+    v1_created: Mutex<HashMap<String, Option<u64>>>,
     /// When a refused counter write was last logged (each Encrypt retries it: one line per
     /// interval, not one per request).
     counter_refusal_log: Mutex<crate::clock::Throttle>,
@@ -99,6 +103,7 @@ impl Default for Rotations {
             queue: crossbeam_channel::bounded(1024),
             refills: crossbeam_channel::bounded(1024),
             failures: AtomicU64::new(0),
+            v1_created: Default::default(),
             counter_refusal_log: Mutex::new(crate::clock::Throttle::new(Duration::from_secs(10))),
         }
     }
@@ -313,12 +318,40 @@ impl Token {
         }
         let by_count = total >= budget.rotate_at();
         let by_age = budget.rotate_after.is_some_and(|age| {
-            let created = self.versions.get(id, n).and_then(|v| v.created_ms);
-            created.is_some_and(|c| now_ms().saturating_sub(c) >= age.as_millis() as u64)
+            self.version_created_ms(id, n)
+                .is_some_and(|c| now_ms().saturating_sub(c) >= age.as_millis() as u64)
         });
         if by_count || by_age {
             self.rotations.request(id, n);
         }
+    }
+
+    /// When version `n` of `id` was created. Versions from 2 on carry it in their record;
+    /// version 1 is the key itself, whose time is in its creation record if xks-bridge made or
+    /// imported it. A key without one is never rotated by age until its first rotation (said
+    /// once in the log): PKCS#11 has no creation time to fall back on.
+    fn version_created_ms(&self, id: &str, n: u32) -> Option<u64> {
+        if let Some(ms) = self.versions.get(id, n).and_then(|v| v.created_ms) {
+            return Some(ms);
+        }
+        if n != 1 {
+            return None;
+        }
+        let mut known = self
+            .rotations
+            .v1_created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(ms) = known.get(id) {
+            return *ms;
+        }
+        // A failed read is not remembered: the next reservation tries again.
+        let ms = self.with_rw_session(|s| marks::created_ms(s, id)).ok()?;
+        if ms.is_none() {
+            tracing::warn!(token = %self.name, key_id = id, "rotate_after_days: version 1 of this key has no creation record (it was made outside xks-bridge), so its age is unknown and it is not rotated by age; `keys rotate` once starts the clock");
+        }
+        known.insert(id.to_owned(), ms);
+        ms
     }
 
     /// The current version of every key with a reservation, with its use (metrics).
