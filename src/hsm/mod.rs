@@ -5,7 +5,7 @@
 //!
 //! Every PKCS#11 call of the crate lives under this module: the daemon's workers and
 //! supervisor, key versions and their encryption budget ([`versions`], [`budget`],
-//! [`rotation`], [`version_admin`]; docs/key-versions.md), key lifecycle ([`lifecycle`],
+//! [`rotation`], `rotator`, [`version_admin`]; docs/key-versions.md), key lifecycle ([`lifecycle`],
 //! [`marks`]), token setup for the quickstart and the offline CLI ([`setup`]), the benchmark's
 //! raw-token ceiling ([`raw`]) and the probes of `xks-bridge doctor` ([`doctor`]). What differs
 //! between HSM vendors behind the same PKCS#11 names (tag-failure codes, login role) is one
@@ -27,6 +27,7 @@ pub mod marks;
 pub mod profile;
 pub mod raw;
 pub mod rotation;
+mod rotator;
 pub mod setup;
 pub mod supervisor;
 pub mod token;
