@@ -20,7 +20,7 @@
 # VS_CASES, XKS_BRIDGE, VS_REGION. The URI prefix is what precedes /kms/xks/v1 (may be empty).
 # A case is OPERATION:CONNECTIONS, OPERATION one of encrypt, decrypt, metadata, health.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+root=$(cd "$(dirname "$0")/.." && pwd)
 
 endpoint=${VS_ENDPOINT:-}
 prefix=${VS_URI_PREFIX:-}
@@ -33,7 +33,7 @@ name=${VS_NAME:-other}
 secs=${VS_SECONDS:-10}
 runs=${VS_RUNS:-3}
 cases=${VS_CASES:-"encrypt:8 encrypt:1 encrypt:64 decrypt:8"}
-bin=${XKS_BRIDGE:-$PWD/target/release/xks-bridge}
+bin=${XKS_BRIDGE:-$root/target/release/xks-bridge}
 region=${VS_REGION:-us-east-1}
 usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
