@@ -4,9 +4,11 @@
 # daemon with `perf record -g` (DWARF unwinding, so frames inside SoftHSM2 and the kernel show
 # too) and folds the samples into an SVG with inferno. Used for docs/perf/.
 #   scripts/flamegraph.sh BINARY OUT.svg [SECONDS]
+# BENCH=OTHER_BINARY takes the load generator from another build (the same one for a
+# before/after pair).
 # Needs linux-perf and inferno (`cargo install inferno`); it says so if either is missing.
 set -euo pipefail
-bin=$(readlink -f "$1"); out=$2; secs=${3:-10}
+bin=$(readlink -f "$1"); out=$2; secs=${3:-10}; bench_bin=${BENCH:-$bin}
 for tool in perf inferno-collapse-perf inferno-flamegraph; do
   command -v "$tool" >/dev/null || { echo "flamegraph.sh: $tool is not installed" >&2; exit 69; }
 done
@@ -16,7 +18,7 @@ pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 until grep -q "listening on" "$work/qs.out" 2>/dev/null; do sleep 0.05; done
 for _ in $(seq 400); do [ -f "$work/qs/quickstart.json" ] && break; sleep 0.05; done
-"$bin" bench --quickstart "$work/qs/quickstart.json" --mix encrypt=1 --connections 8 \
+"$bench_bin" bench --quickstart "$work/qs/quickstart.json" --mix encrypt=1 --connections 8 \
   --duration $((secs + 4)) --json >"$work/bench.json" &
 bench=$!
 sleep 2

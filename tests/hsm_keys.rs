@@ -225,3 +225,51 @@ fn the_marks_poll_never_undoes_a_concurrent_disable() {
         }
     }
 }
+
+/// A token that refuses a data object now and then (SoftHSM2 answered `CKR_GENERAL_ERROR` to
+/// one `C_CreateObject` in a few hundred while the daemon's sessions read the token) does not
+/// fail `keys create`: the creation record is tried again. A token that keeps refusing gets a
+/// clear error and no half-made key.
+#[test]
+fn keys_create_survives_a_transient_refusal_of_its_record_and_leaves_nothing_when_it_persists() {
+    let fx = Fixture::new();
+    let (cfg, control) = shimmed_config(&fx);
+    let config = fx.write_config(&cfg);
+    let listed = |id: &str| {
+        let list: Value =
+            serde_json::from_str(&cli_ok(&config, &["keys", "list", "--json"])).expect("keys list JSON");
+        list.to_string().contains(&format!("\"{id}\""))
+    };
+
+    set_control(&control, "data_general_error 2");
+    cli_ok(&config, &["keys", "create", "--id", "created-despite-refusals"]);
+    assert_eq!(
+        std::fs::read_to_string(&control).expect("control").trim(),
+        "none",
+        "both refusals were met"
+    );
+    assert!(listed("created-despite-refusals"));
+
+    set_control(&control, "data_general_error 10");
+    let (code, out, err) = cli(&config, &["keys", "create", "--id", "never-half-made"]);
+    assert_ne!(code, Some(0), "{out}\n{err}");
+    assert!(
+        err.contains("refused to store the creation record") && err.contains("nothing changed"),
+        "{err}"
+    );
+    let left: i64 = std::fs::read_to_string(&control)
+        .expect("control")
+        .trim()
+        .trim_start_matches("data_general_error ")
+        .parse()
+        .unwrap_or(0);
+    assert!(
+        left <= 7,
+        "three attempts at the record at least: {left} refusals left"
+    );
+    set_control(&control, "none");
+    assert!(
+        !listed("never-half-made"),
+        "a key without its record was left on the token"
+    );
+}

@@ -35,6 +35,10 @@
  *                         returns CKR_FUNCTION_FAILED (0x06) without reaching the token: a token
  *                         that refuses the proxy's disabled-key marks and creation records.
  *                         Other objects are created normally
+ *   data_general_error <n> the next n C_CreateObject calls of a CKO_DATA object return
+ *                         CKR_GENERAL_ERROR (0x05) without reaching the token, counting down
+ *                         in the file ("data_general_error 1", then "none"): the transient
+ *                         refusal SoftHSM2 was seen to give while other sessions read the token
  *   reuse_handles         handle numbers are reused, as some HSMs do: each handle the shim sees
  *                         destroyed by C_DestroyObject (while the word is set) is remembered, and
  *                         the next objects made by C_CreateObject, C_CopyObject, C_GenerateKey,
@@ -270,6 +274,7 @@ struct fault {
     long slow_ms;        /* slow <ms> */
     int pin_incorrect;   /* pin_incorrect */
     int refuse_data;     /* refuse_data_objects */
+    long data_errors;    /* data_general_error <n> */
     int reuse_handles;   /* reuse_handles */
     CK_ULONG hidden[8];  /* hide_mechanism <hex>, each */
     size_t n_hidden;
@@ -307,6 +312,9 @@ static void parse(const char *line, struct fault *f)
             f->pin_incorrect = 1;
         } else if (!strcmp(w, "refuse_data_objects")) {
             f->refuse_data = 1;
+        } else if (!strcmp(w, "data_general_error")) {
+            char *n = strtok_r(NULL, " \t\r\n", &save);
+            f->data_errors = n ? strtol(n, NULL, 10) : 0;
         } else if (!strcmp(w, "reuse_handles")) {
             f->reuse_handles = 1;
         } else if (!strcmp(w, "vendor")) {
@@ -839,6 +847,36 @@ static int is_data_template(const CK_ATTRIBUTE *t, CK_ULONG n)
     return 0;
 }
 
+/* Takes one of the data_general_error refusals, if any is left: counts the file down. */
+static int take_data_error(void)
+{
+    const char *path = getenv("FAULTSHIM_CONTROL");
+    if (!path || !*path)
+        return 0;
+    pthread_mutex_lock(&control_lock);
+    struct fault f;
+    memset(&f, 0, sizeof f);
+    char line[256] = "";
+    FILE *in = fopen(path, "r");
+    if (in) {
+        if (!fgets(line, sizeof line, in))
+            line[0] = '\0';
+        fclose(in);
+    }
+    parse(line, &f);
+    int take = f.data_errors > 0;
+    if (take) {
+        char next[64];
+        if (f.data_errors > 1)
+            snprintf(next, sizeof next, "data_general_error %ld\n", f.data_errors - 1);
+        else
+            snprintf(next, sizeof next, "none\n");
+        rewrite_control(path, next);
+    }
+    pthread_mutex_unlock(&control_lock);
+    return take;
+}
+
 static CK_RV shim_CreateObject(CK_SESSION_HANDLE session, CK_ATTRIBUTE *tmpl, CK_ULONG n,
                                CK_OBJECT_HANDLE *obj)
 {
@@ -846,6 +884,8 @@ static CK_RV shim_CreateObject(CK_SESSION_HANDLE session, CK_ATTRIBUTE *tmpl, CK
     current_fault(&f, 0);
     if (f.refuse_data && is_data_template(tmpl, n))
         return CKR_FUNCTION_FAILED;
+    if (is_data_template(tmpl, n) && take_data_error())
+        return CKR_GENERAL_ERROR;
     CK_RV rv = real->C_CreateObject(session, tmpl, n, obj);
     if (rv == CKR_OK)
         adopt_new_handle(obj);

@@ -17,6 +17,11 @@ use cryptoki::session::Session;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
+/// Attempts at a key's creation record before the new key is removed again.
+const RECORD_ATTEMPTS: u32 = 3;
+/// Pause between those attempts.
+const RECORD_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Key usages to give a new key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Usage {
@@ -280,15 +285,30 @@ impl<'a> KeyAdmin<'a> {
     }
 
     /// Stores the creation record; if that fails, removes the key so nothing half-made remains.
+    /// SoftHSM2 was seen to answer `CKR_GENERAL_ERROR` to one `C_CreateObject` in a few hundred
+    /// while the daemon's other sessions read the token, and to take the same call a moment
+    /// later: the write is tried [`RECORD_ATTEMPTS`] times before the key is given up. A
+    /// duplicate record from an attempt that did land is harmless (the earliest time is used).
     fn record_creation(&self, id: &str, key: ObjectHandle) -> Result<(), HsmError> {
         self.changed();
-        match marks::put_creation_record(self.s, id, 32) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let _ = self.s.destroy_object(key);
-                Err(e)
+        let mut last = None;
+        for attempt in 0..RECORD_ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(RECORD_RETRY_PAUSE);
+            }
+            match marks::put_creation_record(self.s, id, 32) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(key_id = id, attempt = attempt + 1, error = %e, "the token refused the key's creation record");
+                    last = Some(e);
+                }
             }
         }
+        let _ = self.s.destroy_object(key);
+        let e = last.map_or_else(|| "no attempt".to_owned(), |e| e.to_string());
+        Err(HsmError::Refused(format!(
+            "the token refused to store the creation record of {id:?} {RECORD_ATTEMPTS} times ({e}); the new key was removed and nothing changed: try again, and if it persists check that this login may create private data objects (xks-bridge doctor --write-tests)"
+        )))
     }
 
     /// Generates an AES-256 key inside the token. Refuses an id already in use.
