@@ -7,7 +7,10 @@
 # /proc/<pid>/stat) as min / median / max, latency percentiles as medians of the runs, and
 # the daemon's RSS after each set-up. Release build, 32-byte payloads, TLS 1.3, keep-alive.
 #   scripts/bench-matrix.sh [SECONDS_PER_RUN] [RUNS]
+# BLOCKS="raw on off bulk" (the default) picks the set-ups to run, e.g. BLOCKS=bulk.
 set -euo pipefail
+blocks=" ${BLOCKS:-raw on off bulk} "
+want() { [[ $blocks == *" $1 "* ]]; }
 cd "$(dirname "$0")/.."
 secs=${1:-5}
 runs=${2:-3}
@@ -82,12 +85,17 @@ qs=$work/k1
 start_proxy "$qs"
 ready=$ready_ms
 stop_proxy
-for op in encrypt decrypt; do for t in 1 2; do raw "$qs/config.toml" "$op" "$t" "4 keys"; done; done
+rss_on=-; rss_off=-; rss_bulk=-
+if want raw; then
+  for op in encrypt decrypt; do for t in 1 2; do raw "$qs/config.toml" "$op" "$t" "4 keys"; done; done
+fi
 
-start_proxy "$qs" "$qs/config.toml"
-all_proxy "$qs" quickstart-aes "log+audit on"
-rss_on=$(rss)
-stop_proxy
+if want on; then
+  start_proxy "$qs" "$qs/config.toml"
+  all_proxy "$qs" quickstart-aes "log+audit on"
+  rss_on=$(rss)
+  stop_proxy
+fi
 
 # The same token and key with the request log and the audit trail off (relative paths in a
 # config are relative to its directory: the copy sits beside the original).
@@ -98,23 +106,27 @@ cfg = cfg.replace('level = "info"', 'level = "warn"')
 cfg = re.sub(r'\n\[audit\]\n[^\[]*', '\n', cfg)
 open(sys.argv[2], "w").write(cfg)
 EOF
-start_proxy "$qs" "$qs/quiet.toml"
-all_proxy "$qs" quickstart-aes "log+audit off"
-rss_off=$(rss)
-stop_proxy
+if want off; then
+  start_proxy "$qs" "$qs/quiet.toml"
+  all_proxy "$qs" quickstart-aes "log+audit off"
+  rss_off=$(rss)
+  stop_proxy
+fi
 
 # 1,000 keys on the token (996 more, through the running daemon's admin socket), then the same
 # runs against a key in the middle of the set.
-start_proxy "$qs" "$qs/config.toml"
-for i in $(seq 1 996); do "$bin" keys create --id "bulk-$i" --config "$qs/config.toml" >/dev/null; done
-stop_proxy
-sed -i 's/^allowed_keys = \[/key_pattern = "*"\nallowed_keys = [/' "$qs/config.toml"
-for op in encrypt decrypt; do for t in 1 2; do raw "$qs/config.toml" "$op" "$t" "1,000 keys"; done; done
-start_proxy "$qs" "$qs/config.toml"
-all_proxy "$qs" bulk-500 "1,000 keys, log+audit on"
-rss_bulk=$(rss)
-stop_proxy
-echo
-echo "keys on the token for the last block: $("$bin" keys list --json --config "$qs/config.toml" | grep -c '"id"')"
+if want bulk; then
+  start_proxy "$qs" "$qs/config.toml"
+  for i in $(seq 1 996); do "$bin" keys create --id "bulk-$i" --config "$qs/config.toml" >/dev/null; done
+  stop_proxy
+  sed -i 's/^allowed_keys = \[/key_pattern = "*"\nallowed_keys = [/' "$qs/config.toml"
+  for op in encrypt decrypt; do for t in 1 2; do raw "$qs/config.toml" "$op" "$t" "1,000 keys"; done; done
+  start_proxy "$qs" "$qs/config.toml"
+  all_proxy "$qs" bulk-500 "1,000 keys, log+audit on"
+  rss_bulk=$(rss)
+  stop_proxy
+  echo
+  echo "keys on the token for the last block: $("$bin" keys list --json --config "$qs/config.toml" | grep -c '"id"')"
+fi
 echo "RSS after each set-up's 64-connection runs: log+audit on ${rss_on}, off ${rss_off}, 1,000 keys ${rss_bulk}"
 echo "start to ready (process start to the listening line, token login included): ${ready} ms"

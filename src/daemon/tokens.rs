@@ -32,7 +32,10 @@ pub(super) async fn start(
                 .await
                 .map_err(|e| unavailable(format!("token connect task failed: {e}")))?;
             match connected {
-                Ok(()) => tracing::info!(token = %t.name, label = %t.token_label, "logged in to token"),
+                Ok(()) => {
+                    tracing::info!(token = %t.name, label = %t.token_label, "logged in to token");
+                    prefetch(cfg, &token);
+                }
                 Err(HsmError::LoginRefused(msg)) => return Err(unavailable(format!("tokens[{i}]: {msg}"))),
                 Err(e) => {
                     tracing::error!(token = %t.name, error = %e, "token unavailable at start; retrying in the background")
@@ -46,6 +49,19 @@ pub(super) async fn start(
         tokens.push(token);
     }
     Ok((tokens, pools))
+}
+
+/// First reservations, in the background, for the keys the keystores on `token` name
+/// explicitly (not those matched by a pattern, which may be thousands).
+fn prefetch(cfg: &Config, token: &Arc<Token>) {
+    let keys: Vec<_> = cfg
+        .keystores
+        .iter()
+        .filter(|k| k.token == token.name)
+        .flat_map(|k| k.allowed_keys.iter().map(|id| (id.clone(), k.version_budget())))
+        .collect();
+    let token = token.clone();
+    tokio::task::spawn_blocking(move || token.prefetch_reservations(&keys));
 }
 
 /// File in the state directory holding this instance's id.

@@ -17,7 +17,7 @@ use cryptoki::session::Session;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
-/// Attempts at a key's creation record before the new key is removed again.
+/// Attempts at a new key, and at its creation record before the key is removed again.
 const RECORD_ATTEMPTS: u32 = 3;
 /// Pause between those attempts.
 const RECORD_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
@@ -284,6 +284,36 @@ impl<'a> KeyAdmin<'a> {
         }
     }
 
+    /// Makes a key with `make`, again (at most [`RECORD_ATTEMPTS`] times in all) when the token
+    /// answers `CKR_GENERAL_ERROR` and left no key with the id behind: SoftHSM2 was seen to give
+    /// that answer to one `C_GenerateKey` in a few hundred while the daemon's other sessions read
+    /// the token, and to take the same call a moment later. Never retried when something with
+    /// the label exists, so a retry cannot make two keys with one id.
+    fn retrying_transient(
+        &self,
+        id: &str,
+        make: impl Fn() -> Result<ObjectHandle, HsmError>,
+    ) -> Result<ObjectHandle, HsmError> {
+        let mut attempt = 1;
+        loop {
+            match make() {
+                Err(
+                    e @ HsmError::Device {
+                        rv: RvError::GeneralError,
+                        ..
+                    },
+                ) if attempt < RECORD_ATTEMPTS
+                    && matches!(find_key(self.s, id), Err(HsmError::KeyNotFound)) =>
+                {
+                    tracing::warn!(key_id = id, attempt, error = %e, "the token refused to make the key; trying again");
+                    std::thread::sleep(RECORD_RETRY_PAUSE);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Stores the creation record; if that fails, removes the key so nothing half-made remains.
     /// SoftHSM2 was seen to answer `CKR_GENERAL_ERROR` to one `C_CreateObject` in a few hundred
     /// while the daemon's other sessions read the token, and to take the same call a moment
@@ -316,8 +346,10 @@ impl<'a> KeyAdmin<'a> {
         self.refuse_existing(id)?;
         let mut t = key_template(id, usage, false);
         t.push(Attribute::ValueLen(32.into()));
-        let h = with_hardening(id, t, |t| {
-            self.s.generate_key(&Mechanism::AesKeyGen, t).map_err(classify)
+        let h = self.retrying_transient(id, || {
+            with_hardening(id, t.clone(), |t| {
+                self.s.generate_key(&Mechanism::AesKeyGen, t).map_err(classify)
+            })
         })?;
         self.record_creation(id, h)
     }
@@ -331,7 +363,9 @@ impl<'a> KeyAdmin<'a> {
         };
         let mut t = key_template(id, usage, true);
         t.push(Attribute::Value(material.to_vec()));
-        let h = with_hardening(id, t, |t| self.s.create_object(t).map_err(classify))?;
+        let h = self.retrying_transient(id, || {
+            with_hardening(id, t.clone(), |t| self.s.create_object(t).map_err(classify))
+        })?;
         self.record_creation(id, h)
     }
 
@@ -356,17 +390,20 @@ impl<'a> KeyAdmin<'a> {
             )));
         }
         let t = key_template(id, usage, false);
-        let h = with_hardening(id, t, |t| {
-            self.s
-                .unwrap_key(&Mechanism::AesKeyWrapPad, kek, wrapped, t)
-                .map_err(classify)
-        })
-        .map_err(|e| match e {
-            HsmError::Device { .. } | HsmError::InvalidCiphertext | HsmError::KeyUsage(_) => {
-                HsmError::Refused(format!("unwrap failed (wrong KEK or corrupt wrapped blob): {e}"))
-            }
-            e => e,
-        })?;
+        let h = self
+            .retrying_transient(id, || {
+                with_hardening(id, t.clone(), |t| {
+                    self.s
+                        .unwrap_key(&Mechanism::AesKeyWrapPad, kek, wrapped, t)
+                        .map_err(classify)
+                })
+            })
+            .map_err(|e| match e {
+                HsmError::Device { .. } | HsmError::InvalidCiphertext | HsmError::KeyUsage(_) => {
+                    HsmError::Refused(format!("unwrap failed (wrong KEK or corrupt wrapped blob): {e}"))
+                }
+                e => e,
+            })?;
         let len = self.s.get_attributes(h, &[AttributeType::ValueLen]).map(|a| {
             a.iter().find_map(|x| match x {
                 Attribute::ValueLen(l) => Some(u64::from(*l)),
