@@ -472,15 +472,20 @@ fn killing_a_daemon_while_it_encrypts_never_lowers_a_count() {
 /// (which counts nothing) keeps working; `count_encryptions = false` is the documented way out.
 #[test]
 fn a_token_that_refuses_the_counters_makes_encrypt_fail_closed_not_uncounted() {
+    const LATER: &str = "made-after-start";
     let fx = Fixture::new();
-    let (cfg, control) = shimmed_config(&fx);
+    let (mut cfg, control) = shimmed_config(&fx);
+    let allowed = [KEY_AES, KEY_ENCRYPT_ONLY, KEY_DECRYPT_ONLY, KEY_NO_USAGE, LATER];
+    entry(&mut cfg, "keystores", 0).insert("allowed_keys".into(), toml_strings(&allowed));
     let proxy = TestProxy::start_with(&fx, &cfg, &[]);
     let mut xks = proxy.xks(&fx);
     let sealed = xks.encrypt_ok(KEY_AES, b"counted", Some(b"ctx"));
+    // A key made after the start has no reservation (those are made at start for the keys
+    // already there): its first Encrypt must reserve one on the token.
+    cli_ok(&proxy.config, &["keys", "create", "--id", LATER]);
     set_control(&control, "refuse_data_objects");
-    // KEY_ENCRYPT_ONLY has no counter yet: its first Encrypt must reserve one on the token.
     for _ in 0..3 {
-        let r = xks.encrypt(KEY_ENCRYPT_ONLY, &encrypt_body(b"x", None, false));
+        let r = xks.encrypt(LATER, &encrypt_body(b"x", None, false));
         assert_eq!(r.status, 500, "{}", r.text());
         assert_eq!(r.json()["errorName"], "InternalException", "{}", r.text());
         assert!(
@@ -588,4 +593,31 @@ fn a_version_older_than_rotate_after_days_is_replaced_at_its_next_use() {
     let v = versions(&proxy.config, KEY_AES);
     assert_eq!(v.len(), 2, "exactly one automatic rotation: {v:?}");
     assert_eq!(show(&proxy.config, KEY_AES)["current_version"], 2);
+}
+
+/// After logging in, the daemon reserves a first block in the background for every key a
+/// keystore names in `allowed_keys` that can encrypt, so the first Encrypt does not wait for a
+/// token search under its deadline. `keys show` counts reservations (an upper bound of the
+/// encryptions), so the block shows before any request; a decrypt-only key gets none.
+#[test]
+fn a_first_block_is_reserved_at_start_for_named_keys_that_encrypt() {
+    let fx = Fixture::new();
+    let proxy = TestProxy::start_with(&fx, &fx.config(), &[]);
+    let counted = |key: &str| -> u64 { versions(&proxy.config, key).iter().map(|(_, _, n)| n).sum() };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counted(KEY_AES) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(counted(KEY_AES), 1024, "{}", proxy.logs());
+    assert_eq!(counted(KEY_ENCRYPT_ONLY), 1024, "{}", proxy.logs());
+    assert_eq!(
+        counted(KEY_DECRYPT_ONLY),
+        0,
+        "a key that cannot encrypt reserves nothing"
+    );
+    // The first Encrypt draws from that block: the count does not move.
+    let mut xks = proxy.xks(&fx);
+    let s = xks.encrypt_ok(KEY_AES, b"first", Some(b"ctx"));
+    assert_eq!(version_of(&s), 1);
+    assert_eq!(counted(KEY_AES), 1024);
 }
