@@ -509,7 +509,6 @@ fn a_token_that_refuses_the_counters_makes_encrypt_fail_closed_not_uncounted() {
     );
     drop(proxy);
 
-    let mut cfg = cfg;
     entry(&mut cfg, "keystores", 0).insert("count_encryptions".into(), false.into());
     let proxy = TestProxy::start_with(&fx, &cfg, &[]);
     let mut xks = proxy.xks(&fx);
