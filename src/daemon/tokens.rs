@@ -60,8 +60,7 @@ fn prefetch(cfg: &Config, token: &Arc<Token>) {
         .filter(|k| k.token == token.name)
         .flat_map(|k| k.allowed_keys.iter().map(|id| (id.clone(), k.version_budget())))
         .collect();
-    let token = token.clone();
-    tokio::task::spawn_blocking(move || token.prefetch_reservations(&keys));
+    token.prefetch_reservations(&keys);
 }
 
 /// File in the state directory holding this instance's id.

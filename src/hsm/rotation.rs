@@ -84,8 +84,9 @@ pub(super) struct Rotations {
     state: Mutex<HashMap<String, Rotation>>,
     /// Keys to rotate, with the version each request wants replaced.
     pub(super) queue: Channel<(String, u32)>,
-    /// Reservations to make ahead of need.
-    refills: Channel<(String, u32, VersionBudget)>,
+    /// Reservations to make ahead of need; `true`: a start-up prefetch, made only if the
+    /// key is on the token and can encrypt.
+    refills: Channel<(String, u32, VersionBudget, bool)>,
     /// Counter of automatic rotations that could not create a version (exported as a metric).
     pub(super) failures: AtomicU64,
     /// Creation time of each key's version 1 from its creation record, read once per key
@@ -172,7 +173,11 @@ impl Token {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
         {
             if before <= r.low_water.load(Ordering::Relaxed) && !r.prefetching.swap(true, Ordering::SeqCst) {
-                let queued = self.rotations.refills.0.try_send((id.to_owned(), n, *budget));
+                let queued = self
+                    .rotations
+                    .refills
+                    .0
+                    .try_send((id.to_owned(), n, *budget, false));
                 if queued.is_err() {
                     r.prefetching.store(false, Ordering::SeqCst);
                 }
@@ -185,33 +190,25 @@ impl Token {
         }
     }
 
-    /// Reserves, in the background, a first block for the current version of each of `keys`
-    /// that is on the token with encrypt usage, so that the first Encrypt after a start does
-    /// not make the reservation itself under its deadline (one token search: about 130 ms on
-    /// SoftHSM2 with 1,000 keys, which is past the default 150 ms with the write and check).
-    /// Blocking (a search per key); the daemon calls it once per token after logging in.
+    /// Asks the refiller thread to reserve a first block for the current version of each of
+    /// `keys` that is on the token with encrypt usage, so that the first Encrypt after a start
+    /// does not make the reservation itself under its deadline (one token search: about 130 ms
+    /// on SoftHSM2 with 1,000 keys, which is past the default 150 ms with the write and check).
+    /// Does not block: the daemon calls it once per token after logging in.
     pub fn prefetch_reservations(&self, keys: &[(String, VersionBudget)]) {
         for (id, budget) in keys.iter().filter(|(_, b)| b.counting) {
-            let encrypts = self.with_rw_session(|s| {
-                let v1 = find_key(s, id)?;
-                Ok(VersionUsages::of(s, v1)?.encrypt)
-            });
-            if !matches!(encrypts, Ok(true)) {
-                continue;
-            }
             let n = self.versions.current(id);
-            let r = self.rotations.get(id, n);
-            if !r.prefetching.swap(true, Ordering::SeqCst)
-                && self
-                    .rotations
-                    .refills
-                    .0
-                    .try_send((id.clone(), n, *budget))
-                    .is_err()
-            {
-                r.prefetching.store(false, Ordering::SeqCst);
-            }
+            let _ = self.rotations.refills.0.try_send((id.clone(), n, *budget, true));
         }
+    }
+
+    /// Whether `id` is on the token and may encrypt (a start-up prefetch is made only then).
+    fn can_encrypt(&self, id: &str) -> bool {
+        let encrypts = self.with_rw_session(|s| {
+            let v1 = find_key(s, id)?;
+            Ok(VersionUsages::of(s, v1)?.encrypt)
+        });
+        matches!(encrypts, Ok(true))
     }
 
     /// Reserves the next block of `r` on the token (under its lock). With `take`, one
@@ -331,7 +328,10 @@ impl Token {
     /// The refiller: reserves blocks ahead of need, off the workers.
     fn refiller(&self) {
         let rx = self.rotations.refills.1.clone();
-        while let Ok((id, n, budget)) = rx.recv() {
+        while let Ok((id, n, budget, prefetch)) = rx.recv() {
+            if prefetch && (self.killed() || !self.can_encrypt(&id)) {
+                continue;
+            }
             let r = self.rotations.get(&id, n);
             if !self.killed() {
                 if let Err(e) = self.refill(&r, &id, n, &budget, false) {
