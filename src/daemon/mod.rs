@@ -107,6 +107,7 @@ impl Daemon {
             counters,
             prefixes: prefixes.clone(),
         });
+        let connected: Vec<_> = tokens.iter().filter(|t| t.is_connected()).cloned().collect();
         let control = Control::new(
             switch,
             tokens,
@@ -132,6 +133,11 @@ impl Daemon {
             }
             _ => None,
         };
+        // Only once nothing can fail any more: a start that fails must not leave a thread
+        // inside the token while the process ends.
+        for t in &connected {
+            tokens::prefetch(cfg, t);
+        }
         Ok(Daemon {
             server,
             listeners,

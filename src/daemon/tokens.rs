@@ -32,10 +32,7 @@ pub(super) async fn start(
                 .await
                 .map_err(|e| unavailable(format!("token connect task failed: {e}")))?;
             match connected {
-                Ok(()) => {
-                    tracing::info!(token = %t.name, label = %t.token_label, "logged in to token");
-                    prefetch(cfg, &token);
-                }
+                Ok(()) => tracing::info!(token = %t.name, label = %t.token_label, "logged in to token"),
                 Err(HsmError::LoginRefused(msg)) => return Err(unavailable(format!("tokens[{i}]: {msg}"))),
                 Err(e) => {
                     tracing::error!(token = %t.name, error = %e, "token unavailable at start; retrying in the background")
@@ -53,7 +50,7 @@ pub(super) async fn start(
 
 /// First reservations, in the background, for the keys the keystores on `token` name
 /// explicitly (not those matched by a pattern, which may be thousands).
-fn prefetch(cfg: &Config, token: &Arc<Token>) {
+pub(super) fn prefetch(cfg: &Config, token: &Arc<Token>) {
     let keys: Vec<_> = cfg
         .keystores
         .iter()
