@@ -348,14 +348,9 @@ static void rewrite_control(const char *path, const char *text)
     rename(tmp, path);
 }
 
-/* Reads the current fault. With consume_once, a one-shot fault is returned and cleared. */
-static void current_fault(struct fault *f, int consume_once)
+/* Reads and parses the control file's first line; call with control_lock held. */
+static void read_control(const char *path, struct fault *f)
 {
-    memset(f, 0, sizeof *f);
-    const char *path = getenv("FAULTSHIM_CONTROL");
-    if (!path || !*path)
-        return;
-    pthread_mutex_lock(&control_lock);
     char line[256] = "";
     FILE *in = fopen(path, "r");
     if (in) {
@@ -364,6 +359,17 @@ static void current_fault(struct fault *f, int consume_once)
         fclose(in);
     }
     parse(line, f);
+}
+
+/* Reads the current fault. With consume_once, a one-shot fault is returned and cleared. */
+static void current_fault(struct fault *f, int consume_once)
+{
+    memset(f, 0, sizeof *f);
+    const char *path = getenv("FAULTSHIM_CONTROL");
+    if (!path || !*path)
+        return;
+    pthread_mutex_lock(&control_lock);
+    read_control(path, f);
     if (f->once_rv) {
         if (consume_once)
             rewrite_control(path, "none\n");
@@ -856,14 +862,7 @@ static int take_data_error(void)
     pthread_mutex_lock(&control_lock);
     struct fault f;
     memset(&f, 0, sizeof f);
-    char line[256] = "";
-    FILE *in = fopen(path, "r");
-    if (in) {
-        if (!fgets(line, sizeof line, in))
-            line[0] = '\0';
-        fclose(in);
-    }
-    parse(line, &f);
+    read_control(path, &f);
     int take = f.data_errors > 0;
     if (take) {
         char next[64];
