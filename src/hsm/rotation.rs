@@ -246,6 +246,9 @@ impl Token {
         };
         let counter = versions::counter_label(id, n, me);
         let mut reads = 0;
+        // This instance's counter objects as the last read found them: the write after a read
+        // needs no search of its own.
+        let own_objects = std::cell::RefCell::new(None);
         let grant = self
             .with_rw_session(|s| {
                 budget::reserve(
@@ -261,9 +264,11 @@ impl Token {
                             // show another process's fresh object a moment late; the pause covers it.
                             std::thread::sleep(VERIFY_DELAY);
                         }
-                        versions::counters(s, id, n)
+                        let (counts, own) = versions::counters_and_own(s, id, n, Some(me))?;
+                        *own_objects.borrow_mut() = Some(own);
+                        Ok(counts)
                     },
-                    |v| versions::write_counter(s, &counter, v),
+                    |v| versions::write_counter(s, &counter, v, own_objects.borrow_mut().take()),
                 )
             })
             .map_err(|e| self.counter_refused(id, n, e))?;

@@ -194,4 +194,5 @@ fn refresh_marks<'t>(token: &'t Token, poller: &mut Option<CountedSession<'t>>, 
             *poller = None;
         }
     }
+    beacon.full_read_done();
 }
