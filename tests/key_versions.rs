@@ -620,3 +620,33 @@ fn a_first_block_is_reserved_at_start_for_named_keys_that_encrypt() {
     assert_eq!(version_of(&s), 1);
     assert_eq!(counted(KEY_AES), 1024);
 }
+
+/// On a token whose searches are slow (SoftHSM2's file store takes about 35 ms per search with
+/// 2,000 objects; here 100 ms each, through the fault shim), a start-up reservation takes
+/// longer than a request's deadline. The daemon serves only once they are made: Encrypts sent
+/// the moment it listens are all answered, none times out behind a reservation.
+#[test]
+fn encrypts_sent_as_soon_as_the_daemon_listens_do_not_time_out_behind_start_up_reservations() {
+    let fx = Fixture::new();
+    let (cfg, control) = shimmed_config(&fx);
+    set_control(&control, "slow_find 100");
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    let answers: Vec<(u16, String)> = std::thread::scope(|scope| {
+        let senders: Vec<_> = (0..4)
+            .map(|i| {
+                let mut xks = proxy.xks(&fx);
+                scope.spawn(move || {
+                    let r = xks.encrypt(
+                        KEY_AES,
+                        &encrypt_body(format!("early {i}").as_bytes(), None, false),
+                    );
+                    (r.status, r.text())
+                })
+            })
+            .collect();
+        senders.into_iter().map(|s| s.join().expect("sender")).collect()
+    });
+    for (status, text) in &answers {
+        assert_eq!(*status, 200, "an Encrypt sent at start: {text}\n{}", proxy.logs());
+    }
+}

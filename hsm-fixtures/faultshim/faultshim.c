@@ -30,6 +30,9 @@
  *                         attribute cannot be read is kept. Unlike not_logged_in, crypto calls
  *                         are forwarded and a login does not clear the word
  *   slow <ms>             sleep <ms> before forwarding each crypto call
+ *   slow_find <ms>        sleep <ms> before forwarding each C_FindObjectsInit: a token whose
+ *                         searches walk many objects (SoftHSM2's file store takes about 35 ms
+ *                         per search with 2,000 objects)
  *   pin_incorrect         C_Login returns CKR_PIN_INCORRECT (0xA0) without reaching the token
  *   refuse_data_objects   C_CreateObject of a CKO_DATA object (CKA_CLASS = 0 in the template)
  *                         returns CKR_FUNCTION_FAILED (0x06) without reaching the token: a token
@@ -272,6 +275,7 @@ struct fault {
     int not_logged_in;   /* not_logged_in (persistent) */
     int hide_private;    /* hide_private */
     long slow_ms;        /* slow <ms> */
+    long slow_find_ms;   /* slow_find <ms> */
     int pin_incorrect;   /* pin_incorrect */
     int refuse_data;     /* refuse_data_objects */
     long data_errors;    /* data_general_error <n> */
@@ -308,6 +312,9 @@ static void parse(const char *line, struct fault *f)
         } else if (!strcmp(w, "slow")) {
             char *ms = strtok_r(NULL, " \t\r\n", &save);
             f->slow_ms = ms ? strtol(ms, NULL, 10) : 0;
+        } else if (!strcmp(w, "slow_find")) {
+            char *ms = strtok_r(NULL, " \t\r\n", &save);
+            f->slow_find_ms = ms ? strtol(ms, NULL, 10) : 0;
         } else if (!strcmp(w, "pin_incorrect")) {
             f->pin_incorrect = 1;
         } else if (!strcmp(w, "refuse_data_objects")) {
@@ -637,6 +644,10 @@ static CK_RV shim_GetMechanismInfo(CK_SLOT_ID slot, CK_ULONG type, void *info)
 
 static CK_RV shim_FindObjectsInit(CK_SESSION_HANDLE session, CK_ATTRIBUTE *tmpl, CK_ULONG n)
 {
+    struct fault f;
+    current_fault(&f, 0);
+    if (f.slow_find_ms > 0)
+        sleep_ms(f.slow_find_ms);
     CK_RV rv = device_gate();
     return rv ? rv : real->C_FindObjectsInit(session, tmpl, n);
 }

@@ -138,6 +138,7 @@ impl Daemon {
         for t in &connected {
             tokens::prefetch(cfg, t);
         }
+        tokens::wait_prefetched(&connected).await;
         Ok(Daemon {
             server,
             listeners,

@@ -60,6 +60,29 @@ pub(super) fn prefetch(cfg: &Config, token: &Arc<Token>) {
     token.prefetch_reservations(&keys);
 }
 
+/// The longest the start waits for its reservations before serving anyway.
+const PREFETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits (at most [`PREFETCH_WAIT`] in all) for the start-up reservations of `tokens`: until
+/// then the listeners are bound but not accepting, so clients queue in the kernel rather than
+/// get `DependencyTimeoutException` behind the reservations.
+pub(super) async fn wait_prefetched(tokens: &[Arc<Token>]) {
+    let tokens = tokens.to_vec();
+    let waited = tokio::task::spawn_blocking(move || {
+        let until = std::time::Instant::now() + PREFETCH_WAIT;
+        tokens
+            .iter()
+            .all(|t| t.wait_prefetched(until.saturating_duration_since(std::time::Instant::now())))
+    })
+    .await;
+    if !matches!(waited, Ok(true)) {
+        tracing::info!(
+            waited_s = PREFETCH_WAIT.as_secs(),
+            "start-up encryption reservations still running; serving anyway (the first Encrypts may wait for them)"
+        );
+    }
+}
+
 /// File in the state directory holding this instance's id.
 const INSTANCE_FILE: &str = "instance-id";
 
