@@ -149,15 +149,7 @@ impl Control {
             ));
         }
         let report = |in_force: bool, note: Option<String>, reach: FleetReach| {
-            AdminReply::Changed(ChangeReport {
-                action: Action::Release,
-                scope: scope.clone(),
-                in_force,
-                durable: true,
-                note,
-                elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
-                fleet: Some(reach),
-            })
+            AdminReply::Changed(ChangeReport::release(scope, in_force, note, started, Some(reach)))
         };
         let others = match &fs {
             FleetScope::Proxy => format!(

@@ -233,6 +233,29 @@ pub struct ChangeReport {
     pub fleet: Option<FleetReach>,
 }
 
+impl ChangeReport {
+    /// A release's report, timed from `started` (`fleet`: where a fleet-wide release removed
+    /// its mark). The local and the fleet-wide release both build theirs here, so the two
+    /// cannot drift apart in what they tell the operator.
+    pub fn release(
+        scope: &Scope,
+        in_force: bool,
+        note: Option<String>,
+        started: std::time::Instant,
+        fleet: Option<FleetReach>,
+    ) -> ChangeReport {
+        ChangeReport {
+            action: Action::Release,
+            scope: scope.clone(),
+            in_force,
+            durable: true,
+            note,
+            elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+            fleet,
+        }
+    }
+}
+
 /// Where a fleet-wide change was written.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct FleetReach {

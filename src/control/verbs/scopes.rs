@@ -95,28 +95,10 @@ impl Control {
             Scope::Key(_) => self.switch.epoch("-"),
         };
         tracing::warn!(scope = %scope, by_uid = ?by.by_uid, via = %by.via, reason = ?by.reason, "kill switch RELEASE");
-        let superseded = || {
-            AdminReply::Changed(ChangeReport {
-                action: Action::Release,
-                scope: scope.clone(),
-                in_force: false,
-                durable: true,
-                note: Some(ReleaseError::Superseded.to_string()),
-                elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
-                fleet: None,
-            })
-        };
         let report = |in_force: bool, note: Option<String>| {
-            AdminReply::Changed(ChangeReport {
-                action: Action::Release,
-                scope: scope.clone(),
-                in_force,
-                durable: true,
-                note,
-                elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
-                fleet: None,
-            })
+            AdminReply::Changed(ChangeReport::release(scope, in_force, note, started, None))
         };
+        let superseded = || report(false, Some(ReleaseError::Superseded.to_string()));
         match scope {
             Scope::Proxy => {
                 let _g = self.proxy_lock.lock().await;

@@ -1,0 +1,53 @@
+//! The write probes (`--write-tests`): private data objects on the token, and whether it
+//! hands a destroyed object's handle to a new one.
+
+use crate::doctor_report::{check, Check, Verdict};
+use crate::hsm::doctor::WriteProbe;
+
+fn write_fix(w: &WriteProbe) -> Option<String> {
+    match w {
+        WriteProbe::LeftBehind { handle, .. } => Some(format!(
+            "a probe object (handle {handle}, CKA_APPLICATION \"xks-bridge/doctor-probe\") is still on the token: delete it"
+        )),
+        _ => None,
+    }
+}
+
+pub(in crate::doctor_report) fn data_object_check(w: &WriteProbe) -> Check {
+    let name = "private data objects (disabled-key marks)";
+    match w {
+        WriteProbe::Done => check(name, Verdict::Ok, "a private CKO_DATA token object was created and destroyed", None),
+        WriteProbe::Refused { code } => check(
+            name,
+            Verdict::Warn,
+            format!("refused: {code}"),
+            Some("key kill switches will hold on this instance only (no mark on the token); allow this user to create private data objects".into()),
+        ),
+        WriteProbe::LeftBehind { code, .. } => check(name, Verdict::Fail, format!("created, but destroying it failed: {code}"), write_fix(w)),
+    }
+}
+
+pub(in crate::doctor_report) fn handle_reuse_check(w: &WriteProbe, reused: Option<bool>) -> Check {
+    let name = "destroyed handles reused";
+    match (w, reused) {
+        (WriteProbe::Done, Some(true)) => check(
+            name,
+            Verdict::Ok,
+            "yes: a new object got a destroyed object's handle (the proxy re-checks cached key handles)",
+            None,
+        ),
+        (WriteProbe::Done, _) => check(name, Verdict::Ok, "no: a new object got a new handle", None),
+        (WriteProbe::Refused { code }, _) => check(
+            name,
+            Verdict::Warn,
+            format!("not tested: {code}"),
+            Some("the proxy re-checks cached handles either way; nothing to change for the proxy".into()),
+        ),
+        (WriteProbe::LeftBehind { code, .. }, _) => check(
+            name,
+            Verdict::Fail,
+            format!("destroying a probe object failed: {code}"),
+            write_fix(w),
+        ),
+    }
+}
