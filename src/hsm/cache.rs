@@ -11,8 +11,8 @@
 //! `CKA_UNIQUE_ID` (PKCS#11 3.0) is not used: SoftHSM 2.6 does not implement it, and the label
 //! comparison after a re-find gives the same guarantee for the proxy's own keys.
 
+use super::key_objects::find_key;
 use super::keyspec::KeySpec;
-use super::lifecycle::find_key;
 use super::{classify, marks, HsmError};
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::Session;

@@ -5,7 +5,7 @@
 use super::budget::VersionBudget;
 use super::cache::{CachedKey, KeyRef};
 use super::classify::classify_for;
-use super::lifecycle::{usages, USAGE_ATTRIBUTES};
+use super::key_objects::{usages, USAGE_ATTRIBUTES};
 use super::token::{KeyInfo, Token};
 use super::versions::{self, VersionState};
 use super::{classify, Gate, HsmError, Sealed};

@@ -6,7 +6,7 @@
 //! Every PKCS#11 call of the crate lives under this module: the daemon's workers and
 //! supervisor, key versions and their encryption budget ([`versions`], [`budget`],
 //! [`rotation`], `rotator`, [`version_admin`]; docs/key-versions.md), key lifecycle ([`lifecycle`],
-//! [`marks`]), token setup for the quickstart and the offline CLI ([`setup`]), the benchmark's
+//! [`key_objects`], [`key_listing`], [`marks`]), token setup for the quickstart and the offline CLI ([`setup`]), the benchmark's
 //! raw-token ceiling ([`raw`]) and the probes of `xks-bridge doctor` ([`doctor`]). What differs
 //! between HSM vendors behind the same PKCS#11 names (tag-failure codes, login role) is one
 //! table, [`profile`].
@@ -20,6 +20,8 @@ mod crypto;
 pub mod doctor;
 pub mod fleet;
 pub mod health;
+pub mod key_listing;
+pub mod key_objects;
 pub mod keyspec;
 pub mod keystate;
 pub mod lifecycle;
@@ -38,9 +40,11 @@ mod worker;
 pub use budget::VersionBudget;
 pub use classify::classify;
 pub use health::{TokenHealth, TokenStatus};
+pub use key_listing::KeyEntry;
+pub use key_objects::Usage;
 pub use keyspec::KeySpec;
 pub use keystate::MarkOutcome;
-pub use lifecycle::{KeyAdmin, KeyEntry, Usage};
+pub use lifecycle::KeyAdmin;
 pub use token::{KeyInfo, Token};
 pub use version_admin::VersionEntry;
 pub use worker::IDLE_CHECK;

@@ -4,7 +4,7 @@
 //! the IV, then `C_Encrypt`). Measuring and reporting stay with the benchmark.
 
 use super::connection::{find_slot, log_in_user};
-use super::lifecycle::find_key;
+use super::key_objects::find_key;
 use super::{setup, HsmError};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;

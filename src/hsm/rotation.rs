@@ -11,7 +11,7 @@
 //! the token's rotator thread, which settles the next version with [`budget::settle`].
 
 use super::budget::{self, Grant, VersionBudget};
-use super::lifecycle::{find_key, VersionUsages};
+use super::key_objects::{find_key, VersionUsages};
 use super::marks;
 use super::token::Token;
 use super::versions::{self};

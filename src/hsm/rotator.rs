@@ -4,7 +4,7 @@
 //! agree on one version n+1.
 
 use super::budget::{self, Candidate, CandidateStore, Round, Settled};
-use super::lifecycle::{create_version_key, find_key, VersionUsages};
+use super::key_objects::{create_version_key, find_key, VersionUsages};
 use super::rotation::{now_ms, SETTLE};
 use super::token::Token;
 use super::versions::{self, Record};

@@ -2,7 +2,8 @@
 //! --version`), on the key-administration session. Rotation is in `rotation.rs`: it waits a
 //! settle time and must not hold the lifecycle lock the kill switch takes.
 
-use super::lifecycle::{find_key, KeyAdmin};
+use super::key_objects::find_key;
+use super::lifecycle::KeyAdmin;
 use super::versions::{self, KeyVersions, RETIRED_APP};
 use super::{classify, marks, HsmError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};

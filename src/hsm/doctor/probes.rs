@@ -3,8 +3,8 @@
 //! the configured keys' attributes.
 
 use super::super::classify::{classify, classify_for};
+use super::super::key_objects::{usages, USAGE_ATTRIBUTES};
 use super::super::keyspec::KeySpec;
-use super::super::lifecycle::{usages, USAGE_ATTRIBUTES};
 use super::super::marks;
 use super::super::profile::{quirks, Quirks};
 use super::super::HsmError;
