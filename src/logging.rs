@@ -1,20 +1,67 @@
 //! Log set-up: text or JSON lines on stderr (stdout carries only the readiness lines and the
 //! quickstart banner). `RUST_LOG` overrides the configured level. Colour codes only when
 //! stderr is a terminal: the journal, a log file or a pipe get plain text.
+//!
+//! Lines are written by a thread of their own (`tracing-appender`'s non-blocking writer), not
+//! by the thread that logs. Under systemd, stderr is a stream socket to journald: when journald
+//! stalls (a full disk, a starved host), a write blocks, and a request thread blocked in a log
+//! write stops serving; with the async runtime's few workers, the whole endpoint stops. The
+//! writer thread takes lines from a bounded queue ([`BUFFERED_LINES`]); when that is full,
+//! lines are dropped and counted ([`dropped_lines`], the `xks_bridge_log_lines_dropped`
+//! metric) rather than holding up requests. The audit trail is written separately and is never
+//! dropped this way. The writer also batches: every line queued while it wrote goes out in one
+//! `write` (stderr is unbuffered otherwise, one system call per line).
 
 use crate::config::{LogFormat, LoggingConfig};
 use std::io::IsTerminal;
+use std::sync::OnceLock;
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber; a second call is a no-op.
-pub fn init(cfg: &LoggingConfig) {
+/// Lines queued for the writer thread at most (about 5-10 MB of request lines); more are
+/// dropped while it is stuck.
+pub const BUFFERED_LINES: usize = 16_384;
+
+/// Bytes the writer gathers before a `write`; the queue's lines are flushed as soon as it is
+/// empty, so this bounds a write's size, not a line's delay.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Keeps the writer thread running; dropping it writes out what is queued (waiting at most
+/// about a second for a stuck stderr) and stops the thread. Hold it until the process ends.
+#[must_use = "dropping the guard stops log output"]
+pub struct LogGuard {
+    _writer: Option<WorkerGuard>,
+}
+
+/// Installs the global subscriber; a second call is a no-op (and its guard holds nothing).
+pub fn init(cfg: &LoggingConfig) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    let ansi = std::io::stderr().is_terminal();
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(BUFFERED_LINES)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::with_capacity(WRITE_BUFFER, std::io::stderr()));
+    let counter = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let _ = match cfg.format {
+        .with_ansi(ansi)
+        .with_writer(writer);
+    let installed = match cfg.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    if installed.is_err() {
+        return LogGuard { _writer: None };
+    }
+    let _ = DROPPED.set(counter);
+    LogGuard { _writer: Some(guard) }
+}
+
+/// Log lines dropped because the writer could not keep up (stderr blocked); 0 before
+/// [`init`].
+pub fn dropped_lines() -> u64 {
+    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
 }

@@ -153,7 +153,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, (i32, String)> {
 
 fn serve(cfg: Config, path: &Path, quickstart: Option<quickstart::Layout>) -> CliResult {
     apply_module_env(&cfg)?;
-    logging::init(&cfg.logging);
+    let _log = logging::init(&cfg.logging);
     let rt = runtime()?;
     rt.block_on(async move {
         let d = Daemon::start(&cfg, Some(path.to_owned()))
@@ -197,7 +197,7 @@ fn run_quickstart(dir: &Path, listen: Option<SocketAddr>, setup_only: bool) -> C
 
 fn check_config(path: &Path) -> CliResult {
     let cfg = load(path)?;
-    logging::init(&cfg.logging); // so secret-file permission warnings are shown
+    let _log = logging::init(&cfg.logging); // so secret-file permission warnings are shown
     for (i, t) in cfg.tokens.iter().enumerate() {
         t.load_pin()
             .map_err(|e| (EXIT_BAD_CONFIG, format!("tokens[{i}].pin: {e}")))?;

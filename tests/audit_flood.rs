@@ -379,3 +379,60 @@ fn checkpoint_settings_are_validated_naming_the_field() {
         assert!(err.contains(needle), "{field}: {err}");
     }
 }
+
+/// Under systemd, stderr is a stream to journald, and when journald stalls every write to it
+/// blocks. The daemon's stderr here is a FIFO whose reader never reads (it fills after 64 KiB,
+/// about 150 request lines): requests keep being answered, log lines wait in a bounded queue
+/// and, past it, are dropped and counted in `xks_bridge_log_lines_dropped`.
+#[test]
+fn a_stalled_stderr_does_not_stop_the_daemon_answering() {
+    let fx = Fixture::new();
+    let fifo = fx.path("stderr.fifo");
+    let (code, _, err) = run_bounded(
+        {
+            let mut c = Command::new("mkfifo");
+            c.arg(&fifo);
+            c
+        },
+        WAIT,
+    );
+    assert_eq!(code, Some(0), "mkfifo: {err}");
+    // The reader end: opening it waits for the daemon's shell to open the writer; then it is
+    // held, never read, until the test ends.
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::File::open(fifo).expect("open the FIFO"))
+    };
+    let proxy = TestProxy::start_with_stderr_to(&fx, &fx.config(), &fifo);
+    let _held = reader.join().expect("FIFO reader");
+    // More lines than the pipe and the daemon's queue (16,384 lines) hold together.
+    let answered: Vec<usize> = std::thread::scope(|scope| {
+        let senders: Vec<_> = (0..4)
+            .map(|t| {
+                let mut xks = proxy.xks(&fx);
+                scope.spawn(move || {
+                    (0..4_500)
+                        .map(|i| {
+                            let r = xks.health();
+                            assert_eq!(r.status, 200, "sender {t}, request {i}: {}", r.text());
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        senders.into_iter().map(|s| s.join().expect("sender")).collect()
+    });
+    assert_eq!(answered.iter().sum::<usize>(), 18_000);
+    let metrics = scrape_metrics(&proxy);
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("xks_bridge_log_lines_dropped "))
+        .unwrap_or_else(|| panic!("no log_lines_dropped metric:\n{metrics}"))
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(
+        dropped > 0.0,
+        "18,000 request lines into a stalled stderr, none dropped?"
+    );
+}

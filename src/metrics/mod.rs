@@ -44,6 +44,8 @@ pub struct Metrics {
     cert_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
     reloads: Family<ResultLabels, Gauge>,
     audit_errors: Gauge,
+    /// Log lines dropped because stderr did not take them (see `logging`).
+    log_dropped: Gauge,
     switch_durable: Gauge,
     pools: Vec<Hsm>,
     switch: SwitchProbe,
@@ -85,6 +87,7 @@ impl Metrics {
             cert_expiry: Gauge::default(),
             reloads: Family::default(),
             audit_errors: Gauge::default(),
+            log_dropped: Gauge::default(),
             switch_durable: Gauge::default(),
             pools,
             switch,

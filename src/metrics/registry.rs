@@ -47,6 +47,11 @@ impl Metrics {
             self.audit_errors.clone(),
         );
         r.register(
+            "log_lines_dropped",
+            "log lines dropped because stderr (the journal) did not take them fast enough; requests are never held up by logging",
+            self.log_dropped.clone(),
+        );
+        r.register(
                 "kill_switch_durable",
                 "1 when the kill switch state file holds the state in force, 0 while an engage is not yet durable",
                 self.switch_durable.clone(),

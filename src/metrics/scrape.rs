@@ -55,6 +55,7 @@ impl Metrics {
         if let Some(f) = &self.audit_write_errors {
             self.audit_errors.set(f() as i64);
         }
+        self.log_dropped.set(crate::logging::dropped_lines() as i64);
         self.connections.refresh();
         if let Some(p) = self.draining_probe.get() {
             self.draining.set(i64::from(p()));

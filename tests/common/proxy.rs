@@ -8,7 +8,7 @@ use crate::common::process::{Spawned, BIN, WAIT};
 use crate::common::xks::Xks;
 use rustls::ClientConfig;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
@@ -38,6 +38,18 @@ impl TestProxy {
     pub fn try_start(fx: &Fixture, cfg: &toml::Table, env: &[(&str, &str)]) -> Result<TestProxy, String> {
         let config = fx.write_config(cfg);
         Self::start_command(fx, config, Command::new(BIN), env)
+    }
+
+    /// Serves `cfg` with the daemon's stderr going to `path` (a FIFO, say) instead of to the
+    /// harness, whose [`TestProxy::logs`] then stay empty.
+    pub fn start_with_stderr_to(fx: &Fixture, cfg: &toml::Table, path: &Path) -> TestProxy {
+        let config = fx.write_config(cfg);
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"exec "$0" "$@" 2>"$XKS_TEST_STDERR""#)
+            .arg(BIN)
+            .env("XKS_TEST_STDERR", path);
+        Self::start_command(fx, config, cmd, &[]).unwrap_or_else(|e| panic!("daemon did not start: {e}"))
     }
 
     /// Serves `cfg` with systemd's watchdog enabled: `WATCHDOG_USEC` from `env`, and
