@@ -593,3 +593,52 @@ fn refused_pin_is_retried_twice_then_given_up() {
         gave_up_after.as_secs()
     );
 }
+
+/// CKM_AES_GCM and CKM_AES_KEY_GEN, as the fault shim's `hide_mechanism` takes them.
+const CKM_AES_GCM: &str = "0x1087";
+const CKM_AES_KEY_GEN: &str = "0x1080";
+
+/// GetHealthStatus is a deep check: a token that is logged in and reports no error flag but
+/// can no longer run AES-GCM (its mechanism gone) is reported UNAVAILABLE, as Encrypt fails
+/// there, and ACTIVE again once it can. Before, the token's flags alone made it ACTIVE.
+#[test]
+fn health_reports_a_token_that_cannot_encrypt_unavailable_then_active_again() {
+    let mut f = Faulty::start();
+    assert_eq!(f.health_status(), "ACTIVE", "{}", f.proxy.logs());
+    f.set_fault(&format!("hide_mechanism {CKM_AES_GCM}"));
+    let r = f.xks.encrypt(KEY_AES, &encrypt_body(b"no GCM", None, false));
+    assert_ne!(r.status, 200, "Encrypt without AES-GCM: {}", r.text());
+    assert_eq!(
+        f.health_status(),
+        "UNAVAILABLE",
+        "health while Encrypt fails:\n{}",
+        f.proxy.logs()
+    );
+    f.set_fault("none");
+    assert_eq!(f.health_status(), "ACTIVE", "{}", f.proxy.logs());
+    f.xks.encrypt_ok(KEY_AES, b"GCM is back", None);
+}
+
+/// A token that will not make a session key for this login (here: no key generation at all)
+/// still serves existing keys. The deep check cannot run there, so health says what the other
+/// checks found (ACTIVE) and the log says, once, that the check was shallow.
+#[test]
+fn health_stays_active_on_a_token_that_refuses_session_test_keys_and_says_so_once() {
+    let mut f = Faulty::start();
+    f.set_fault(&format!("hide_mechanism {CKM_AES_KEY_GEN}"));
+    f.xks.encrypt_ok(KEY_AES, b"existing keys still work", None);
+    for _ in 0..3 {
+        assert_eq!(f.health_status(), "ACTIVE", "{}", f.proxy.logs());
+    }
+    assert!(
+        f.proxy.wait_for_log("the token refused a session test key"),
+        "no warning that the health check is shallow:\n{}",
+        f.proxy.logs()
+    );
+    let logs = f.proxy.logs();
+    assert_eq!(
+        logs.matches("the token refused a session test key").count(),
+        1,
+        "one warning for three health checks:\n{logs}"
+    );
+}

@@ -1,10 +1,25 @@
 //! Token health as reported to KMS: the status words and the probe a worker runs on its own
 //! logged-in session.
+//!
+//! The probe is deep, as the XKS spec asks of GetHealthStatus (a 200 should mean that an
+//! Encrypt or Decrypt right after it would succeed, shown with a dedicated test key, never a
+//! key KMS uses): besides the login and the token's flags, it makes an AES-256 session key
+//! (`CKA_TOKEN=false`, nothing is written to the token), encrypts and decrypts with it in the
+//! configured IV mode exactly as requests do, and destroys it. A failed round trip reports the
+//! token `UNAVAILABLE` with the token's answer in the log. A token that will not make such a
+//! key for this login (a policy against key generation) cannot be checked this way; the probe
+//! then reports what the other checks found, and says so once in the log, rather than calling
+//! a token that serves requests unavailable.
 
 use super::connection::{logged_in, State};
+use super::gcm_probe::{code, iv_probe, scratch_key, Probe};
 use super::token::Token;
 use super::{classify, HsmError};
 use cryptoki::session::Session;
+use std::sync::atomic::Ordering;
+
+/// Label of the health check's session key.
+const SELF_TEST_LABEL: &[u8] = b"xks-bridge-health-self-test";
 
 /// Health of a token as reported to KMS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +96,42 @@ impl Token {
         } else {
             (TokenStatus::Active, "")
         };
+        drop(state);
+        if status == TokenStatus::Unavailable {
+            return Ok(self.health_without_probe(status, detail));
+        }
+        if let Err(why) = self.self_test(session)? {
+            return Ok(self.health_without_probe(TokenStatus::Unavailable, &why));
+        }
         Ok(self.health_without_probe(status, detail))
+    }
+
+    /// The GCM round trip under a session key of its own. `Err`: the session or the device
+    /// failed (the worker handles it as for a request); `Ok(Err(why))`: the round trip failed.
+    fn self_test(&self, s: &Session) -> Result<Result<(), String>, HsmError> {
+        let key = match scratch_key(s, SELF_TEST_LABEL) {
+            Ok(k) => k,
+            Err(e) => {
+                let why = code(&e);
+                let e = classify(e);
+                if e.device_lost() || e.session_lost() {
+                    return Err(e);
+                }
+                if !self.self_test_skipped.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(token = %self.name, refused = %why, "the token refused a session test key: GetHealthStatus checks the login and the token's flags only, not an encryption (said once)");
+                }
+                return Ok(Ok(()));
+            }
+        };
+        let outcome = iv_probe(s, key, self.iv_source);
+        // A session object dies with its session anyway; destroyed now so that none accumulate.
+        let _ = s.destroy_object(key);
+        Ok(match outcome {
+            Probe::Works => Ok(()),
+            Probe::Wrong(why) | Probe::Refused(why) | Probe::NotRun(why) => Err(format!(
+                "self-test encryption under iv_source {:?} failed: {why}",
+                self.iv_source.name()
+            )),
+        })
     }
 }

@@ -19,6 +19,7 @@ mod connection;
 mod crypto;
 pub mod doctor;
 pub mod fleet;
+mod gcm_probe;
 pub mod health;
 pub mod key_listing;
 pub mod key_objects;

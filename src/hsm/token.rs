@@ -50,6 +50,8 @@ pub struct Token {
     pub(super) rotations: Rotations,
     /// This instance's id in counter labels (set by the daemon from its state directory).
     instance: OnceLock<String>,
+    /// The health check's self-test could not make its session key (said once, see `health`).
+    pub(super) self_test_skipped: std::sync::atomic::AtomicBool,
 }
 
 impl Token {
@@ -66,6 +68,7 @@ impl Token {
             versions: VersionTable::default(),
             rotations: Rotations::default(),
             instance: OnceLock::new(),
+            self_test_skipped: Default::default(),
         }
     }
 

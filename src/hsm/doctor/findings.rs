@@ -6,6 +6,8 @@ use crate::config::{IvSource, Profile};
 use cryptoki::slot::Limit;
 use serde::Serialize;
 
+pub use super::super::gcm_probe::Probe;
+
 /// `C_GetInfo`.
 #[derive(Debug, Clone, Serialize)]
 pub struct LibraryFacts {
@@ -86,20 +88,6 @@ pub struct KeySizes {
     pub max: u64,
     /// `CKF_ENCRYPT`/`DECRYPT`/`GENERATE`/`WRAP`/`UNWRAP` flags set.
     pub flags: Vec<&'static str>,
-}
-
-/// How one probe on the scratch key went.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case", tag = "outcome", content = "detail")]
-pub enum Probe {
-    /// It worked end to end (encrypt, then decrypt to the same plaintext).
-    Works,
-    /// The token did it but not as the proxy needs (detail says how).
-    Wrong(String),
-    /// A call failed: `CKR_` code and function.
-    Refused(String),
-    /// Not run (detail says why).
-    NotRun(String),
 }
 
 /// Which GCM IV modes work on a scratch session key.

@@ -9,13 +9,13 @@
 //! be destroyed is reported with its handle.
 
 use super::connection::find_slot;
+use super::gcm_probe::code;
 use super::profile::quirks;
 use super::setup;
 use super::HsmError;
 use crate::config::IvSource;
 use crate::config::TokenConfig;
 use cryptoki::context::Pkcs11;
-use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::MechanismType;
 use cryptoki::slot::Slot;
 use secrecy::SecretString;
@@ -48,26 +48,6 @@ pub struct Plan<'a> {
     pub sessions_wanted: usize,
 }
 
-/// `CKR_GENERAL_ERROR from C_Decrypt`, from a cryptoki error.
-fn code(e: &CkError) -> String {
-    match e {
-        CkError::Pkcs11(rv, f) => format!("{} from C_{f:?}", ckr_name(&format!("{rv:?}"))),
-        other => other.to_string(),
-    }
-}
-
-/// `GeneralError` -> `CKR_GENERAL_ERROR`.
-fn ckr_name(debug: &str) -> String {
-    let mut out = String::from("CKR_");
-    for (i, c) in debug.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
-}
-
 /// Runs every check. `Err` only when the doctor cannot run at all: the module does not load,
 /// the token is absent, the PIN is refused ([`HsmError::Unavailable`] / [`HsmError::LoginRefused`]).
 pub fn examine(plan: &Plan<'_>) -> Result<Findings, HsmError> {
@@ -86,7 +66,7 @@ fn examine_loaded(module: &setup::Module, plan: &Plan<'_>) -> Result<Findings, H
     let user = module.open_user_session(label, &plan.pin)?;
     let s = user.session();
     let mechanisms = mechanism_facts(p, slot);
-    let scratch = scratch_key(s);
+    let scratch = scratch_key(s, b"xks-bridge-doctor-scratch").map_err(|e| code(&e));
     let q = quirks(plan.token.profile);
     let (scratch_key, iv, bad_tag, latency) = match &scratch {
         Ok(key) => {
@@ -224,16 +204,4 @@ fn mechanism_facts(p: &Pkcs11, slot: Slot) -> Vec<MechanismFact> {
             }),
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn return_values_are_named_as_the_standard_spells_them() {
-        assert_eq!(ckr_name("GeneralError"), "CKR_GENERAL_ERROR");
-        assert_eq!(ckr_name("MechanismInvalid"), "CKR_MECHANISM_INVALID");
-        assert_eq!(ckr_name("EncryptedDataInvalid"), "CKR_ENCRYPTED_DATA_INVALID");
-    }
 }

@@ -3,116 +3,23 @@
 //! the configured keys' attributes.
 
 use super::super::classify::{classify, classify_for};
+use super::super::gcm_probe::{ckr_name, code, encrypt_as, gcm_decrypt};
 use super::super::key_objects::{usages, USAGE_ATTRIBUTES};
 use super::super::keyspec::KeySpec;
 use super::super::marks;
 use super::super::profile::{quirks, Quirks};
 use super::super::HsmError;
-use super::{
-    ckr_name, code, BadTag, HandleReuse, KeyFacts, Latency, Plan, Probe, SessionFacts, WriteProbe, PROBE_APP,
-};
+use super::{BadTag, HandleReuse, KeyFacts, Latency, Plan, SessionFacts, WriteProbe, PROBE_APP};
 use crate::config::{IvSource, Profile};
 use cryptoki::context::Function;
 use cryptoki::context::Pkcs11;
 use cryptoki::error::Error as CkError;
-use cryptoki::mechanism::aead::GcmParams;
-use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use std::time::{Duration, Instant};
 
-const TAG_BITS: u64 = 128;
-const PROBE_AAD: &[u8] = b"xks-bridge doctor probe";
-
-/// An AES-256 session key (never on the token), sensitive and not extractable.
-pub(super) fn scratch_key(s: &Session) -> Result<ObjectHandle, String> {
-    let template = [
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::ValueLen(32.into()),
-        Attribute::Token(false),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Encrypt(true),
-        Attribute::Decrypt(true),
-        Attribute::Label(b"xks-bridge-doctor-scratch".to_vec()),
-    ];
-    s.generate_key(&Mechanism::AesKeyGen, &template)
-        .map_err(|e| code(&e))
-}
-
-fn gcm_encrypt(s: &Session, key: ObjectHandle, iv: &mut [u8], pt: &[u8]) -> Result<Vec<u8>, CkError> {
-    let params = GcmParams::new(iv, PROBE_AAD, TAG_BITS.into())?;
-    s.encrypt(&Mechanism::AesGcm(params), key, pt)
-}
-
-fn gcm_decrypt(s: &Session, key: ObjectHandle, iv: &[u8], ct: &[u8]) -> Result<Vec<u8>, CkError> {
-    let mut iv = iv.to_vec();
-    let params = GcmParams::new(&mut iv, PROBE_AAD, TAG_BITS.into())?;
-    s.decrypt(&Mechanism::AesGcm(params), key, ct)
-}
-
-/// Encrypts `pt` the way `mode` does: (IV, ciphertext and tag), or how the token answered.
-/// The mechanism modes pass a zero IV (or none); a token that simply uses it does not
-/// generate IVs, and the scratch key is discarded, so that one encryption is harmless.
-pub(super) fn encrypt_as(
-    s: &Session,
-    key: ObjectHandle,
-    mode: IvSource,
-    pt: &[u8],
-) -> Result<(Vec<u8>, Vec<u8>), Probe> {
-    let refused = |e: CkError| Probe::Refused(code(&e));
-    let sealed_len = pt.len() + 16;
-    let (iv, ct) = match mode {
-        IvSource::TokenRandom | IvSource::Mechanism => {
-            let mut iv = [0u8; 12];
-            if mode == IvSource::TokenRandom {
-                s.generate_random_slice(&mut iv).map_err(refused)?;
-            }
-            let ct = gcm_encrypt(s, key, &mut iv, pt).map_err(refused)?;
-            (iv.to_vec(), ct)
-        }
-        IvSource::MechanismAfterTag => {
-            let mut out = gcm_encrypt(s, key, &mut [], pt).map_err(refused)?;
-            match out.len().checked_sub(sealed_len) {
-                Some(12 | 16) => (out.split_off(sealed_len), out),
-                Some(0) => return Err(Probe::Wrong("the token returned no IV after the tag".into())),
-                _ => return Err(Probe::Wrong(format!(
-                    "{} bytes returned for {} bytes of plaintext: not ciphertext, tag and a 12- or 16-byte IV",
-                    out.len(),
-                    pt.len()
-                ))),
-            }
-        }
-    };
-    if iv.iter().all(|b| *b == 0) {
-        return Err(Probe::Wrong(
-            "the token used the IV it was given and wrote none back".into(),
-        ));
-    }
-    if ct.len() != sealed_len {
-        return Err(Probe::Wrong(format!(
-            "ciphertext of {} bytes for {} bytes of plaintext",
-            ct.len(),
-            pt.len()
-        )));
-    }
-    Ok((iv, ct))
-}
-
-/// Encrypts under `mode`, then decrypts to the same plaintext.
-pub(super) fn iv_probe(s: &Session, key: ObjectHandle, mode: IvSource) -> Probe {
-    let pt = b"doctor: IV mode probe";
-    match encrypt_as(s, key, mode, pt) {
-        Ok((iv, ct)) => match gcm_decrypt(s, key, &iv, &ct) {
-            Ok(back) if back == pt => Probe::Works,
-            Ok(_) => Probe::Wrong("decryption returned a different plaintext".into()),
-            Err(e) => Probe::Refused(code(&e)),
-        },
-        Err(p) => p,
-    }
-}
+pub(super) use super::super::gcm_probe::{iv_probe, scratch_key};
 
 /// A ciphertext encrypted under `mode` with one bit of its tag flipped: what `C_Decrypt` says,
 /// and whether the profile `q` counts that as a bad tag.
