@@ -13,6 +13,8 @@ pub struct RequestContext {
     pub kms_operation: Option<String>,
     /// `requestMetadata.awsPrincipalArn`.
     pub principal: Option<String>,
+    /// `requestMetadata.kmsKeyArn` (Encrypt, Decrypt): the KMS key the call is for.
+    pub kms_key_arn: Option<String>,
     /// `requestMetadata.kmsViaService`.
     pub via_service: Option<String>,
     /// The SigV4 access key id that signed the request.
@@ -32,6 +34,7 @@ impl RequestContext {
         self.kms_request_id = Some(md.kms_request_id.clone().into_owned());
         self.kms_operation = Some(md.kms_operation.clone().into_owned());
         self.principal = own(&md.aws_principal_arn);
+        self.kms_key_arn = own(&md.kms_key_arn);
         self.via_service = own(&md.kms_via_service);
         self.source_vpc = own(&md.aws_source_vpc);
         self.source_vpce = own(&md.aws_source_vpce);
@@ -69,6 +72,7 @@ impl RequestContext {
             kms_request_id: cap_opt(self.kms_request_id, MAX_METADATA_CHARS),
             kms_operation: cap_opt(self.kms_operation, MAX_METADATA_CHARS),
             principal: cap_opt(self.principal, MAX_ARN_CHARS),
+            kms_key_arn: cap_opt(self.kms_key_arn, MAX_ARN_CHARS),
             via_service: cap_opt(self.via_service, MAX_METADATA_CHARS),
             source_vpc: cap_opt(self.source_vpc, MAX_METADATA_CHARS),
             source_vpce: cap_opt(self.source_vpce, MAX_METADATA_CHARS),

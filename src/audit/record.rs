@@ -80,6 +80,9 @@ pub struct RequestEvent {
     /// `requestMetadata.kmsOperation`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kms_operation: Option<String>,
+    /// `requestMetadata.kmsKeyArn` (Encrypt, Decrypt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_arn: Option<String>,
     /// `requestMetadata.kmsViaService`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via_service: Option<String>,

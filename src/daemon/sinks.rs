@@ -49,6 +49,7 @@ pub(super) fn request_record(d: &Finished) -> AuditRecord {
         operation: dash(d.operation),
         key_id: dash(&d.key_id),
         kms_operation: d.ctx.kms_operation.clone(),
+        kms_key_arn: d.ctx.kms_key_arn.clone(),
         via_service: d.ctx.via_service.clone(),
         source_vpc: d.ctx.source_vpc.clone(),
         source_vpce: d.ctx.source_vpce.clone(),

@@ -107,6 +107,7 @@ pub(super) fn log_request(d: &Finished) {
         kms_request_id = d.ctx.kms_request_id.as_deref().unwrap_or("-"),
         kms_operation = d.ctx.kms_operation.as_deref().unwrap_or("-"),
         principal = d.ctx.principal.as_deref().unwrap_or("-"),
+        kms_key_arn = d.ctx.kms_key_arn.as_deref().unwrap_or("-"),
         keystore = %d.keystore,
         operation = d.operation,
         key_id = %d.key_id,
