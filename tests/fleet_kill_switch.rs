@@ -356,3 +356,69 @@ fn a_fleet_engage_no_token_takes_engages_this_instance_only_and_exits_1() {
     cli_ok(&p.config, &["kill-switch", "release", "--fleet"]);
     released_here(&fx, &p);
 }
+
+/// SoftHSM2 refuses a data-object write now and then (`CKR_GENERAL_ERROR`) while other sessions
+/// read the token, as the other instances' polls do: the fleet mark is tried again, and the
+/// engage reaches the fleet instead of engaging the instance that ran it only.
+#[test]
+fn a_fleet_engage_survives_a_transient_refusal_of_its_mark() {
+    let fx = Fixture::new();
+    let (mut cfg, control) = shimmed_config(&fx);
+    section(&mut cfg, "state").insert("directory".into(), "state-shim".into());
+    section(&mut cfg, "admin").insert("socket".into(), "admin-shim.sock".into());
+    let ps = vec![
+        TestProxy::start_with(&fx, &cfg, &[]),
+        TestProxy::start_with(&fx, &instance_config(&fx, "plain", false), &[]),
+    ];
+    set_control(&control, "data_general_error 2");
+    let (code, out, err) = cli(
+        &ps[0].config,
+        &["kill-switch", "engage", "--fleet", "--reason", "transient"],
+    );
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("fleet mark written"), "{out}");
+    all_within(&ps, ENGAGE_REACH, "refusing Encrypt", |p| {
+        encrypt_status(&fx, p, None) == 400
+    });
+    assert_eq!(status(&ps[1].config)["proxy"]["fleet_by"]["reason"], "transient");
+    cli_ok(&ps[1].config, &["kill-switch", "release", "--fleet"]);
+    all_within(&ps, RELEASE_REACH, "serving", |p| {
+        encrypt_status(&fx, p, None) == 200
+    });
+}
+
+/// SoftHSM2 hides a token, for a moment, from a process that loads the module while another
+/// process rewrites the token's files (another instance logging in for its release check); on
+/// a loaded machine that lasts longer than a few quick retries. A fleet release from an
+/// instance disconnected by the engage outlasts such a moment instead of failing.
+#[test]
+fn a_fleet_release_outlasts_a_token_that_looks_absent_for_a_moment() {
+    let fx = Fixture::new();
+    let (mut cfg, control) = shimmed_config(&fx);
+    section(&mut cfg, "state").insert("directory".into(), "state-shim".into());
+    section(&mut cfg, "admin").insert("socket".into(), "admin-shim.sock".into());
+    let p = TestProxy::start_with(&fx, &cfg, &[]);
+    cli_ok(
+        &p.config,
+        &["kill-switch", "engage", "--fleet", "--reason", "absent"],
+    );
+    assert!(
+        wait_until(ENGAGE_REACH, || status(&p.config)["tokens"][0]["connected"]
+            == false),
+        "{}",
+        status(&p.config)
+    );
+    set_control(&control, "token_not_present");
+    let back = {
+        let control = control.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1200));
+            set_control(&control, "none");
+        })
+    };
+    let (code, out, err) = cli(&p.config, &["kill-switch", "release", "--fleet"]);
+    back.join().expect("control thread");
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("released proxy"), "{out}");
+    released_here(&fx, &p);
+}
