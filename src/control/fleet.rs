@@ -17,6 +17,9 @@
 //!
 //! A token read that began before this instance last changed a scope is never acted on: it
 //! may predate the change's own token write (see [`super::switch::Switch::fleet_changed_since`]).
+//! An engage that no token took the mark of holds on the instance that ran it only, and no
+//! token read releases it (no mark is what the token showed from the start): only a
+//! `release --fleet` on that instance does.
 
 use super::protocol::{Action, AdminReply, ChangeReport, DaemonState, FleetReach, Scope, TokenFailure};
 use super::state_file::Engagement;
@@ -99,7 +102,13 @@ impl Control {
             self.on_tokens(move |t| t.write_fleet_mark(&label, &record).map(|_| true))
                 .await
         };
-        let engaged = self.switch.engage_fleet(&fs, by);
+        // With no mark on any token, no token read can show the engage: the watch must not
+        // take the mark's absence for a release of what this command reports in force.
+        let engaged = if reach.written.is_empty() {
+            self.switch.engage_fleet_unmarked(&fs, by)
+        } else {
+            self.switch.engage_fleet(&fs, by)
+        };
         if fs == FleetScope::Proxy {
             let this = self.clone();
             tokio::spawn(async move { this.disconnect_all().await });
@@ -289,6 +298,9 @@ impl Control {
     async fn release_unmarked_keystores(self: &Arc<Self>) {
         for scope in self.switch.fleet_scopes() {
             let FleetScope::Keystore(p) = &scope else { continue };
+            if self.switch.fleet_unmarked(&scope) {
+                continue;
+            }
             let seen = self.switch.fleet_epoch(&scope);
             let label = scope.label();
             let snaps: Vec<_> = self.tokens.iter().map(|t| t.fleet_snapshot()).collect();
@@ -320,6 +332,7 @@ impl Control {
     /// to see whether the proxy mark is gone, and if so releases and reconnects.
     async fn probe_proxy_release(self: &Arc<Self>) {
         if self.switch.fleet_engagement(&FleetScope::Proxy).is_none()
+            || self.switch.fleet_unmarked(&FleetScope::Proxy)
             || self.switch.proxy_engaged_locally()
             || self.fleet_watch.probes_stopped.load(Ordering::SeqCst)
             || self.tokens.is_empty()

@@ -67,6 +67,12 @@ pub struct FleetState {
     /// Fleet-engaged keystores by URI prefix.
     #[serde(default)]
     pub keystores: BTreeMap<String, Engagement>,
+    /// Labels (`proxy`, `keystore:<prefix>`) of the scopes above that were engaged through
+    /// this instance while no token took the fleet mark: they hold on this instance only, and
+    /// no token read (a mark that is not there) may release them; only a `release --fleet` on
+    /// this instance does.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub unmarked: std::collections::BTreeSet<String>,
 }
 
 impl FleetState {

@@ -274,6 +274,17 @@ impl Switch {
     /// Engages a fleet-wide scope on this instance (the token mark is the caller's business).
     /// The gate closes first, as for a local engage.
     pub fn engage_fleet(&self, scope: &FleetScope, by: Engagement) -> Engaged {
+        self.engage_fleet_as(scope, by, true)
+    }
+
+    /// Engages a fleet-wide scope on this instance although no token took its mark: it holds
+    /// here until a `release --fleet` on this instance, whatever the token reads show (no
+    /// mark there is not a release).
+    pub fn engage_fleet_unmarked(&self, scope: &FleetScope, by: Engagement) -> Engaged {
+        self.engage_fleet_as(scope, by, false)
+    }
+
+    fn engage_fleet_as(&self, scope: &FleetScope, by: Engagement, marked: bool) -> Engaged {
         let gate = match scope {
             FleetScope::Proxy => self.gates.proxy().clone(),
             FleetScope::Keystore(p) => self.gates.keystore(p),
@@ -288,6 +299,11 @@ impl Switch {
             FleetScope::Keystore(p) => {
                 inner.mem.fleet.keystores.insert(p.clone(), by.clone());
             }
+        }
+        if marked {
+            inner.mem.fleet.unmarked.remove(&scope.label());
+        } else {
+            inner.mem.fleet.unmarked.insert(scope.label());
         }
         inner.mem.push("engage", &scope.epoch_key(), by);
         Engaged {
@@ -310,6 +326,7 @@ impl Switch {
         }
         let mut next = inner.mem.clone();
         next.fleet.keystores.remove(prefix);
+        next.fleet.unmarked.remove(&scope.label());
         next.push("release", &scope.epoch_key(), by);
         write_state(&self.file, &next)?;
         inner.disk = next.clone();
@@ -336,6 +353,7 @@ impl Switch {
         }
         let mut next = inner.mem.clone();
         next.fleet.proxy = None;
+        next.fleet.unmarked.remove(&FleetScope::Proxy.label());
         next.push("release", &key, by);
         write_state(&self.file, &next)?;
         inner.disk = next.clone();
@@ -355,6 +373,12 @@ impl Switch {
             FleetScope::Proxy => inner.mem.fleet.proxy.clone(),
             FleetScope::Keystore(p) => inner.mem.fleet.keystores.get(p).cloned(),
         }
+    }
+
+    /// Is the fleet engagement of `scope` here one that no token took the mark of (engaged
+    /// through this instance only)? Token reads never release such an engagement.
+    pub fn fleet_unmarked(&self, scope: &FleetScope) -> bool {
+        self.lock().mem.fleet.unmarked.contains(&scope.label())
     }
 
     /// The fleet scopes in force here.

@@ -224,15 +224,30 @@ impl Connector {
         rw: bool,
         f: impl FnOnce(&Session) -> Result<T, HsmError>,
     ) -> Result<T, HsmError> {
+        self.with_temporary_session_within(rw, Duration::ZERO, f)
+    }
+
+    /// `with_temporary_session` that keeps retrying a token that looks unavailable for at
+    /// least `patience` (besides the quick retries).
+    pub(super) fn with_temporary_session_within<T>(
+        &self,
+        rw: bool,
+        patience: Duration,
+        f: impl FnOnce(&Session) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
         // A token directory being rewritten by another process (SoftHSM2's file store) can
-        // look absent for a moment: a few quick retries. A refused PIN is never retried.
+        // look absent for a moment: a few quick retries, and more within `patience` (on a
+        // loaded machine the moment lasts longer). A refused PIN is never retried.
+        let started = Instant::now();
         let mut attempt = 0;
         let conn = loop {
             match self.open_connection() {
-                Err(HsmError::Unavailable(reason)) if attempt < TEMPORARY_RETRIES => {
+                Err(HsmError::Unavailable(reason))
+                    if attempt < TEMPORARY_RETRIES || started.elapsed() < patience =>
+                {
                     tracing::debug!(token = %self.name, reason = %reason, "temporary connection: retrying");
                     attempt += 1;
-                    std::thread::sleep(Duration::from_millis(50 * attempt as u64));
+                    std::thread::sleep(Duration::from_millis(50 * u64::from(attempt.min(4))));
                 }
                 other => break other?,
             }

@@ -14,10 +14,11 @@
 
 use super::marks::{data_objects, put_data};
 use super::{classify, HsmError};
+use cryptoki::error::RvError;
 use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::Session;
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// `CKA_APPLICATION` of fleet marks.
 pub const FLEET_APP: &[u8] = b"xks-bridge/fleet-engaged";
@@ -43,12 +44,37 @@ pub(super) fn read(s: &Session) -> Result<FleetMarks, HsmError> {
         .collect())
 }
 
-/// Writes the mark of `scope` unless one exists; `record` is its value.
+/// Writes of a mark the token refused with `CKR_GENERAL_ERROR`, tried this many times in all:
+/// SoftHSM2 was seen to refuse one `C_CreateObject` of a data object in a few hundred that way
+/// while other sessions read the token (the other instances' polls, every 0.5 s each), and to
+/// take the same call a moment later.
+const PUT_ATTEMPTS: u32 = 3;
+/// Pause between those attempts.
+const PUT_RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// Writes the mark of `scope` unless one exists; `record` is its value. A write the token
+/// refused with `CKR_GENERAL_ERROR` is tried again (at most [`PUT_ATTEMPTS`] in all), after
+/// looking again whether the mark exists, so a retry never makes a second mark.
 pub(super) fn put(s: &Session, scope: &str, record: &[u8]) -> Result<(), HsmError> {
-    if find(s, scope)?.is_empty() {
-        put_data(s, FLEET_APP, scope, record)?;
+    let mut attempt = 1;
+    loop {
+        if !find(s, scope)?.is_empty() {
+            return Ok(());
+        }
+        match put_data(s, FLEET_APP, scope, record) {
+            Err(
+                e @ HsmError::Device {
+                    rv: RvError::GeneralError,
+                    ..
+                },
+            ) if attempt < PUT_ATTEMPTS => {
+                tracing::warn!(scope, attempt, error = %e, "the token refused the fleet mark; trying again");
+                std::thread::sleep(PUT_RETRY_PAUSE);
+                attempt += 1;
+            }
+            other => return other.map(|_| ()),
+        }
     }
-    Ok(())
 }
 
 /// Deletes every mark of `scope`; true when there was one.

@@ -22,6 +22,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+/// How long the removal of a fleet mark on a connection of its own retries a token that looks
+/// unavailable (see `Token::remove_fleet_mark`).
+const RELEASE_PATIENCE: Duration = Duration::from_secs(3);
+
 /// Attributes of a secret key, as GetKeyMetadata reports them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyInfo {
@@ -235,8 +239,15 @@ impl Token {
     }
 
     /// Removes the fleet mark of `scope`; true when there was one. Blocking.
+    ///
+    /// On a connection of its own, a token that looks unavailable is tried again for up to
+    /// 3 s: SoftHSM2 hides a token from a process loading the module while
+    /// another process (an instance logging in for its release check) rewrites the token's
+    /// files, and on a loaded machine that lasts longer than the quick retries. A release may
+    /// wait; an engage (the mark's write) keeps the quick retries only, so that it is in
+    /// force on this instance without delay.
     pub fn remove_fleet_mark(&self, scope: &str) -> Result<bool, HsmError> {
-        self.with_write_session(|s| fleet::remove(s, scope))
+        self.with_write_session_within(RELEASE_PATIENCE, |s| fleet::remove(s, scope))
     }
 
     /// Reads the fleet marks on a connection of its own: logs in, reads, logs out and leaves
@@ -250,10 +261,20 @@ impl Token {
     /// otherwise a connection of its own (the proxy kill switch has disconnected the token,
     /// or this is an offline command).
     fn with_write_session<T>(&self, f: impl FnOnce(&Session) -> Result<T, HsmError>) -> Result<T, HsmError> {
+        self.with_write_session_within(Duration::ZERO, f)
+    }
+
+    /// `with_write_session` whose connection of its own retries a token that looks
+    /// unavailable for up to `patience`.
+    fn with_write_session_within<T>(
+        &self,
+        patience: Duration,
+        f: impl FnOnce(&Session) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
         if self.is_connected() && !self.killed() {
             self.with_admin_session(f)
         } else {
-            self.conn.with_temporary_session(true, |s| {
+            self.conn.with_temporary_session_within(true, patience, |s| {
                 let out = f(s);
                 beacon::bump(s);
                 out

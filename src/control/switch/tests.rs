@@ -205,3 +205,28 @@ fn racing_engages_and_releases_always_end_consistent() {
         assert_eq!(v.proxy_closed, v.state.proxy.is_some(), "round {round}");
     }
 }
+
+#[test]
+fn a_fleet_engage_no_token_took_stays_marked_as_such_until_released_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("ks.json");
+    let ks = Switch::load(&f).unwrap();
+    ks.engage_fleet_unmarked(&FleetScope::Proxy, by("no token took it"));
+    ks.engage_fleet(&FleetScope::Keystore("/a".into()), by("on the token"));
+    assert!(ks.fleet_unmarked(&FleetScope::Proxy));
+    assert!(!ks.fleet_unmarked(&FleetScope::Keystore("/a".into())));
+    // A restart must not take it for an engage the token carries (and whose mark is gone).
+    let again = Switch::load(&f).unwrap();
+    assert!(again.proxy_engaged() && again.fleet_unmarked(&FleetScope::Proxy));
+    // An engage whose mark a token took is an ordinary fleet engage again.
+    again.engage_fleet(&FleetScope::Proxy, by("marked this time"));
+    assert!(!again.fleet_unmarked(&FleetScope::Proxy));
+    again.engage_fleet_unmarked(&FleetScope::Proxy, by("unmarked again"));
+    let p = again
+        .begin_fleet_proxy_release(by("r"), again.fleet_epoch(&FleetScope::Proxy))
+        .unwrap();
+    assert!(again.finish_proxy_release(p));
+    let third = Switch::load(&f).unwrap();
+    assert!(!third.proxy_engaged() && !third.fleet_unmarked(&FleetScope::Proxy));
+    assert!(third.view().state.fleet.unmarked.is_empty());
+}
