@@ -31,6 +31,10 @@ pub const BUFFERED_LINES: usize = 16_384;
 /// empty, so this bounds a write's size, not a line's delay.
 const WRITE_BUFFER: usize = 64 * 1024;
 
+/// How long the writers wait after a batch before taking the next one: a line waits at most
+/// this long longer, far below anything a reader of the journal notices.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+
 static DROPPED: OnceLock<[ErrorCounter; 2]> = OnceLock::new();
 
 /// Keeps the writer threads running; dropping it writes out what is queued (waiting at most
@@ -89,7 +93,13 @@ impl Write for WholeWrites {
         Ok(buf.len())
     }
 
+    /// Called once per batch, after it was written. The pause lets the lines logged meanwhile
+    /// gather in the queue for the next batch, and a request thread that logs then finds the
+    /// writer busy rather than asleep, so it does not pay for waking it: at one request in
+    /// flight, waking the writer for every line cost about 15 CPU-µs per request.
     fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().lock().flush()
+        std::io::stderr().lock().flush()?;
+        std::thread::sleep(GATHER);
+        Ok(())
     }
 }
