@@ -650,3 +650,38 @@ fn encrypts_sent_as_soon_as_the_daemon_listens_do_not_time_out_behind_start_up_r
         assert_eq!(*status, 200, "an Encrypt sent at start: {text}\n{}", proxy.logs());
     }
 }
+
+/// A key served only through `key_pattern` is not reserved for at start (a pattern may match
+/// thousands), so on a token with slow searches its first Encrypt makes the reservation under
+/// its deadline and times out. After a restart, the keys this instance reserved for before
+/// are reserved at start like named ones: their first Encrypt is answered.
+#[test]
+fn pattern_keys_used_before_a_restart_are_reserved_at_start() {
+    const USED: &str = "served-by-pattern";
+    let fx = Fixture::new();
+    let (mut cfg, control) = shimmed_config(&fx);
+    entry(&mut cfg, "keystores", 0).insert("key_pattern".into(), "served-*".into());
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    cli_ok(&proxy.config, &["keys", "create", "--id", USED]);
+    let mut xks = proxy.xks(&fx);
+    xks.encrypt_ok(USED, b"first use", None);
+    drop(xks);
+    drop(proxy);
+    set_control(&control, "slow_find 100");
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    let mut xks = proxy.xks(&fx);
+    let r = xks.encrypt(USED, &encrypt_body(b"after the restart", None, false));
+    assert_eq!(
+        r.status,
+        200,
+        "first Encrypt after the restart: {}\n{}",
+        r.text(),
+        proxy.logs()
+    );
+    let counted: u64 = versions(&proxy.config, USED).iter().map(|(_, _, n)| n).sum();
+    assert_eq!(
+        counted,
+        2 * 1024,
+        "one block before the restart, one reserved at start"
+    );
+}

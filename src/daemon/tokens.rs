@@ -48,17 +48,38 @@ pub(super) async fn start(
     Ok((tokens, pools))
 }
 
-/// First reservations, in the background, for the keys the keystores on `token` name
-/// explicitly (not those matched by a pattern, which may be thousands).
+/// First reservations at start for the keys the keystores on `token` name explicitly, and for
+/// keys matched only by a pattern that this instance reserved for before (at most
+/// [`PREFETCH_PATTERN_KEYS`], the busiest first): a pattern may match thousands of keys, but
+/// those used before a restart are the ones KMS will ask for again.
 pub(super) fn prefetch(cfg: &Config, token: &Arc<Token>) {
-    let keys: Vec<_> = cfg
-        .keystores
+    let keystores: Vec<_> = cfg.keystores.iter().filter(|k| k.token == token.name).collect();
+    let mut keys: Vec<_> = keystores
         .iter()
-        .filter(|k| k.token == token.name)
         .flat_map(|k| k.allowed_keys.iter().map(|id| (id.clone(), k.version_budget())))
         .collect();
+    let patterns: Vec<_> = keystores
+        .iter()
+        .filter_map(|k| {
+            let p = glob::Pattern::new(k.key_pattern.as_deref()?).ok()?;
+            Some((p, k.version_budget()))
+        })
+        .collect();
+    if !patterns.is_empty() {
+        for id in token.previously_reserved(PREFETCH_PATTERN_KEYS) {
+            if keys.iter().any(|(k, _)| *k == id) {
+                continue;
+            }
+            if let Some((_, budget)) = patterns.iter().find(|(p, _)| p.matches(&id)) {
+                keys.push((id, *budget));
+            }
+        }
+    }
     token.prefetch_reservations(&keys);
 }
+
+/// Keys matched by a pattern that get their first reservation at start (see [`prefetch`]).
+const PREFETCH_PATTERN_KEYS: usize = 32;
 
 /// The longest the start waits for its reservations before serving anyway.
 const PREFETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);

@@ -215,6 +215,24 @@ impl Token {
         }
     }
 
+    /// Keys whose current version this instance reserved encryptions under before (its own
+    /// counter is on the token), the most reserved first, at most `limit`. After a restart
+    /// these are the keys likely to be used again; on a slow token (SoftHSM2 with 1,000 keys)
+    /// a first reservation made under a request's deadline takes it past that deadline, so the
+    /// daemon reserves for them at start, as for `allowed_keys`. Empty when the token cannot be
+    /// read (the keys then reserve at their first Encrypt, as before).
+    pub fn previously_reserved(&self, limit: usize) -> Vec<String> {
+        let Ok(me) = self.instance_id() else {
+            return Vec::new();
+        };
+        let Ok(mut own) = self.with_rw_session(|s| versions::own_counts(s, me)) else {
+            return Vec::new();
+        };
+        own.retain(|((id, n), _)| *n == self.versions.current(id));
+        own.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        own.into_iter().take(limit).map(|((id, _), _)| id).collect()
+    }
+
     /// Waits until the refiller has handled every start-up prefetch (made or skipped), at most
     /// `timeout`; false when some are still pending. The daemon starts serving after this, so
     /// that the first requests do not queue behind the reservations and time out (SoftHSM2

@@ -354,6 +354,27 @@ pub(super) fn counters_and_own(
 /// The count of every (key id, version) on the token: one pass over every counter (`keys
 /// list`), summed over instances as [`counters`] does.
 pub(super) fn all_counts(s: &Session) -> Result<HashMap<(String, u32), u64>, HsmError> {
+    let mut out = HashMap::new();
+    for ((id, n, _), v) in per_instance_counts(s)? {
+        *out.entry((id, n)).or_insert(0u64) += v;
+    }
+    Ok(out)
+}
+
+/// (key id, version) and what one instance reserved under it.
+pub(super) type OwnCount = ((String, u32), u64);
+
+/// What `instance` reserved under every (key id, version) it has a counter for.
+pub(super) fn own_counts(s: &Session, instance: &str) -> Result<Vec<OwnCount>, HsmError> {
+    Ok(per_instance_counts(s)?
+        .into_iter()
+        .filter(|((_, _, i), _)| i == instance)
+        .map(|((id, n, _), v)| ((id, n), v))
+        .collect())
+}
+
+/// Every counter: (key id, version, instance) -> value, one pass over the counter objects.
+fn per_instance_counts(s: &Session) -> Result<HashMap<(String, u32, String), u64>, HsmError> {
     for _ in 0..50 {
         let (objects, vanished) = data_snapshot(s, COUNTER_APP)?;
         if vanished {
@@ -375,11 +396,7 @@ pub(super) fn all_counts(s: &Session) -> Result<HashMap<(String, u32), u64>, Hsm
                 .or_insert(0);
             *e = (*e).max(u64::from_be_bytes(bytes));
         }
-        let mut out = HashMap::new();
-        for ((id, n, _), v) in per_instance {
-            *out.entry((id, n)).or_insert(0u64) += v;
-        }
-        return Ok(out);
+        return Ok(per_instance);
     }
     Err(HsmError::Internal(
         "encryption counters kept changing during 50 reads".into(),
