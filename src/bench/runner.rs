@@ -126,6 +126,9 @@ async fn connect_all(connector: &Arc<Connector>, n: usize) -> Result<Vec<Conn>, 
     Ok(conns)
 }
 
+/// Tries of each setup Encrypt answered with a retryable status.
+const SETUP_ATTEMPTS: u32 = 5;
+
 /// Encrypts the pool's plaintexts once; decrypt traffic replays these ciphertexts.
 async fn seal_pool(
     conn: &mut Conn,
@@ -142,10 +145,21 @@ async fn seal_pool(
                 format!("setup Encrypt (to make ciphertexts for decrypt) failed: {why}"),
             )
         };
-        let answer = conn
-            .post(signer, &path, body.into(), t.timeout)
-            .await
-            .map_err(|f| failed(format!("{}: {}", f.kind, f.detail)))?;
+        // 429 and 503 are the answers KMS retries (a first reservation on a slow token, a key
+        // version settling): so does the setup, a few times, before it gives up.
+        let mut attempt = 1;
+        let answer = loop {
+            let answer = conn
+                .post(signer, &path, body.clone().into(), t.timeout)
+                .await
+                .map_err(|f| failed(format!("{}: {}", f.kind, f.detail)))?;
+            if matches!(answer.status, 429 | 503) && attempt < SETUP_ATTEMPTS {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+            break answer;
+        };
         workload
             .check(Op::Encrypt, i, answer.status, &answer.body)
             .and_then(|()| workload.add_sealed(i, &answer.body))
