@@ -4,6 +4,7 @@
 //! prove the path a real Encrypt and Decrypt take rather than only that the token answers.
 //! The scratch key is a session object: nothing is left on the token.
 
+use super::profile::ckr_name;
 use crate::config::IvSource;
 use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::aead::GcmParams;
@@ -29,21 +30,9 @@ pub enum Probe {
 /// `CKR_GENERAL_ERROR from C_Decrypt`, from a cryptoki error.
 pub(super) fn code(e: &CkError) -> String {
     match e {
-        CkError::Pkcs11(rv, f) => format!("{} from C_{f:?}", ckr_name(&format!("{rv:?}"))),
+        CkError::Pkcs11(rv, f) => format!("{} from C_{f:?}", ckr_name(*rv)),
         other => other.to_string(),
     }
-}
-
-/// `GeneralError` -> `CKR_GENERAL_ERROR`.
-pub(super) fn ckr_name(debug: &str) -> String {
-    let mut out = String::from("CKR_");
-    for (i, c) in debug.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
 }
 
 const TAG_BITS: u64 = 128;
@@ -141,11 +130,14 @@ pub(super) fn iv_probe(s: &Session, key: ObjectHandle, mode: IvSource) -> Probe 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cryptoki::context::Function;
+    use cryptoki::error::RvError;
 
     #[test]
-    fn return_values_are_named_as_the_standard_spells_them() {
-        assert_eq!(ckr_name("GeneralError"), "CKR_GENERAL_ERROR");
-        assert_eq!(ckr_name("MechanismInvalid"), "CKR_MECHANISM_INVALID");
-        assert_eq!(ckr_name("EncryptedDataInvalid"), "CKR_ENCRYPTED_DATA_INVALID");
+    fn a_refusal_names_the_code_and_the_function_as_the_standard_spells_them() {
+        let e = CkError::Pkcs11(RvError::GeneralError, Function::Decrypt);
+        assert_eq!(code(&e), "CKR_GENERAL_ERROR from C_Decrypt");
+        let e = CkError::Pkcs11(RvError::MechanismInvalid, Function::EncryptInit);
+        assert_eq!(code(&e), "CKR_MECHANISM_INVALID from C_EncryptInit");
     }
 }

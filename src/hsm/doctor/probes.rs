@@ -3,11 +3,11 @@
 //! the configured keys' attributes.
 
 use super::super::classify::{classify, classify_for};
-use super::super::gcm_probe::{ckr_name, code, encrypt_as, gcm_decrypt};
+use super::super::gcm_probe::{code, encrypt_as, gcm_decrypt};
 use super::super::key_objects::{usages, USAGE_ATTRIBUTES};
 use super::super::keyspec::KeySpec;
 use super::super::marks;
-use super::super::profile::{quirks, Quirks};
+use super::super::profile::{ckr_name, quirks, Quirks};
 use super::super::HsmError;
 use super::{BadTag, HandleReuse, KeyFacts, Latency, Plan, SessionFacts, WriteProbe, PROBE_APP};
 use crate::config::{IvSource, Profile};
@@ -41,7 +41,7 @@ pub(super) fn bad_tag(s: &Session, key: ObjectHandle, mode: IvSource, q: &Quirks
         Err(e) => {
             let (rv, function, accepted_by) = match &e {
                 CkError::Pkcs11(rv, f) => (
-                    ckr_name(&format!("{rv:?}")),
+                    ckr_name(*rv),
                     format!("C_{f:?}"),
                     Profile::ALL
                         .into_iter()
@@ -95,7 +95,7 @@ fn put_probe(s: &Session, n: u32) -> Result<ObjectHandle, WriteProbe> {
         WriteProbe::Refused {
             code: match e {
                 HsmError::Device { rv, function } => {
-                    format!("{} from C_{function:?}", ckr_name(&format!("{rv:?}")))
+                    format!("{} from C_{function:?}", ckr_name(rv))
                 }
                 other => other.to_string(),
             },
