@@ -145,7 +145,35 @@ fn an_absent_token_cannot_be_examined_and_the_doctor_exits_69() {
     let (code, out, err) = doctor(&path, &[]);
     assert_eq!(code, Some(EXIT_UNAVAILABLE), "stdout: {out}\nstderr: {err}");
     assert!(
-        err.contains("no token labelled \"no-such-token\" is present"),
+        err.contains(
+            "no token labelled \"no-such-token\" is present (initialised tokens: \"xks-bridge-quickstart\")"
+        ),
+        "a typo reads differently from a damaged token: {err}"
+    );
+}
+
+#[test]
+fn a_softhsm_token_whose_file_a_killed_process_emptied_is_reported_as_no_token_at_all() {
+    // What a kill -9 during SoftHSM2's in-place rewrite of `token.object` (at every login)
+    // leaves behind: the module no longer shows the token at all, and the operator must learn
+    // that, not only that the label is missing (as after a typo).
+    let fx = Fixture::new();
+    let tokens = std::fs::read_dir(fx.path("tokens")).expect("token directory");
+    let mut emptied = 0;
+    for t in tokens {
+        let file = t.expect("entry").path().join("token.object");
+        if file.exists() {
+            std::fs::write(&file, b"").expect("empty token.object");
+            emptied += 1;
+        }
+    }
+    assert_eq!(emptied, 1, "the fixture holds one token");
+    let (code, out, err) = doctor(&fx.write_config(&fx.config()), &[]);
+    assert_eq!(code, Some(EXIT_UNAVAILABLE), "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains(
+            "no token labelled \"xks-bridge-quickstart\" is present (the module shows no initialised token)"
+        ),
         "{err}"
     );
 }

@@ -268,7 +268,9 @@ fn a_fleet_engaged_instance_restarts_engaged_and_is_released_by_the_fleet_releas
     });
     let b = ps.pop().expect("instance 1");
     let cfg_b = instance_config(&fx, "i1", false);
-    drop(b);
+    // Stopped as systemd stops it: a kill -9 during the login of its release check would
+    // empty SoftHSM2's token file (see `TestProxy::terminate`).
+    b.terminate();
     let b = TestProxy::start_with(&fx, &cfg_b, &[]);
     assert_eq!(
         encrypt_status(&fx, &b, None),

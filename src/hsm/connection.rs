@@ -466,19 +466,37 @@ pub(super) fn find_slot(pkcs11: &Pkcs11, label: &str) -> Result<Slot, HsmError> 
     let slots = pkcs11
         .get_slots_with_token()
         .map_err(|e| HsmError::Unavailable(format!("C_GetSlotList: {e}")))?;
-    let matching: Vec<Slot> = slots
-        .into_iter()
-        .filter(|s| {
-            pkcs11
-                .get_token_info(*s)
-                .map(|i| i.label().trim() == label)
-                .unwrap_or(false)
-        })
-        .collect();
+    let mut matching: Vec<Slot> = Vec::new();
+    let mut others: Vec<String> = Vec::new();
+    let mut unreadable: Vec<String> = Vec::new();
+    for slot in slots {
+        match pkcs11.get_token_info(slot) {
+            Ok(i) if i.label().trim() == label => matching.push(slot),
+            // A free slot (SoftHSM2 always shows one) is no candidate worth naming.
+            Ok(i) if !i.token_initialized() => {}
+            Ok(i) => others.push(format!("{:?}", i.label().trim())),
+            Err(e) => unreadable.push(format!("slot {}: {e}", slot.id())),
+        }
+    }
     match matching.as_slice() {
         [slot] => Ok(*slot),
+        // What the module does show, so that a typo and a lost token read differently
+        // (SoftHSM2 drops a token whose `token.object` a killed process left empty).
         [] => Err(HsmError::Unavailable(format!(
-            "no token labelled {label:?} is present"
+            "no token labelled {label:?} is present ({}{})",
+            if others.is_empty() {
+                "the module shows no initialised token".to_owned()
+            } else {
+                format!("initialised tokens: {}", others.join(", "))
+            },
+            if unreadable.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; tokens whose information could not be read: {}",
+                    unreadable.join(", ")
+                )
+            },
         ))),
         _ => Err(HsmError::Unavailable(format!(
             "{} tokens are labelled {label:?}; labels must be unique",

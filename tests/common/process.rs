@@ -100,6 +100,11 @@ impl Spawned {
         status
     }
 
+    /// Has the child exited (reaped now if so)?
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// Waits (bounded) for the child to exit on its own; `None` on timeout (child killed).
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + limit;

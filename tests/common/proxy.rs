@@ -1,16 +1,18 @@
 //! The daemon under test: [`TestProxy`] runs `xks-bridge serve --config FILE` on an ephemeral
 //! 127.0.0.1 port; [`Harness`] is a fixture + a daemon + a signed session in one value.
 
+use crate::common::cli::send_signal;
 use crate::common::client::{tls_config, Client};
 use crate::common::fixture::{Fixture, BASE};
 use crate::common::host::{as_nobody, give_to_nobody, NOBODY};
-use crate::common::process::{Spawned, BIN, WAIT};
+use crate::common::process::{wait_until, Spawned, BIN, WAIT};
 use crate::common::xks::Xks;
 use rustls::ClientConfig;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A running `xks-bridge serve --config FILE`.
 pub struct TestProxy {
@@ -142,6 +144,28 @@ impl TestProxy {
     /// Polls (bounded) until the logs contain `needle`.
     pub fn wait_for_log(&self, needle: &str) -> bool {
         self.proc.wait_for_stderr(needle, WAIT)
+    }
+
+    /// Stops the daemon as a service manager does (SIGTERM, then a second one to cut the drain
+    /// delay short), asserts that it exits 0, and returns its complete logs. A restart in a
+    /// test that goes on using the token uses this, not the kill -9 of `Drop`: SoftHSM2 runs
+    /// inside the daemon and rewrites its token file in place at every login (a fleet-engaged
+    /// instance logs in every 2 s to look for the release), and a kill that lands during that
+    /// write leaves the emulated token empty for good, which a separate HSM never is.
+    #[track_caller]
+    pub fn terminate(mut self) -> String {
+        send_signal(self.pid(), "TERM");
+        let pid = self.pid();
+        if !wait_until(Duration::from_millis(200), || self.proc.has_exited()) {
+            send_signal(pid, "TERM");
+        }
+        let status = self.proc.wait_exit(WAIT);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the daemon did not exit 0 on SIGTERM ({status:?}):\n{}",
+            self.proc.stderr_text()
+        );
+        self.proc.stderr_text()
     }
 
     /// Stops the daemon and returns its complete logs.
