@@ -5,7 +5,8 @@ use crate::auth::CredentialSet;
 use crate::authz::{CompiledPolicy, RequestFacts};
 use crate::error::Error;
 use crate::gates::Gate;
-use crate::hsm::{Hsm, VersionBudget};
+use crate::hsm::budget::KeyBudgets;
+use crate::hsm::Hsm;
 use crate::ratelimit::TokenBucket;
 use crate::request::RequestContext;
 use crate::xks::Operation;
@@ -30,8 +31,8 @@ pub struct Keystore {
     pub policy: Option<Arc<CompiledPolicy>>,
     /// This keystore's kill switch; the HSM workers check it again right before each call.
     pub gate: Gate,
-    /// Encryption budget and maximum age of its keys' versions.
-    pub budget: VersionBudget,
+    /// Encryption budget and maximum age of its keys' versions (`key_budgets` included).
+    pub budgets: KeyBudgets,
 }
 
 impl Keystore {
@@ -55,7 +56,7 @@ impl Keystore {
             quota: None,
             policy: None,
             gate,
-            budget: VersionBudget::default(),
+            budgets: KeyBudgets::default(),
         }
     }
 

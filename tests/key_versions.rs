@@ -247,6 +247,130 @@ fn a_budget_above_the_nist_bound_is_refused_naming_the_field() {
     assert!(err.contains("max_encryptions_per_version"), "{err}");
 }
 
+/// Settings of one `key_budgets` entry.
+type Entries<'a> = Vec<(&'a str, toml::Value)>;
+
+/// `[keystores.key_budgets."KEY"]` with `entries` in keystore 0 of `cfg`.
+fn own_budget(cfg: &mut toml::Table, key: &str, entries: &[(&str, toml::Value)]) {
+    let own: toml::Table = entries
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    let mut budgets = toml::Table::new();
+    budgets.insert(key.into(), own.into());
+    entry(cfg, "keystores", 0).insert("key_budgets".into(), budgets.into());
+}
+
+#[test]
+fn a_key_budget_for_a_key_the_keystore_does_not_serve_or_past_the_bound_is_refused_naming_it() {
+    let fx = Fixture::new();
+    let cases: [(&str, Entries, &str); 4] = [
+        (
+            "no-such-key",
+            vec![("max_encryptions_per_version", 10.into())],
+            "keystores[0].key_budgets.\"no-such-key\": not a key this keystore serves",
+        ),
+        (
+            KEY_AES,
+            vec![("max_encryptions_per_version", ((1i64 << 32) + 1).into())],
+            "keystores[0].key_budgets.\"quickstart-aes\".max_encryptions_per_version: 4294967297 must be between 1 and 2^32",
+        ),
+        (
+            KEY_AES,
+            vec![("rotate_after_days", 0.into())],
+            "keystores[0].key_budgets.\"quickstart-aes\".rotate_after_days: must be at least 1",
+        ),
+        (
+            KEY_AES,
+            vec![],
+            "keystores[0].key_budgets.\"quickstart-aes\": sets neither",
+        ),
+    ];
+    for (key, entries, want) in cases {
+        let mut cfg = fx.config();
+        own_budget(&mut cfg, key, &entries);
+        let (code, _, err) = cli(&fx.write_config(&cfg), &["check-config"]);
+        assert_eq!(code, Some(64), "{key} {entries:?}: {err}");
+        assert!(err.contains(want), "{key} {entries:?}: want {want:?} in {err}");
+    }
+    let mut cfg = fx.config();
+    own_budget(&mut cfg, KEY_AES, &[("maximum", 10.into())]);
+    let (code, _, err) = cli(&fx.write_config(&cfg), &["check-config"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("unknown field `maximum`"), "{err}");
+}
+
+#[test]
+fn a_key_with_its_own_budget_rotates_at_it_while_the_other_keys_keep_the_keystores() {
+    const OWN: u64 = 40;
+    const EACH: usize = 200;
+    let fx = Fixture::new();
+    let mut cfg = fx.config();
+    entry(&mut cfg, "keystores", 0).insert("max_encryptions_per_version".into(), 1000i64.into());
+    own_budget(
+        &mut cfg,
+        KEY_AES,
+        &[("max_encryptions_per_version", (OWN as i64).into())],
+    );
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    let mut xks = proxy.xks(&fx);
+
+    let mut per_version: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut sealed = Vec::new();
+    for i in 0..EACH {
+        let pt = format!("own budget {i}").into_bytes();
+        let s = encrypt_retrying(&mut xks, &pt);
+        *per_version.entry(version_of(&s)).or_insert(0) += 1;
+        sealed.push((s, pt));
+    }
+    for (v, n) in &per_version {
+        assert!(
+            *n <= OWN,
+            "version {v} made {n} > its own budget {OWN}: {per_version:?}"
+        );
+    }
+    assert!(
+        per_version.len() >= EACH / OWN as usize,
+        "{EACH} encryptions at a budget of {OWN} need at least {} versions: {per_version:?}",
+        EACH / OWN as usize
+    );
+    for (s, pt) in &sealed {
+        decrypts(&mut xks, s, pt);
+    }
+
+    // The keystore's other key keeps the keystore's budget (1,000): one version throughout.
+    for i in 0..EACH {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let r = loop {
+            let r = xks.encrypt(
+                KEY_ENCRYPT_ONLY,
+                &encrypt_body(format!("other {i}").as_bytes(), None, false),
+            );
+            if matches!(r.status, 429 | 503) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(40));
+                continue;
+            }
+            break r;
+        };
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            version_of(&Sealed::from_response(&r)),
+            1,
+            "{KEY_ENCRYPT_ONLY} rotated at encryption {i}: {:?}",
+            versions(&proxy.config, KEY_ENCRYPT_ONLY)
+        );
+    }
+    let other = versions(&proxy.config, KEY_ENCRYPT_ONLY);
+    assert_eq!(other.len(), 1, "{KEY_ENCRYPT_ONLY}: {other:?}");
+    // And the token's counts of the key with its own budget agree with it.
+    for (n, _, counted) in versions(&proxy.config, KEY_AES) {
+        assert!(
+            counted <= OWN,
+            "version {n} counted {counted} > its own budget {OWN}"
+        );
+    }
+}
+
 /// A second daemon on the same token: its own state directory (so its own instance id), admin
 /// socket and audit file.
 fn second_config(fx: &Fixture, cfg: &toml::Table) -> toml::Table {

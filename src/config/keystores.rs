@@ -4,6 +4,7 @@
 use super::{budget, rules};
 use crate::secret::SecretSource;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 /// `[[keystores]]`: one logical keystore (URI prefix) with its credentials and keys.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +36,20 @@ pub struct KeystoreConfig {
     /// create private data objects: then nothing enforces the budget or `rotate_after_days`.
     #[serde(default = "default_true")]
     pub count_encryptions: bool,
+    /// Per-key overrides of the version budget, by external key id
+    /// (`[keystores.key_budgets."hot-key"]`); a key inherits what its entry does not set.
+    #[serde(default)]
+    pub key_budgets: BTreeMap<String, KeyBudgetConfig>,
+}
+
+/// `[keystores.key_budgets."KEY_ID"]`: one key's own version budget.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyBudgetConfig {
+    /// Replaces the keystore's `max_encryptions_per_version` for this key.
+    pub max_encryptions_per_version: Option<u64>,
+    /// Replaces the keystore's `rotate_after_days` for this key.
+    pub rotate_after_days: Option<u32>,
 }
 
 fn default_true() -> bool {
@@ -46,16 +61,41 @@ fn default_max_encryptions() -> u64 {
 }
 
 impl KeystoreConfig {
-    /// The version budget of this keystore's keys.
+    /// The version budget of this keystore's keys (those without a `key_budgets` entry).
     pub fn version_budget(&self) -> budget::VersionBudget {
         budget::VersionBudget {
             max_encryptions: self.max_encryptions_per_version,
-            rotate_after: self
-                .rotate_after_days
-                .map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400)),
+            rotate_after: self.rotate_after_days.map(days),
             counting: self.count_encryptions,
         }
     }
+
+    /// The version budget of `key_id`: its `key_budgets` entry over the keystore's.
+    pub fn version_budget_of(&self, key_id: &str) -> budget::VersionBudget {
+        let base = self.version_budget();
+        match self.key_budgets.get(key_id) {
+            None => base,
+            Some(o) => budget::VersionBudget {
+                max_encryptions: o.max_encryptions_per_version.unwrap_or(base.max_encryptions),
+                rotate_after: o.rotate_after_days.map(days).or(base.rotate_after),
+                counting: base.counting,
+            },
+        }
+    }
+
+    /// The budgets of every key: the keystore's, and each key's own.
+    pub fn key_budgets(&self) -> budget::KeyBudgets {
+        budget::KeyBudgets::new(
+            self.version_budget(),
+            self.key_budgets
+                .keys()
+                .map(|id| (id.clone(), self.version_budget_of(id))),
+        )
+    }
+}
+
+fn days(d: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::from(d) * 86_400)
 }
 
 impl KeystoreConfig {

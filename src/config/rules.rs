@@ -183,6 +183,20 @@ fn validate_token(t: &TokenConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// The bounds of a version budget, at keystore or key level.
+fn check_budget(max: u64, rotate_after_days: Option<u32>) -> Result<(), String> {
+    if max == 0 || max > super::budget::NIST_BOUND {
+        return Err(format!(
+            "max_encryptions_per_version: {max} must be between 1 and 2^32 = {} (the NIST SP 800-38D bound for AES-GCM with random 96-bit IVs)",
+            super::budget::NIST_BOUND
+        ));
+    }
+    if rotate_after_days == Some(0) {
+        return Err("rotate_after_days: must be at least 1".into());
+    }
+    Ok(())
+}
+
 fn validate_keystore(cfg: &Config, k: &KeystoreConfig) -> Result<(), String> {
     let p = &k.uri_prefix;
     let chars_ok = p
@@ -197,16 +211,7 @@ fn validate_keystore(cfg: &Config, k: &KeystoreConfig) -> Result<(), String> {
     if k.api_base().len() > 128 {
         return Err("uri_prefix: the URI path (prefix + /kms/xks/v1) exceeds 128 characters".into());
     }
-    let max = k.max_encryptions_per_version;
-    if max == 0 || max > super::budget::NIST_BOUND {
-        return Err(format!(
-            "max_encryptions_per_version: {max} must be between 1 and 2^32 = {} (the NIST SP 800-38D bound for AES-GCM with random 96-bit IVs)",
-            super::budget::NIST_BOUND
-        ));
-    }
-    if k.rotate_after_days == Some(0) {
-        return Err("rotate_after_days: must be at least 1".into());
-    }
+    check_budget(k.max_encryptions_per_version, k.rotate_after_days)?;
     if cfg.token(&k.token).is_none() {
         return Err(format!("token: no [[tokens]] entry is named {:?}", k.token));
     }
@@ -239,8 +244,28 @@ fn validate_keystore(cfg: &Config, k: &KeystoreConfig) -> Result<(), String> {
             ));
         }
     }
-    if let Some(pat) = &k.key_pattern {
-        glob::Pattern::new(pat).map_err(|e| format!("key_pattern: {e}"))?;
+    let pattern = match &k.key_pattern {
+        Some(pat) => Some(glob::Pattern::new(pat).map_err(|e| format!("key_pattern: {e}"))?),
+        None => None,
+    };
+    for (id, o) in &k.key_budgets {
+        let served = k.allowed_keys.contains(id) || pattern.as_ref().is_some_and(|p| p.matches(id));
+        if !served {
+            return Err(format!(
+                "key_budgets.{id:?}: not a key this keystore serves (neither in allowed_keys nor matching key_pattern)"
+            ));
+        }
+        if o.max_encryptions_per_version.is_none() && o.rotate_after_days.is_none() {
+            return Err(format!(
+                "key_budgets.{id:?}: sets neither max_encryptions_per_version nor rotate_after_days"
+            ));
+        }
+        check_budget(
+            o.max_encryptions_per_version
+                .unwrap_or(k.max_encryptions_per_version),
+            o.rotate_after_days,
+        )
+        .map_err(|e| format!("key_budgets.{id:?}.{e}"))?;
     }
     if let Some(rl) = &k.rate_limit {
         let burst_ok = rl.burst.is_none_or(|b| b.is_finite() && b >= 1.0);

@@ -50,7 +50,7 @@ pub(super) fn build_app(
             gates.keystore(&k.uri_prefix),
         );
         ks.quota = k.rate_limit.as_ref().map(TokenBucket::new);
-        ks.budget = k.version_budget();
+        ks.budgets = k.key_budgets();
         keystores.push(ks);
     }
     let policy = match &cfg.policy {

@@ -56,13 +56,17 @@ pub(super) fn prefetch(cfg: &Config, token: &Arc<Token>) {
     let keystores: Vec<_> = cfg.keystores.iter().filter(|k| k.token == token.name).collect();
     let mut keys: Vec<_> = keystores
         .iter()
-        .flat_map(|k| k.allowed_keys.iter().map(|id| (id.clone(), k.version_budget())))
+        .flat_map(|k| {
+            k.allowed_keys
+                .iter()
+                .map(|id| (id.clone(), k.version_budget_of(id)))
+        })
         .collect();
     let patterns: Vec<_> = keystores
         .iter()
         .filter_map(|k| {
             let p = glob::Pattern::new(k.key_pattern.as_deref()?).ok()?;
-            Some((p, k.version_budget()))
+            Some((p, *k))
         })
         .collect();
     if !patterns.is_empty() {
@@ -70,8 +74,9 @@ pub(super) fn prefetch(cfg: &Config, token: &Arc<Token>) {
             if keys.iter().any(|(k, _)| *k == id) {
                 continue;
             }
-            if let Some((_, budget)) = patterns.iter().find(|(p, _)| p.matches(&id)) {
-                keys.push((id, *budget));
+            if let Some((_, k)) = patterns.iter().find(|(p, _)| p.matches(&id)) {
+                let budget = k.version_budget_of(&id);
+                keys.push((id, budget));
             }
         }
     }

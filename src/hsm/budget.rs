@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-pub use crate::config::budget::{VersionBudget, DEFAULT_MAX_ENCRYPTIONS, NIST_BOUND};
+pub use crate::config::budget::{KeyBudgets, VersionBudget, DEFAULT_MAX_ENCRYPTIONS, NIST_BOUND};
 
 /// Smallest block an instance reserves. A crash loses at most the unused rest of a block (an
 /// over-count, never an under-count), 1,024 of 2^31 here. Smaller first blocks ran dry before
@@ -129,6 +129,18 @@ pub fn next_block(previous: u64, consumed: u64, lasted: Option<Duration>) -> u64
     let ceiling = previous.max(MIN_BLOCK).saturating_mul(MAX_GROWTH);
     ((per_second * BLOCK_SECONDS).min(u64::MAX as f64 / 2.0) as u64).clamp(MIN_BLOCK, ceiling)
 }
+
+/// The largest block under a budget of `max`: a sixteenth of it (at least 1). Without the cap,
+/// a budget below a few thousand (a cautious operator's per-key budget, or a test) goes to one
+/// instance's first block of [`MIN_BLOCK`], which reaches the rotation point before a single
+/// encryption: every version would be rotated away unused. At the default 2^31 the cap
+/// (134 million) is far above any block a rate can ask for.
+pub fn block_cap(max: u64) -> u64 {
+    (max / BLOCK_CAP_SHARE).max(1)
+}
+
+/// See [`block_cap`].
+const BLOCK_CAP_SHARE: u64 = 16;
 
 /// One candidate for a version number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,6 +338,23 @@ mod tests {
             Ok(Grant::Exhausted { total: 100, own: 0 })
         );
         assert_eq!(*written.borrow(), [16, 0], "the whole block is given back");
+    }
+
+    #[test]
+    fn a_block_never_takes_more_than_a_sixteenth_of_the_budget() {
+        assert_eq!(
+            block_cap(1000),
+            62,
+            "a small budget is shared out, not reserved at once"
+        );
+        assert_eq!(block_cap(10), 1);
+        assert_eq!(block_cap(1), 1);
+        assert_eq!(block_cap(DEFAULT_MAX_ENCRYPTIONS), 1 << 27);
+        // At the default budget, the cap never bites a block a real rate asks for (KMS's
+        // 1,800 requests/s for four seconds).
+        assert!(
+            next_block(MIN_BLOCK, 1800, Some(Duration::from_secs(1))) < block_cap(DEFAULT_MAX_ENCRYPTIONS)
+        );
     }
 
     #[test]

@@ -281,7 +281,8 @@ impl Token {
         }
         let me = self.instance_id()?;
         let consumed = st.left_after_grant.saturating_sub(left_now);
-        let want = budget::next_block(st.last_block, consumed, st.granted_at.map(|t| t.elapsed()));
+        let want = budget::next_block(st.last_block, consumed, st.granted_at.map(|t| t.elapsed()))
+            .min(budget::block_cap(budget.max_encryptions));
         let want = if st.total >= budget.rotate_at() {
             // Past the rotation point: leave the rest to be shared while the new version settles.
             want.min(((budget.max_encryptions.saturating_sub(st.total)) / 2).max(1))

@@ -91,7 +91,7 @@ pub async fn handle(
             .encrypt(
                 key_id,
                 version,
-                ks.budget,
+                ks.budgets.of(key_id),
                 gcm_aad.clone(),
                 plaintext.clone(),
                 Some(ks.gate.flag()),
