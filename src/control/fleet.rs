@@ -9,7 +9,9 @@
 //! - keystore scope: the instances stay connected, so the next poll sees the mark gone and
 //!   the watch releases the scope here (within about a second);
 //! - proxy scope: an instance engaged fleet-wide has logged out and finalized the module, so it
-//!   cannot see the mark. Every [`PROBE_EVERY`] it opens a connection of its own, logs in,
+//!   cannot see the mark. Every [`PROBE_EVERY`] it opens a connection of its own and reads the
+//!   public fleet epoch (`hsm::fleet_epoch`) without logging in; when that changed since its
+//!   last full check (or is unreadable, or that check is [`FULL_CHECK_EVERY`] old), it logs in,
 //!   reads the fleet marks, and logs out again; when no token carries the proxy mark any more
 //!   it releases and reconnects. A refused PIN stops these checks (HSMs lock PINs after a few
 //!   refusals) until the instance is released by hand. While the proxy is also engaged
@@ -25,6 +27,7 @@ use super::protocol::{Action, AdminReply, ChangeReport, DaemonState, FleetReach,
 use super::state_file::Engagement;
 use super::switch::{FleetScope, ReleaseError};
 use super::verbs::{not_durable_note, Control};
+use crate::hsm::fleet_epoch::{FleetEpoch, FULL_CHECK_EVERY};
 use crate::hsm::{HsmError, Token};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,6 +74,8 @@ fn mark_removed() -> Engagement {
 #[derive(Default)]
 pub(super) struct Watch {
     last_probe: std::sync::Mutex<Option<Instant>>,
+    /// Each token's fleet epoch at the last release check that logged in, and when.
+    epochs: std::sync::Mutex<Option<(Vec<FleetEpoch>, Instant)>>,
     /// Set after a refused PIN: no more probes until this instance is released by hand.
     probes_stopped: AtomicBool,
     /// Mark labels this version does not understand, warned about once each.
@@ -353,6 +358,9 @@ impl Control {
         let seen = self.switch.fleet_epoch(&FleetScope::Proxy);
         let started = Instant::now();
         let _g = self.proxy_lock.lock().await;
+        if self.fleet_epoch_unchanged().await {
+            return;
+        }
         let tokens = self.tokens.clone();
         let probes = tokio::task::spawn_blocking(move || {
             tokens
@@ -362,10 +370,18 @@ impl Control {
         })
         .await
         .unwrap_or_default();
+        if probes.iter().all(|(_, r)| r.is_ok()) {
+            let epochs = probes
+                .iter()
+                .filter_map(|(_, r)| r.as_ref().ok().map(|(_, e)| e.clone()))
+                .collect();
+            *self.fleet_watch.epochs.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((epochs, Instant::now()));
+        }
         let mut marked = false;
         for (name, r) in &probes {
             match r {
-                Ok(m) => marked |= m.contains_key("proxy"),
+                Ok((m, _)) => marked |= m.contains_key("proxy"),
                 Err(HsmError::LoginRefused(msg)) => {
                     self.fleet_watch.probes_stopped.store(true, Ordering::SeqCst);
                     tracing::error!(token = %name, "{msg}; no more fleet release checks (to avoid locking the PIN): release this instance with `kill-switch release --fleet` on it");
@@ -397,6 +413,33 @@ impl Control {
                 tracing::error!(error = %e, "fleet release seen on the token but not recorded; staying ENGAGED")
             }
         }
+    }
+
+    /// The release check's cheap part: true when every token's fleet epoch, read without
+    /// logging in, is the one the last full check saw (not empty), and that check is recent
+    /// (see `hsm::fleet_epoch`); then no mark can have changed and no login is needed.
+    async fn fleet_epoch_unchanged(&self) -> bool {
+        let last = self
+            .fleet_watch
+            .epochs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some((before, at)) = last else { return false };
+        if at.elapsed() >= FULL_CHECK_EVERY || before.iter().any(Vec::is_empty) {
+            return false;
+        }
+        let tokens = self.tokens.clone();
+        let now = tokio::task::spawn_blocking(move || {
+            tokens.iter().map(|t| t.probe_fleet_epoch()).collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        now.len() == before.len()
+            && now
+                .iter()
+                .zip(&before)
+                .all(|(n, b)| n.as_ref().is_ok_and(|n| n == b))
     }
 
     /// One pass of the watch.

@@ -174,13 +174,18 @@ impl Connector {
     }
 
     /// Loads and initialises the module, finds the slot and logs in on a new login session.
-    pub(super) fn open_connection(&self) -> Result<Connection, HsmError> {
+    /// Loads and initialises the module (already initialised by another connection is fine).
+    fn load_module(&self) -> Result<Pkcs11, HsmError> {
         let pkcs11 = Pkcs11::new(&self.module)
             .map_err(|e| HsmError::Unavailable(format!("cannot load {}: {e}", self.module.display())))?;
         match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => return Err(HsmError::Unavailable(format!("C_Initialize: {e}"))),
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(pkcs11),
+            Err(e) => Err(HsmError::Unavailable(format!("C_Initialize: {e}"))),
         }
+    }
+
+    pub(super) fn open_connection(&self) -> Result<Connection, HsmError> {
+        let pkcs11 = self.load_module()?;
         match self.log_in(&pkcs11) {
             Ok((slot, session)) => Ok(Connection {
                 pkcs11,
@@ -235,9 +240,9 @@ impl Connector {
         patience: Duration,
         f: impl FnOnce(&Session) -> Result<T, HsmError>,
     ) -> Result<T, HsmError> {
-        // A token directory being rewritten by another process (SoftHSM2's file store) can
-        // look absent for a moment: a few quick retries, and more within `patience` (on a
-        // loaded machine the moment lasts longer). A refused PIN is never retried.
+        // A token can look absent for a moment (an HSM group failing over, a device being
+        // re-enumerated): a few quick retries, and more within `patience`. A refused PIN is
+        // never retried.
         let started = Instant::now();
         let mut attempt = 0;
         let conn = loop {
@@ -276,6 +281,25 @@ impl Connector {
             });
             drop(login);
             out
+        };
+        drop(module_use);
+        self.release_module(pkcs11);
+        out
+    }
+
+    /// Runs `f` on a read-only session of a connection of its own that does not log in, for
+    /// the token's public objects (see `fleet_epoch`); the module is left as found.
+    pub(super) fn with_public_session<T>(
+        &self,
+        f: impl FnOnce(&Session) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        let pkcs11 = self.load_module()?;
+        let module_use = ModuleUse::new(&self.module_file);
+        let out = {
+            let _call = self.enter();
+            find_slot(&pkcs11, &self.label)
+                .and_then(|slot| pkcs11.open_ro_session(slot).map_err(classify))
+                .and_then(|s| f(&s))
         };
         drop(module_use);
         self.release_module(pkcs11);

@@ -19,6 +19,7 @@ mod connection;
 mod crypto;
 pub mod doctor;
 pub mod fleet;
+pub mod fleet_epoch;
 mod gcm_probe;
 pub mod health;
 pub mod key_listing;

@@ -8,6 +8,7 @@ use super::beacon;
 use super::cache::KeyCache;
 use super::connection::{logged_in, Connector, CountedSession};
 use super::fleet::{self, FleetMarks, FleetSnapshot};
+use super::fleet_epoch::{self, FleetEpoch};
 use super::key_objects::find_key;
 use super::keystate::{KeyState, MarkOutcome};
 use super::lifecycle::KeyAdmin;
@@ -235,26 +236,44 @@ impl Token {
 
     /// Writes the fleet mark of `scope` (a no-op when one exists). Blocking.
     pub fn write_fleet_mark(&self, scope: &str, record: &[u8]) -> Result<(), HsmError> {
-        self.with_write_session(|s| fleet::put(s, scope, record))
+        self.with_write_session(|s| {
+            fleet::put(s, scope, record)?;
+            fleet_epoch::bump(s);
+            Ok(())
+        })
     }
 
     /// Removes the fleet mark of `scope`; true when there was one. Blocking.
     ///
     /// On a connection of its own, a token that looks unavailable is tried again for up to
-    /// 3 s: SoftHSM2 hides a token from a process loading the module while
-    /// another process (an instance logging in for its release check) rewrites the token's
-    /// files, and on a loaded machine that lasts longer than the quick retries. A release may
-    /// wait; an engage (the mark's write) keeps the quick retries only, so that it is in
-    /// force on this instance without delay.
+    /// 3 s (an HSM group failing over, a device being re-enumerated): a release may wait; an
+    /// engage (the mark's write) keeps the quick retries only, so that it is in force on this
+    /// instance without delay. The fleet epoch is replaced only when a mark was removed.
     pub fn remove_fleet_mark(&self, scope: &str) -> Result<bool, HsmError> {
-        self.with_write_session_within(RELEASE_PATIENCE, |s| fleet::remove(s, scope))
+        self.with_write_session_within(RELEASE_PATIENCE, |s| {
+            let removed = fleet::remove(s, scope)?;
+            if removed {
+                fleet_epoch::bump(s);
+            }
+            Ok(removed)
+        })
     }
 
     /// Reads the fleet marks on a connection of its own: logs in, reads, logs out and leaves
     /// the module as it found it. This is the check an instance disconnected by a fleet engage
-    /// makes to learn of the release. Blocking.
-    pub fn probe_fleet_marks(&self) -> Result<FleetMarks, HsmError> {
-        self.conn.with_temporary_session(false, fleet::read)
+    /// makes to learn of the release. The fleet epoch is read first (empty when unreadable),
+    /// so that a mark changed after this read changes the epoch seen next. Blocking.
+    pub fn probe_fleet_marks(&self) -> Result<(FleetMarks, FleetEpoch), HsmError> {
+        self.conn.with_temporary_session(false, |s| {
+            let epoch = fleet_epoch::read(s).unwrap_or_default();
+            Ok((fleet::read(s)?, epoch))
+        })
+    }
+
+    /// Reads the fleet epoch without logging in (see [`fleet_epoch`]): the cheap check that
+    /// tells a disconnected instance whether [`Token::probe_fleet_marks`] is needed. Blocking.
+    pub fn probe_fleet_epoch(&self) -> Result<FleetEpoch, HsmError> {
+        self.conn.with_public_session(fleet_epoch::read)
     }
 
     /// A read-write session for a fleet mark: the serving connection when there is one,
