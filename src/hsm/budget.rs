@@ -1,7 +1,8 @@
 //! The two fleet protocols of key versions, as pure logic over a store: reserving blocks of
 //! encryptions in per-instance counters so that the sum never passes the budget, and settling
 //! which candidate becomes version n+1 when several instances rotate at once. The token
-//! implements the store in `rotation.rs`; the unit tests race threads over an in-memory store.
+//! implements the store in `rotation/reservations.rs` and `rotator.rs`; the unit tests race
+//! threads over an in-memory store.
 //!
 //! Counting: every instance owns one counter per version (only it writes it) holding how many
 //! encryptions it has *reserved*. It writes the larger value first and uses the block after,

@@ -71,7 +71,7 @@ impl KeyAdmin<'_> {
             disabled,
             created: marks::creation_records(self.s)?,
             versions: super::versions::read_all(self.s)?,
-            counts: super::versions::all_counts(self.s)?,
+            counts: super::version_counters::all_counts(self.s)?,
         })
     }
 
@@ -119,6 +119,6 @@ impl KeyAdmin<'_> {
 struct ListContext {
     disabled: HashSet<String>,
     created: HashMap<String, marks::CreationRecord>,
-    versions: HashMap<String, super::versions::KeyVersions>,
+    versions: HashMap<String, super::version_table::KeyVersions>,
     counts: HashMap<(String, u32), u64>,
 }

@@ -4,8 +4,9 @@
 //! missed deadline [`HsmError::Timeout`]. Nothing here knows about XKS.
 //!
 //! Every PKCS#11 call of the crate lives under this module: the daemon's workers and
-//! supervisor, key versions and their encryption budget ([`versions`], [`budget`],
-//! [`rotation`], `rotator`, [`version_admin`]; docs/key-versions.md), key lifecycle ([`lifecycle`],
+//! supervisor, key versions and their encryption budget ([`versions`], [`version_table`],
+//! `version_counters`, [`budget`], [`rotation`], `rotator`, [`version_admin`];
+//! docs/key-versions.md), key lifecycle ([`lifecycle`],
 //! [`key_objects`], [`key_listing`], [`marks`]), token setup for the quickstart and the offline CLI ([`setup`]), the benchmark's
 //! raw-token ceiling ([`raw`]) and the probes of `xks-bridge doctor` ([`doctor`]). What differs
 //! between HSM vendors behind the same PKCS#11 names (tag-failure codes, login role) is one
@@ -36,6 +37,8 @@ pub mod setup;
 pub mod supervisor;
 pub mod token;
 pub mod version_admin;
+mod version_counters;
+pub mod version_table;
 pub mod versions;
 mod worker;
 

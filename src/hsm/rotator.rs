@@ -7,6 +7,7 @@ use super::budget::{self, Candidate, CandidateStore, Round, Settled};
 use super::key_objects::{create_version_key, find_key, VersionUsages};
 use super::rotation::{now_ms, SETTLE};
 use super::token::Token;
+use super::version_table;
 use super::versions::{self, Record};
 use super::{classify, HsmError};
 use cryptoki::session::Session;
@@ -75,7 +76,7 @@ impl Token {
         from: &mut Option<u32>,
     ) -> Result<Option<u32>, HsmError> {
         let all = versions::read_all(s)?;
-        let cur = versions::current(all.get(id));
+        let cur = version_table::current(all.get(id));
         if from.is_some_and(|f| f != cur) {
             self.versions.install(None, all);
             return Ok(Some(cur));
@@ -85,7 +86,7 @@ impl Token {
         match budget::settle(store, next, SETTLE, std::thread::sleep)? {
             Settled::Committed(_) => {
                 let all = versions::read_all(s)?;
-                if versions::current(all.get(id)) < next {
+                if version_table::current(all.get(id)) < next {
                     return Err(HsmError::Refused(format!(
                         "version {next} of {id:?} is committed but retired; unretire it or rotate again"
                     )));

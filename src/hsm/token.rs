@@ -14,7 +14,8 @@ use super::keystate::{KeyState, MarkOutcome};
 use super::lifecycle::KeyAdmin;
 use super::profile::{quirks, Quirks};
 use super::rotation::Rotations;
-use super::versions::{self, VersionTable};
+use super::version_table::{self, VersionTable};
+use super::versions;
 use super::{marks, Gate, HsmError};
 use crate::config::{IvSource, TokenConfig};
 use cryptoki::session::Session;
@@ -162,7 +163,7 @@ impl Token {
     pub(super) fn install_polled_versions(
         &self,
         seen: u64,
-        all: std::collections::HashMap<String, versions::KeyVersions>,
+        all: std::collections::HashMap<String, version_table::KeyVersions>,
     ) {
         self.versions.install(Some(seen), all);
     }

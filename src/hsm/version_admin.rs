@@ -4,7 +4,9 @@
 
 use super::key_objects::find_key;
 use super::lifecycle::KeyAdmin;
-use super::versions::{self, KeyVersions, RETIRED_APP};
+use super::version_counters;
+use super::version_table::{self, KeyVersions};
+use super::versions::{self, RETIRED_APP};
 use super::{classify, marks, HsmError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use serde::Serialize;
@@ -30,7 +32,7 @@ pub(super) fn entries(
     v1_created: Option<String>,
 ) -> (u32, Vec<VersionEntry>) {
     let key = all.get(id);
-    let current = versions::current(key);
+    let current = version_table::current(key);
     let mut out = vec![VersionEntry {
         number: 1,
         created: v1_created,
@@ -67,7 +69,7 @@ impl KeyAdmin<'_> {
         let created = marks::creation_records(self.s)?.remove(id).map(|r| r.created);
         let (current, mut list) = entries(id, &all, created);
         for v in &mut list {
-            v.encryptions = Some(versions::counters(self.s, id, v.number)?.values().sum());
+            v.encryptions = Some(version_counters::counters(self.s, id, v.number)?.values().sum());
             if v.number >= 2 && versions::key_objects(self.s, id, v.number)?.is_empty() {
                 v.state = "destroyed";
             }
@@ -95,7 +97,7 @@ impl KeyAdmin<'_> {
     pub fn retire(&self, id: &str, n: u32) -> Result<(), HsmError> {
         let all = versions::read_all(self.s)?;
         self.existing(id, n, &all)?;
-        if versions::current(all.get(id)) == n {
+        if version_table::current(all.get(id)) == n {
             return Err(HsmError::Refused(format!(
                 "version {n} is the current version of {id:?}; rotate first (keys rotate {id})"
             )));
@@ -138,7 +140,7 @@ impl KeyAdmin<'_> {
                 "version {n} of {id:?} is not retired; retire it first (keys retire {id} --version {n})"
             )));
         }
-        let protected = versions::counters(self.s, id, n)?.values().sum();
+        let protected = version_counters::counters(self.s, id, n)?.values().sum();
         let objects = versions::key_objects(self.s, id, n)?;
         let result = objects
             .into_iter()
