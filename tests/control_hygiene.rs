@@ -326,7 +326,7 @@ fn a_poll_from_a_session_that_lost_its_login_does_not_release_disabled_keys() {
 // ---------------------------------------------------------------------------------------------
 
 /// What the control plane and the connection log when they finalize with work still in
-/// progress (src/control/verbs.rs, src/hsm/connection.rs).
+/// progress (src/control/verbs.rs, src/hsm/connection/module.rs).
 const FINALIZED_ANYWAY: [&str; 2] = ["module finalized anyway", "finalizing the module anyway"];
 /// What a whole-proxy disconnect logs per token when it is done (src/control/verbs.rs).
 const DISCONNECT_DONE: [&str; 2] = [
