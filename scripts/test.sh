@@ -16,7 +16,7 @@ step() {
 step "system packages" scripts/install-deps.sh
 step "format" cargo fmt --all -- --check
 step "clippy" cargo clippy --all-targets --locked -- -D warnings
-step "rustdoc" env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
+step "rustdoc" env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --locked --quiet
 # Dependency policy (deny.toml): licences, duplicate versions, sources. Advisories need the
 # RustSec database from GitHub, which CI cannot reach: scripts/advisories.sh.
 if ! cargo deny --version >/dev/null 2>&1; then

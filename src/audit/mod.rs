@@ -1,5 +1,5 @@
 //! Append-only audit trail: one JSON line per event (authenticated XKS requests, kill switch
-//! and key lifecycle actions), hash-chained so that [`verify`] detects an edited, deleted or
+//! and key lifecycle actions), hash-chained so that [`verify()`] detects an edited, deleted or
 //! reordered line *relative to the rest of the chain*, and checkpointed outside the file so
 //! that a rewrite by whoever can write the file is detected against those checkpoints.
 //!
@@ -20,8 +20,8 @@
 //! # What is detected, and by whom
 //!
 //! The chain is unkeyed: anyone who can write the file (the daemon's user, root) can rewrite a
-//! line and recompute every later link, and [`verify`] alone then reports the trail intact.
-//! What [`verify`] alone detects is damage that did not recompute the chain: an edited, deleted,
+//! line and recompute every later link, and [`verify()`] alone then reports the trail intact.
+//! What [`verify()`] alone detects is damage that did not recompute the chain: an edited, deleted,
 //! inserted or reordered line followed by an untouched one. Beyond that:
 //!
 //! - Removal of the trail's start is detected only when verification requires it

@@ -234,7 +234,7 @@ fn rotated_files(path: &Path) -> std::io::Result<Vec<(u64, u64, PathBuf)>> {
 }
 
 /// Every file of the trail whose active file is `path`, in chain order: rotated files by their
-/// first seq, then the active file if it exists. Pass the result to [`super::verify`].
+/// first seq, then the active file if it exists. Pass the result to [`super::verify()`].
 pub fn trail_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = rotated_files(path)?.into_iter().map(|(_, _, p)| p).collect();
     if path.exists() {

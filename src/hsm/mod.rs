@@ -67,7 +67,7 @@ use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
 /// Everything the token layer can report. Built from PKCS#11 return values in exactly one
-/// place: [`classify`].
+/// place: [`classify()`].
 #[derive(Debug, thiserror::Error)]
 pub enum HsmError {
     /// No secret key with that label on the token.
