@@ -809,3 +809,41 @@ fn pattern_keys_used_before_a_restart_are_reserved_at_start() {
         "one block before the restart, one reserved at start"
     );
 }
+
+/// KMS reads a key's metadata when the key is created in KMS, before its first Encrypt: the
+/// daemon reserves the key's first block then, in the background, so that the first Encrypt of
+/// a key served only through `key_pattern` does not reserve on a slow token under its own
+/// deadline (SoftHSM2 with 1,000 keys takes about 150 ms; emulated here by 100 ms searches).
+#[test]
+fn get_key_metadata_reserves_ahead_so_a_new_pattern_keys_first_encrypt_is_not_late() {
+    const FRESH: &str = "served-fresh";
+    let fx = Fixture::new();
+    let (mut cfg, control) = shimmed_config(&fx);
+    entry(&mut cfg, "keystores", 0).insert("key_pattern".into(), "served-*".into());
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    cli_ok(&proxy.config, &["keys", "create", "--id", FRESH]);
+    set_control(&control, "slow_find 100");
+    let mut xks = proxy.xks(&fx);
+    let md = xks.metadata(FRESH);
+    assert_eq!(md.status, 200, "{}", md.text());
+    let counted = || -> u64 { versions(&proxy.config, FRESH).iter().map(|(_, _, n)| n).sum() };
+    assert!(
+        wait_until(Duration::from_secs(20), || counted() > 0),
+        "no block reserved after GetKeyMetadata: {}",
+        proxy.logs()
+    );
+    let r = xks.encrypt(FRESH, &encrypt_body(b"first use", None, false));
+    assert_eq!(r.status, 200, "first Encrypt: {}\n{}", r.text(), proxy.logs());
+    // A key that may not encrypt gets no counter.
+    cli_ok(
+        &proxy.config,
+        &["keys", "create", "--id", "served-decrypt", "--usage", "decrypt"],
+    );
+    assert_eq!(xks.metadata("served-decrypt").status, 200);
+    std::thread::sleep(Duration::from_secs(1));
+    let none: u64 = versions(&proxy.config, "served-decrypt")
+        .iter()
+        .map(|(_, _, n)| n)
+        .sum();
+    assert_eq!(none, 0, "a decrypt-only key must not be counted");
+}

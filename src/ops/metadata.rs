@@ -25,13 +25,14 @@ pub async fn handle(
     ks.check_key(key_id)?;
     ks.authorize(Operation::Metadata, key_id, ctx)?;
     let info = ks.hsm.key_info(key_id).await?;
+    let refused = ks.hsm.token().is_refused(key_id);
+    if !refused && info.usages.contains(&"ENCRYPT") {
+        // KMS asks for the metadata when the key is created in KMS: its Encrypts follow.
+        ks.hsm.token().reserve_ahead(key_id, &ks.budgets.of(key_id));
+    }
     let mut key_usage = info.usages;
     key_usage.truncate(10); // spec maximum
-    let key_status = if ks.hsm.token().is_refused(key_id) {
-        "DISABLED"
-    } else {
-        "ENABLED"
-    };
+    let key_status = if refused { "DISABLED" } else { "ENABLED" };
     let resp = KeyMetadataResponse {
         key_spec: info.key_spec,
         key_usage,

@@ -45,6 +45,31 @@ pub(super) struct Refill {
 }
 
 impl Token {
+    /// Has the refiller thread reserve a first block for the current version of `id` when
+    /// this instance holds none and none is on its way. GetKeyMetadata calls it for a key that
+    /// may encrypt: KMS asks for a key's metadata when the key is created in KMS, before any
+    /// Encrypt, and without it the first Encrypt of a key served only through `key_pattern`
+    /// reserves on the token under its own deadline, which a slow token takes it past (SoftHSM2
+    /// with 1,000 keys: about 150 ms, and `DependencyTimeoutException`). Does not block.
+    pub fn reserve_ahead(&self, id: &str, budget: &VersionBudget) {
+        if !budget.counting || self.killed() {
+            return;
+        }
+        let n = self.versions.current(id);
+        let r = self.rotations.get(id, n);
+        if r.left.load(Ordering::SeqCst) > 0 || r.prefetching.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let queued = self
+            .rotations
+            .refills
+            .0
+            .try_send((id.to_owned(), n, *budget, false));
+        if queued.is_err() {
+            r.prefetching.store(false, Ordering::SeqCst);
+        }
+    }
+
     /// Takes one encryption of version `n` of `id`: an atomic decrement while the local
     /// reservation lasts. Below half of the last block, the refiller thread reserves the
     /// next block in the background; only when the reservation runs dry before that (a burst,
