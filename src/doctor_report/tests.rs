@@ -85,6 +85,7 @@ fn good() -> Findings {
             accepted_by: vec![Profile::Softhsm, Profile::Generic],
         },
         data_objects: None,
+        public_objects: None,
         handle_reuse: None,
         sessions: SessionFacts {
             wanted: 4,

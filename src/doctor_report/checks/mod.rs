@@ -13,4 +13,4 @@ pub(super) use device::{library_check, mechanism_checks, scratch_check, token_ch
 pub(super) use gcm::{bad_tag_check, iv_checks, working_iv_source};
 pub(super) use keys::key_checks;
 pub(super) use profile::{profile_check, suggested_profile};
-pub(super) use token_objects::{data_object_check, handle_reuse_check};
+pub(super) use token_objects::{data_object_check, handle_reuse_check, public_object_check};

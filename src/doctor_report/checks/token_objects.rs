@@ -1,5 +1,5 @@
-//! The write probes (`--write-tests`): private data objects on the token, and whether it
-//! hands a destroyed object's handle to a new one.
+//! The write probes (`--write-tests`): private and public data objects on the token, and
+//! whether it hands a destroyed object's handle to a new one.
 
 use crate::doctor_report::{check, Check, Verdict};
 use crate::hsm::doctor::WriteProbe;
@@ -22,6 +22,21 @@ pub(in crate::doctor_report) fn data_object_check(w: &WriteProbe) -> Check {
             Verdict::Warn,
             format!("refused: {code}"),
             Some("key kill switches will hold on this instance only (no mark on the token); allow this user to create private data objects".into()),
+        ),
+        WriteProbe::LeftBehind { code, .. } => check(name, Verdict::Fail, format!("created, but destroying it failed: {code}"), write_fix(w)),
+    }
+}
+
+/// Public data objects only spare logins (see `hsm::fleet_epoch`): a refusal is no fault.
+pub(in crate::doctor_report) fn public_object_check(w: &WriteProbe) -> Check {
+    let name = "public data objects (fleet epoch)";
+    match w {
+        WriteProbe::Done => check(name, Verdict::Ok, "a public CKO_DATA token object was created and destroyed", None),
+        WriteProbe::Refused { code } => check(
+            name,
+            Verdict::Ok,
+            format!("refused: {code}; nothing depends on them: an instance disconnected by a fleet engage then logs in at each release check (every 2 s) instead of only when the fleet marks changed"),
+            None,
         ),
         WriteProbe::LeftBehind { code, .. } => check(name, Verdict::Fail, format!("created, but destroying it failed: {code}"), write_fix(w)),
     }

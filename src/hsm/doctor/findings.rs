@@ -247,6 +247,8 @@ pub struct Findings {
     pub bad_tag: BadTag,
     /// Private `CKO_DATA` token objects (disabled-key marks); `None` without `--write-tests`.
     pub data_objects: Option<WriteProbe>,
+    /// Public `CKO_DATA` token objects (the fleet epoch); `None` without `--write-tests`.
+    pub public_objects: Option<WriteProbe>,
     /// Handle reuse; `None` without `--write-tests`.
     pub handle_reuse: Option<HandleReuse>,
     /// Sessions at once.

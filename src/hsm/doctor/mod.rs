@@ -103,10 +103,14 @@ fn examine_loaded(module: &setup::Module, plan: &Plan<'_>) -> Result<Findings, H
         // long-lived session of a token that keeps them around holds it.
         let _ = s.destroy_object(key);
     }
-    let (data_objects, handle_reuse) = if plan.write_tests {
-        (Some(data_object_probe(s)), Some(handle_reuse_probe(s)))
+    let (data_objects, public_objects, handle_reuse) = if plan.write_tests {
+        (
+            Some(data_object_probe(s)),
+            Some(public_object_probe(s)),
+            Some(handle_reuse_probe(s)),
+        )
     } else {
-        (None, None)
+        (None, None, None)
     };
     let sessions = session_probe(p, slot, plan.sessions_wanted);
     let keys = key_facts(s, plan)?;
@@ -119,6 +123,7 @@ fn examine_loaded(module: &setup::Module, plan: &Plan<'_>) -> Result<Findings, H
         iv,
         bad_tag,
         data_objects,
+        public_objects,
         handle_reuse,
         sessions,
         latency,

@@ -111,6 +111,25 @@ pub(super) fn data_object_probe(s: &Session) -> WriteProbe {
     }
 }
 
+/// A public `CKO_DATA` token object, as the fleet epoch is (`hsm::fleet_epoch`), created and
+/// destroyed.
+pub(super) fn public_object_probe(s: &Session) -> WriteProbe {
+    let made = s
+        .create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Application(PROBE_APP.to_vec()),
+            Attribute::Label(b"xks-bridge-doctor-public".to_vec()),
+            Attribute::Value(b"probe".to_vec()),
+        ])
+        .map_err(|e| WriteProbe::Refused { code: code(&e) });
+    match made.and_then(|h| destroy(s, h)) {
+        Ok(()) => WriteProbe::Done,
+        Err(w) => w,
+    }
+}
+
 /// Creates and destroys one object, then creates another: does it get the first one's number?
 pub(super) fn handle_reuse_probe(s: &Session) -> HandleReuse {
     let run = || -> Result<bool, WriteProbe> {
