@@ -143,7 +143,14 @@ impl Connector {
     /// Loads and initialises the module, finds the slot and logs in on a new login session.
     pub(super) fn open_connection(&self) -> Result<Connection, HsmError> {
         let pkcs11 = self.load_module()?;
-        match self.log_in(&pkcs11) {
+        // A login is a PKCS#11 call like any other: a finalizer (the exit, a disconnect) waits
+        // for it. SoftHSM2 rewrites its token file during `C_Login`, and a process that exits
+        // in the middle of that write leaves the token empty for good.
+        let logged_in = {
+            let _call = self.enter();
+            self.log_in(&pkcs11)
+        };
+        match logged_in {
             Ok((slot, session)) => Ok(Connection {
                 pkcs11,
                 slot,
