@@ -11,6 +11,12 @@ macro_rules! outln {
 mod cli;
 mod gendocs;
 
+/// mimalloc rather than glibc's malloc: every request allocates on a tokio worker and frees
+/// on another thread (the HSM worker's reply, the audit and log writers), the pattern glibc's
+/// per-thread arenas handle worst.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
