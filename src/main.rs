@@ -150,8 +150,9 @@ fn apply_module_env(cfg: &Config) -> CliResult {
     module_env::ensure(cfg.tokens.iter().flat_map(|t| &t.module_env)).map_err(|e| (EXIT_BAD_CONFIG, e))
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, (i32, String)> {
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, (i32, String)> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
         .map_err(|e| (71, format!("cannot start the async runtime: {e}")))
@@ -160,7 +161,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, (i32, String)> {
 fn serve(cfg: Config, path: &Path, quickstart: Option<quickstart::Layout>) -> CliResult {
     apply_module_env(&cfg)?;
     let _log = logging::init(&cfg.logging);
-    let rt = runtime()?;
+    let rt = runtime(cfg.server.runtime_threads())?;
     rt.block_on(async move {
         let d = Daemon::start(&cfg, Some(path.to_owned()))
             .await

@@ -600,3 +600,31 @@ fn drain_without_a_reachable_daemon_exits_69_and_changes_nothing() {
     assert!(err.contains("no daemon answers"), "{err}");
     assert_eq!(state.exists(), existed, "drain acted offline on {state:?}");
 }
+
+#[test]
+fn runtime_threads_sets_the_async_runtime_and_a_bad_value_is_refused_naming_it() {
+    let fx = Fixture::new();
+    for bad in [0i64, 1025] {
+        let mut cfg = fx.config();
+        section(&mut cfg, "server").insert("runtime_threads".into(), bad.into());
+        let (code, _, err) = cli(&fx.write_config(&cfg), &["check-config"]);
+        assert_eq!(code, Some(64), "runtime_threads = {bad}: {err}");
+        assert!(err.contains("server.runtime_threads: 1 to 1024"), "{err}");
+    }
+    let mut cfg = fx.config();
+    section(&mut cfg, "server").insert("runtime_threads".into(), 3i64.into());
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    let metrics = scrape_metrics(&proxy);
+    assert!(
+        metrics.lines().any(|l| l == "xks_bridge_runtime_threads 3"),
+        "the runtime runs the configured 3 threads:\n{metrics}"
+    );
+    assert_eq!(proxy.xks(&fx).health().status, 200);
+    proxy.terminate();
+    // Unset: one per core less one, at least one.
+    let proxy = TestProxy::start(&fx);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let want = format!("xks_bridge_runtime_threads {}", cores.saturating_sub(1).max(1));
+    let metrics = scrape_metrics(&proxy);
+    assert!(metrics.lines().any(|l| l == want), "{want} missing:\n{metrics}");
+}

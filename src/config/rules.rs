@@ -43,6 +43,15 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), String> {
     }
     validate_limits(cfg)?;
     let srv = &cfg.server;
+    if srv
+        .runtime_threads
+        .is_some_and(|n| n == 0 || n > super::server::MAX_RUNTIME_THREADS)
+    {
+        return Err(format!(
+            "server.runtime_threads: 1 to {} (unset: one per core less one)",
+            super::server::MAX_RUNTIME_THREADS
+        ));
+    }
     if srv.max_connections == 0 {
         return Err("server.max_connections: must be at least 1".into());
     }

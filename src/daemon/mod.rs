@@ -95,6 +95,7 @@ impl Daemon {
         let server = Server::new(Arc::new(app), tls, limits, Some(observer));
         if let Some(m) = &metrics {
             m.set_connection_probe(connections::probe(server.budget().clone()));
+            m.set_runtime_threads(tokio::runtime::Handle::current().metrics().num_workers());
             let drain = server.drain().clone();
             m.set_drain_probe(Arc::new(move || drain.is_draining()));
         }

@@ -57,6 +57,8 @@ pub struct Metrics {
     unauthenticated: Family<RejectionLabels, Counter>,
     /// Authenticated request records the audit queue refused.
     audit_dropped: Counter,
+    /// Threads of the async runtime (`server.runtime_threads` or its default), as running.
+    runtime_threads: Gauge,
     /// 1 while the instance drains (out of the load balancer's rotation, about to exit).
     draining: Gauge,
     draining_probe: std::sync::OnceLock<DrainProbe>,
@@ -97,6 +99,7 @@ impl Metrics {
             connections: ConnectionFamilies::default(),
             unauthenticated: Family::default(),
             audit_dropped: Counter::default(),
+            runtime_threads: Gauge::default(),
             draining: Gauge::default(),
             draining_probe: std::sync::OnceLock::new(),
             key_version: Family::default(),
@@ -121,6 +124,11 @@ impl Metrics {
     /// its observer feeds them); later calls are ignored.
     pub fn set_connection_probe(&self, probe: ConnectionProbe) {
         let _ = self.connections.probe.set(probe);
+    }
+
+    /// Records how many threads the async runtime runs.
+    pub fn set_runtime_threads(&self, n: usize) {
+        self.runtime_threads.set(n as i64);
     }
 
     /// Installs the drain probe; later calls are ignored.

@@ -17,6 +17,11 @@ impl Metrics {
             self.latency.clone(),
         );
         r.register(
+            "runtime_threads",
+            "Threads of the async runtime (server.runtime_threads)",
+            self.runtime_threads.clone(),
+        );
+        r.register(
             "hsm_queue_depth",
             "HSM jobs waiting for a worker",
             self.queue_depth.clone(),
