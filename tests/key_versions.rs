@@ -394,6 +394,14 @@ fn key_labels(fx: &Fixture) -> BTreeMap<String, usize> {
     labels
 }
 
+/// The WARN and ERROR lines of a daemon's logs.
+fn warnings(logs: &str) -> String {
+    logs.lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// One daemon's ciphertexts with their plaintexts.
 type Run = Vec<(Sealed, Vec<u8>)>;
 
@@ -485,14 +493,29 @@ fn automatic_rotation_across_two_daemons_never_uses_a_version_past_its_budget() 
             "version {n}: counted {counted} < {made} made (under-count)"
         );
     }
+    // One key object per version number, with the two exceptions docs/key-versions.md
+    // states: an instance that stalls longer than the settle time (1 s) can commit a second
+    // candidate for the same number (both then decrypt, and the count is per number), and a
+    // candidate creation the token failed can leave an object no record names (never used).
+    // One of them was seen once, in a CI run (not in 12 runs beside two busy loops); what they may not
+    // do, lose a ciphertext or pass the budget, is checked above and below.
     let labels = key_labels(&fx);
     for n in 2..=numbers.len() {
         let label = format!("{KEY_AES}/v{n}");
-        assert_eq!(
-            labels.get(&label),
-            Some(&1),
-            "key objects labelled {label}: {labels:?}"
+        let objects = labels.get(&label).copied().unwrap_or(0);
+        assert!(
+            (1..=2).contains(&objects),
+            "{objects} key objects labelled {label}: {labels:?}\n--- warnings of daemon a ---\n{}\n--- of daemon b ---\n{}",
+            warnings(&a.logs()),
+            warnings(&b.logs())
         );
+        if objects == 2 {
+            eprintln!(
+                "version {n} has two key objects (the stalled-instance case of docs/key-versions.md)\n--- warnings of daemon a ---\n{}\n--- of daemon b ---\n{}",
+                warnings(&a.logs()),
+                warnings(&b.logs())
+            );
+        }
     }
 
     // Every ciphertext decrypts through either daemon.
