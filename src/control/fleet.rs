@@ -11,7 +11,7 @@
 //! - proxy scope: an instance engaged fleet-wide has logged out and finalized the module, so it
 //!   cannot see the mark. Every [`PROBE_EVERY`] it opens a connection of its own and reads the
 //!   public fleet epoch (`hsm::fleet_epoch`) without logging in; when that changed since its
-//!   last full check (or is unreadable, or that check is [`FULL_CHECK_EVERY`] old), it logs in,
+//!   last full check (or is unreadable, or that check is [`FULL_CHECK_EVERY`](crate::hsm::fleet_epoch::FULL_CHECK_EVERY) old), it logs in,
 //!   reads the fleet marks, and logs out again; when no token carries the proxy mark any more
 //!   it releases and reconnects. A refused PIN stops these checks (HSMs lock PINs after a few
 //!   refusals) until the instance is released by hand. While the proxy is also engaged
@@ -27,12 +27,14 @@ use super::protocol::{Action, AdminReply, ChangeReport, DaemonState, FleetReach,
 use super::state_file::Engagement;
 use super::switch::{FleetScope, ReleaseError};
 use super::verbs::{not_durable_note, Control};
-use crate::hsm::fleet_epoch::{FleetEpoch, FULL_CHECK_EVERY};
+use crate::hsm::fleet_epoch::FleetEpoch;
 use crate::hsm::{HsmError, Token};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod release_check;
 
 /// How often the watch compares the marks read by the token polls with the switch.
 const WATCH_EVERY: Duration = Duration::from_millis(100);
@@ -331,115 +333,6 @@ impl Control {
                 }
             }
         }
-    }
-
-    /// For an instance disconnected by a fleet proxy engage: logs in on a connection of its own
-    /// to see whether the proxy mark is gone, and if so releases and reconnects.
-    async fn probe_proxy_release(self: &Arc<Self>) {
-        if self.switch.fleet_engagement(&FleetScope::Proxy).is_none()
-            || self.switch.fleet_unmarked(&FleetScope::Proxy)
-            || self.switch.proxy_engaged_locally()
-            || self.fleet_watch.probes_stopped.load(Ordering::SeqCst)
-            || self.tokens.is_empty()
-        {
-            return;
-        }
-        {
-            let mut last = self
-                .fleet_watch
-                .last_probe
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < PROBE_EVERY) {
-                return;
-            }
-            *last = Some(Instant::now());
-        }
-        let seen = self.switch.fleet_epoch(&FleetScope::Proxy);
-        let started = Instant::now();
-        let _g = self.proxy_lock.lock().await;
-        if self.fleet_epoch_unchanged().await {
-            return;
-        }
-        let tokens = self.tokens.clone();
-        let probes = tokio::task::spawn_blocking(move || {
-            tokens
-                .iter()
-                .map(|t| (t.name.clone(), t.probe_fleet_marks()))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        if probes.iter().all(|(_, r)| r.is_ok()) {
-            let epochs = probes
-                .iter()
-                .filter_map(|(_, r)| r.as_ref().ok().map(|(_, e)| e.clone()))
-                .collect();
-            *self.fleet_watch.epochs.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((epochs, Instant::now()));
-        }
-        let mut marked = false;
-        for (name, r) in &probes {
-            match r {
-                Ok((m, _)) => marked |= m.contains_key("proxy"),
-                Err(HsmError::LoginRefused(msg)) => {
-                    self.fleet_watch.probes_stopped.store(true, Ordering::SeqCst);
-                    tracing::error!(token = %name, "{msg}; no more fleet release checks (to avoid locking the PIN): release this instance with `kill-switch release --fleet` on it");
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(token = %name, error = %e, "fleet release check: token unreadable; staying engaged");
-                    return;
-                }
-            }
-        }
-        if probes.is_empty() || marked || self.switch.fleet_changed_since(&FleetScope::Proxy, started) {
-            return;
-        }
-        let by = mark_removed();
-        match self
-            .release_fleet_here(&FleetScope::Proxy, by.clone(), seen)
-            .await
-        {
-            Ok(r) => {
-                tracing::warn!(
-                    local_engage_holds = matches!(r, FleetRelease::LocalHolds),
-                    "FLEET kill switch RELEASE seen on the token"
-                );
-                self.audit_in_background("release", "fleet:proxy", by);
-            }
-            Err(ReleaseError::Superseded) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "fleet release seen on the token but not recorded; staying ENGAGED")
-            }
-        }
-    }
-
-    /// The release check's cheap part: true when every token's fleet epoch, read without
-    /// logging in, is the one the last full check saw (not empty), and that check is recent
-    /// (see `hsm::fleet_epoch`); then no mark can have changed and no login is needed.
-    async fn fleet_epoch_unchanged(&self) -> bool {
-        let last = self
-            .fleet_watch
-            .epochs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let Some((before, at)) = last else { return false };
-        if at.elapsed() >= FULL_CHECK_EVERY || before.iter().any(Vec::is_empty) {
-            return false;
-        }
-        let tokens = self.tokens.clone();
-        let now = tokio::task::spawn_blocking(move || {
-            tokens.iter().map(|t| t.probe_fleet_epoch()).collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        now.len() == before.len()
-            && now
-                .iter()
-                .zip(&before)
-                .all(|(n, b)| n.as_ref().is_ok_and(|n| n == b))
     }
 
     /// One pass of the watch.

@@ -15,6 +15,7 @@
 //! token that refuses public objects, or a write that fails, leaves no epoch to compare: the
 //! instance then logs in at every check, as without it.
 
+use super::marks::put_data_object;
 use super::{classify, HsmError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
@@ -41,17 +42,7 @@ pub(super) fn bump(s: &Session) {
     let made = s
         .generate_random_slice(&mut nonce)
         .map_err(classify)
-        .and_then(|()| {
-            s.create_object(&[
-                Attribute::Class(ObjectClass::DATA),
-                Attribute::Token(true),
-                Attribute::Private(false),
-                Attribute::Application(EPOCH_APP.to_vec()),
-                Attribute::Label(LABEL.as_bytes().to_vec()),
-                Attribute::Value(nonce.to_vec()),
-            ])
-            .map_err(classify)
-        });
+        .and_then(|()| put_data_object(s, false, EPOCH_APP, LABEL, &nonce));
     if let Err(e) = made {
         tracing::warn!(error = %e, "cannot replace the fleet epoch on the token: instances disconnected by a fleet engage see this change at their next full check, at most 30 s from now");
         return;

@@ -35,10 +35,21 @@ pub(super) struct CreationRecord {
 /// Creates a private token data object; the token's own answer is kept (callers decide whether
 /// a refusal is fatal).
 pub(super) fn put_data(s: &Session, app: &[u8], label: &str, value: &[u8]) -> Result<ObjectHandle, HsmError> {
+    put_data_object(s, true, app, label, value)
+}
+
+/// Creates a token data object, private (readable only logged in) or public (the fleet epoch).
+pub(super) fn put_data_object(
+    s: &Session,
+    private: bool,
+    app: &[u8],
+    label: &str,
+    value: &[u8],
+) -> Result<ObjectHandle, HsmError> {
     s.create_object(&[
         Attribute::Class(ObjectClass::DATA),
         Attribute::Token(true),
-        Attribute::Private(true),
+        Attribute::Private(private),
         Attribute::Application(app.to_vec()),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Value(value.to_vec()),

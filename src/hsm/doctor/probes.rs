@@ -91,16 +91,17 @@ fn destroy(s: &Session, h: ObjectHandle) -> Result<(), WriteProbe> {
 }
 
 fn put_probe(s: &Session, n: u32) -> Result<ObjectHandle, WriteProbe> {
-    marks::put_data(s, PROBE_APP, &format!("xks-bridge-doctor-{n}"), b"probe").map_err(|e| {
-        WriteProbe::Refused {
-            code: match e {
-                HsmError::Device { rv, function } => {
-                    format!("{} from C_{function:?}", ckr_name(rv))
-                }
-                other => other.to_string(),
-            },
-        }
-    })
+    marks::put_data(s, PROBE_APP, &format!("xks-bridge-doctor-{n}"), b"probe").map_err(refused)
+}
+
+/// A token's refusal to create a probe object, named by its `CKR_` code.
+fn refused(e: HsmError) -> WriteProbe {
+    WriteProbe::Refused {
+        code: match e {
+            HsmError::Device { rv, function } => format!("{} from C_{function:?}", ckr_name(rv)),
+            other => other.to_string(),
+        },
+    }
 }
 
 /// A private `CKO_DATA` token object, as the disabled-key marks are, created and destroyed.
@@ -114,16 +115,8 @@ pub(super) fn data_object_probe(s: &Session) -> WriteProbe {
 /// A public `CKO_DATA` token object, as the fleet epoch is (`hsm::fleet_epoch`), created and
 /// destroyed.
 pub(super) fn public_object_probe(s: &Session) -> WriteProbe {
-    let made = s
-        .create_object(&[
-            Attribute::Class(ObjectClass::DATA),
-            Attribute::Token(true),
-            Attribute::Private(false),
-            Attribute::Application(PROBE_APP.to_vec()),
-            Attribute::Label(b"xks-bridge-doctor-public".to_vec()),
-            Attribute::Value(b"probe".to_vec()),
-        ])
-        .map_err(|e| WriteProbe::Refused { code: code(&e) });
+    let made =
+        marks::put_data_object(s, false, PROBE_APP, "xks-bridge-doctor-public", b"probe").map_err(refused);
     match made.and_then(|h| destroy(s, h)) {
         Ok(()) => WriteProbe::Done,
         Err(w) => w,

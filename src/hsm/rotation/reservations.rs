@@ -57,7 +57,15 @@ impl Token {
         }
         let n = self.versions.current(id);
         let r = self.rotations.get(id, n);
-        if r.left.load(Ordering::SeqCst) > 0 || r.prefetching.swap(true, Ordering::SeqCst) {
+        if r.left.load(Ordering::SeqCst) == 0 {
+            self.refill_in_background(&r, id, n, budget);
+        }
+    }
+
+    /// Queues a background reservation of the next block of `r` for the refiller, unless one
+    /// is queued or running already; a full queue leaves it to a later call.
+    fn refill_in_background(&self, r: &Reservation, id: &str, n: u32, budget: &VersionBudget) {
+        if r.prefetching.swap(true, Ordering::SeqCst) {
             return;
         }
         let queued = self
@@ -89,15 +97,8 @@ impl Token {
             .left
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
         {
-            if before <= r.low_water.load(Ordering::Relaxed) && !r.prefetching.swap(true, Ordering::SeqCst) {
-                let queued = self
-                    .rotations
-                    .refills
-                    .0
-                    .try_send((id.to_owned(), n, *budget, false));
-                if queued.is_err() {
-                    r.prefetching.store(false, Ordering::SeqCst);
-                }
+            if before <= r.low_water.load(Ordering::Relaxed) {
+                self.refill_in_background(&r, id, n, budget);
             }
             return Ok(());
         }
