@@ -870,3 +870,100 @@ fn get_key_metadata_reserves_ahead_so_a_new_pattern_keys_first_encrypt_is_not_la
         .sum();
     assert_eq!(none, 0, "a decrypt-only key must not be counted");
 }
+
+/// The budget of the current version used up on a token that will not make keys
+/// (`CKM_AES_KEY_GEN` hidden by the shim): Encrypt never passes the budget, is refused with
+/// the documented `InvalidStateException` once no version can be created, says why in the log
+/// at most once per interval however often KMS retries, and Decrypt keeps working. Once the
+/// token makes keys again, `keys rotate` (the action the message names) restores Encrypt.
+#[test]
+fn a_used_up_budget_that_no_new_version_can_replace_refuses_encrypt_until_an_operator_rotates() {
+    const BUDGET: u64 = 32;
+    let fx = Fixture::new();
+    let (mut cfg, control) = shimmed_config(&fx);
+    own_budget(
+        &mut cfg,
+        KEY_AES,
+        &[("max_encryptions_per_version", (BUDGET as i64).into())],
+    );
+    let proxy = TestProxy::start_with(&fx, &cfg, &[]);
+    let mut xks = proxy.xks(&fx);
+    set_control(&control, "hide_mechanism 0x1080");
+
+    let mut sealed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refusal = loop {
+        let pt = format!("budget {}", sealed.len()).into_bytes();
+        let r = xks.encrypt(KEY_AES, &encrypt_body(&pt, Some(b"ctx"), false));
+        match r.status {
+            200 => sealed.push((Sealed::from_response(&r), pt)),
+            // 429: a rotation is being tried; 503: the token was slow on a loaded machine.
+            429 | 503 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(40)),
+            _ => break r,
+        }
+        assert!(
+            sealed.len() as u64 <= BUDGET,
+            "{} encryptions under a budget of {BUDGET}: {:?}",
+            sealed.len(),
+            versions(&proxy.config, KEY_AES)
+        );
+    };
+    assert_eq!(refusal.status, 400, "{}", refusal.text());
+    assert_eq!(
+        refusal.json()["errorName"],
+        "InvalidStateException",
+        "{}",
+        refusal.text()
+    );
+    assert!(
+        refusal.json()["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("no new version could be created")),
+        "{}",
+        refusal.text()
+    );
+    assert!(
+        sealed.len() as u64 >= BUDGET / 2,
+        "only {} of the {BUDGET} encryptions were served before the refusal",
+        sealed.len()
+    );
+    assert!(sealed.iter().all(|(s, _)| version_of(s) == 1));
+
+    // KMS retries: the refusals repeat, the ERROR line does not.
+    for _ in 0..50 {
+        let r = xks.encrypt(KEY_AES, &encrypt_body(b"again", None, false));
+        assert!(matches!(r.status, 400 | 429), "{}", r.text());
+    }
+    assert!(
+        proxy.wait_for_log("ENCRYPTION BUDGET EXHAUSTED"),
+        "{}",
+        proxy.logs()
+    );
+    let lines = proxy.logs().matches("ENCRYPTION BUDGET EXHAUSTED").count();
+    assert!(
+        lines <= 2,
+        "{lines} ERROR lines for one exhausted version in a few seconds"
+    );
+    for (s, pt) in sealed.iter().step_by(8) {
+        decrypts(&mut xks, s, pt);
+    }
+
+    set_control(&control, "none");
+    let out = cli_ok(
+        &proxy.config,
+        &["keys", "rotate", KEY_AES, "--reason", "budget used up"],
+    );
+    assert!(out.contains("version"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let r = xks.encrypt(KEY_AES, &encrypt_body(b"after rotate", Some(b"ctx"), false));
+        if r.status == 200 || Instant::now() >= deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(after.status, 200, "Encrypt after keys rotate: {}", after.text());
+    let s = Sealed::from_response(&after);
+    assert!(version_of(&s) >= 2, "still version {}", version_of(&s));
+    decrypts(&mut xks, &s, b"after rotate");
+}

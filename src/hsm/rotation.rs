@@ -66,6 +66,9 @@ pub(super) struct Rotations {
     /// When a refused counter write was last logged (each Encrypt retries it: one line per
     /// interval, not one per request).
     counter_refusal_log: Mutex<crate::clock::Throttle>,
+    /// When an exhausted version that no rotation could replace was last logged (KMS retries
+    /// every refused Encrypt: one line per interval, not one per request).
+    exhausted_log: Mutex<crate::clock::Throttle>,
     /// Start-up prefetches queued and not yet handled by the refiller.
     prefetches_pending: (Mutex<usize>, std::sync::Condvar),
 }
@@ -80,6 +83,7 @@ impl Default for Rotations {
             failures: AtomicU64::new(0),
             v1_created: Default::default(),
             counter_refusal_log: Mutex::new(crate::clock::Throttle::new(Duration::from_secs(10))),
+            exhausted_log: Mutex::new(crate::clock::Throttle::new(Duration::from_secs(10))),
             prefetches_pending: Default::default(),
         }
     }
@@ -143,8 +147,17 @@ impl Token {
         }
         self.rotations.request(id, n);
         let rotating = self.rotations.rotating(id);
-        if !rotating {
-            tracing::error!(token = %self.name, key_id = id, version = n, "ENCRYPTION BUDGET EXHAUSTED and no new key version could be created: Encrypt under this key is refused until a version is created (keys rotate) or the budget raised");
+        let due = (!rotating)
+            .then(|| {
+                self.rotations
+                    .exhausted_log
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .due()
+            })
+            .flatten();
+        if let Some(held_back) = due {
+            tracing::error!(token = %self.name, key_id = id, version = n, refused_since_last_line = held_back, "ENCRYPTION BUDGET EXHAUSTED and no new key version could be created: Encrypt under this key is refused until a version is created (keys rotate) or the budget raised");
         }
         Err(HsmError::VersionExhausted { version: n, rotating })
     }
