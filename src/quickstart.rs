@@ -173,6 +173,7 @@ module = "{module}"
 module_env = {{ SOFTHSM2_CONF = "{conf}" }}
 token_label = "{TOKEN_LABEL}"
 pin = {{ file = "secrets/token.pin" }}
+profile = "softhsm"
 
 [[keystores]]
 uri_prefix = "{PREFIX}"

@@ -126,6 +126,9 @@ fn quickstart_serves_publishes_its_files_answers_curl_and_reuses_its_directory()
             .unwrap_or_else(|| panic!("{file} missing: {qs}"));
         assert!(Path::new(p).is_file(), "{file}: {p} is not a file");
     }
+    // The token is SoftHSM2: its profile, not `generic`, so `doctor` finds nothing to change.
+    let config = std::fs::read_to_string(qs["config"].as_str().unwrap()).expect("config");
+    assert!(config.contains("profile = \"softhsm\""), "{config}");
     assert_eq!(
         qs["keys"],
         json!({
