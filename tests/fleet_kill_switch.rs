@@ -158,6 +158,50 @@ fn a_fleet_engage_through_one_instance_stops_every_instance_and_a_fleet_release_
     }
 }
 
+/// The key scope travels through the token already (a private mark per key, polled every
+/// 0.5 s): a key disabled through the second of three instances is refused by all three, the
+/// other keys keep working, and a release through the third brings it back everywhere.
+#[test]
+fn a_key_disabled_through_one_instance_is_refused_by_all_three_and_released_through_another() {
+    let fx = Fixture::new();
+    let ps = fleet(&fx, 3, false);
+    let key_status = |p: &TestProxy| p.xks(&fx).metadata(KEY_AES).json()["keyStatus"].clone();
+    for p in &ps {
+        assert_eq!(encrypt_status(&fx, p, None), 200);
+    }
+    cli_ok(
+        &ps[1].config,
+        &["kill-switch", "engage", "--key", KEY_AES, "--reason", "key drill"],
+    );
+    assert_invalid_state(&ps[1].xks(&fx).encrypt(KEY_AES, &encrypt_body(b"x", None, false)));
+    let took = all_within(&ps, ENGAGE_REACH, "refusing the disabled key", |p| {
+        encrypt_status(&fx, p, None) == 400 && key_status(p) == "DISABLED"
+    });
+    eprintln!("a key disable through instance 2 reached all 3 instances in {took:?}");
+    for p in &ps {
+        let r = p
+            .xks(&fx)
+            .encrypt(KEY_ENCRYPT_ONLY, &encrypt_body(b"another key", None, false));
+        assert_eq!(r.status, 200, "another key refused: {}", r.text());
+    }
+
+    cli_ok(
+        &ps[2].config,
+        &[
+            "kill-switch",
+            "release",
+            "--key",
+            KEY_AES,
+            "--reason",
+            "drill over",
+        ],
+    );
+    let took = all_within(&ps, ENGAGE_REACH, "serving the key again", |p| {
+        key_status(p) == "ENABLED" && encrypt_status(&fx, p, None) == 200
+    });
+    eprintln!("the key release through instance 3 reached all 3 instances in {took:?}");
+}
+
 #[test]
 fn a_fleet_keystore_engage_refuses_only_that_keystore_on_every_instance() {
     let fx = Fixture::new();

@@ -233,42 +233,6 @@ fn disabled_key_reports_disabled_refuses_crypto_and_survives_restart() {
 }
 
 #[test]
-fn two_instances_on_one_token_see_a_key_disable_within_two_seconds() {
-    let fx = Fixture::new();
-    let a = TestProxy::start(&fx);
-    let mut cfg_b = fx.config();
-    section(&mut cfg_b, "state").insert("directory".into(), "state-b".into());
-    section(&mut cfg_b, "admin").insert("socket".into(), "admin-b.sock".into());
-    let b = TestProxy::start_with(&fx, &cfg_b, &[]);
-    let mut xb = b.xks(&fx);
-    assert_eq!(xb.metadata(KEY_AES).json()["keyStatus"], "ENABLED");
-
-    cli_ok(
-        &a.config,
-        &[
-            "kill-switch",
-            "engage",
-            "--key",
-            KEY_AES,
-            "--reason",
-            "cluster drill",
-        ],
-    );
-    let t = Instant::now();
-    let seen = wait_until(Duration::from_secs(2), || {
-        xb.metadata(KEY_AES).json()["keyStatus"] == "DISABLED"
-    });
-    assert!(seen, "instance B still reports ENABLED after {:?}", t.elapsed());
-    assert_invalid_state(&xb.encrypt(KEY_AES, &encrypt_body(b"x", None, false)));
-
-    cli_ok(&a.config, &["kill-switch", "release", "--key", KEY_AES]);
-    let seen = wait_until(Duration::from_secs(2), || {
-        xb.metadata(KEY_AES).json()["keyStatus"] == "ENABLED"
-    });
-    assert!(seen, "instance B did not see the release");
-}
-
-#[test]
 fn every_engage_and_release_is_recorded_with_uid_time_scope_and_reason() {
     let fx = Fixture::new();
     let proxy = TestProxy::start(&fx);
