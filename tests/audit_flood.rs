@@ -107,6 +107,11 @@ fn twenty_thousand_unauthenticated_requests_write_no_audit_record_and_few_log_li
         .all(|r| r["access_key_id"] == fx.access_key_id.as_str()));
 
     let new_lines: Vec<&str> = logs.lines().skip(lines_before).collect();
+    eprintln!(
+        "20,000 unauthenticated requests: {} audit records, {} log lines",
+        records.len() - 2,
+        new_lines.len()
+    );
     assert!(
         new_lines.len() < 100,
         "{} log lines for 20,000 refused requests:\n{}",
