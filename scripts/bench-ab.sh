@@ -4,19 +4,33 @@
 # at 8 connections (CONNECTIONS=N in the environment to change) against them in turn, RUNS
 # times each, alternating so that a change in the machine's load hits both. Prints throughput,
 # p99 and the daemon's CPU-µs per request (utime + stime from /proc/<pid>/stat over the run).
+# BEFORE_KEYSTORE / AFTER_KEYSTORE (environment): a TOML line added to that instance's
+# [[keystores]] table, to compare two settings of one binary, e.g. the cost of counting:
+#   AFTER_KEYSTORE='count_encryptions = false' scripts/bench-ab.sh BIN BIN 10 5
 #   scripts/bench-ab.sh BEFORE_BINARY AFTER_BINARY [SECONDS_PER_RUN] [RUNS]
 set -euo pipefail
 before=$1; after=$2; secs=${3:-10}; runs=${4:-3}
 work=$(mktemp -d /tmp/xks-ab.XXXXXX)
 pids=()
-start() { # bin dir
+serve() { # bin dir: a quickstart on dir, until it has written quickstart.json
+  rm -f "$2/quickstart.json"
   "$1" quickstart --dir "$2" --listen 127.0.0.1:0 >"$2.out" 2>"$2.err" &
-  pids+=($!)
+  pid=$!
   until grep -q "listening on" "$2.out" 2>/dev/null; do sleep 0.05; done
   for _ in $(seq 400); do [ -f "$2/quickstart.json" ] && break; sleep 0.05; done
 }
-start "$before" "$work/before"; pid_before=${pids[0]}
-start "$after" "$work/after"; pid_after=${pids[1]}
+start() { # bin dir [keystore line]: the quickstart reuses its directory, edited config included
+  serve "$1" "$2"
+  if [ -n "${3:-}" ]; then
+    kill -TERM "$pid"; wait "$pid" || true
+    sed -i "s/^\[\[keystores\]\]\$/[[keystores]]\n$3/" "$2/config.toml"
+    grep -qxF "$3" "$2/config.toml"
+    serve "$1" "$2"
+  fi
+  pids+=("$pid")
+}
+start "$before" "$work/before" "${BEFORE_KEYSTORE:-}"; pid_before=${pids[0]}
+start "$after" "$work/after" "${AFTER_KEYSTORE:-}"; pid_after=${pids[1]}
 tick=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for i in $(seq "$runs"); do
