@@ -26,7 +26,7 @@ const EXIT_FAILED: i32 = Exit::Failed as i32;
 
 /// Operator commands parse the config but do not insist on reading the daemon's private files.
 fn load(path: &Path) -> Result<Config, (i32, String)> {
-    Config::load_unchecked(path).map_err(|e| (EXIT_BAD_CONFIG, e))
+    Config::load_unchecked(path).map_err(|e| (EXIT_BAD_CONFIG, e.to_string()))
 }
 
 /// Asks the running daemon to reload its configuration.

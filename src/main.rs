@@ -141,7 +141,7 @@ fn main() -> ExitCode {
 type CliResult = Result<(), (i32, String)>;
 
 fn load(path: &Path) -> Result<Config, (i32, String)> {
-    Config::load(path).map_err(|e| (EXIT_BAD_CONFIG, e))
+    Config::load(path).map_err(|e| (EXIT_BAD_CONFIG, e.to_string()))
 }
 
 /// Module environment must be in place before any module is loaded; this restarts the process

@@ -7,6 +7,39 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+/// Why a secret source is misnamed or cannot be read. No variant holds the secret itself: the
+/// text is printed at start and by `check-config`.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// None of the three fields is set.
+    #[error("name one of `file`, `env` or `systemd_credential`")]
+    NoSource,
+    /// More than one of the three fields is set.
+    #[error("name only one of `file`, `env` or `systemd_credential`")]
+    SeveralSources,
+    /// Asked to load a source that names nothing ([`SecretSource::validate`] was skipped).
+    #[error("no secret source configured")]
+    NotConfigured,
+    /// The named environment variable is absent (or not Unicode).
+    #[error("environment variable {0} is not set")]
+    EnvUnset(String),
+    /// A systemd credential outside a unit started with `LoadCredential=`.
+    #[error("systemd credential {0}: CREDENTIALS_DIRECTORY is not set")]
+    NoCredentialsDirectory(String),
+    /// The file (or credential file) cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the read said.
+        source: std::io::Error,
+    },
+    /// The source holds nothing but line ends; the source is described, as in
+    /// [`SecretSource::describe`].
+    #[error("{0} is empty")]
+    Empty(String),
+}
+
 /// Exactly one of the three fields must be set.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -30,7 +63,7 @@ impl SecretSource {
     }
 
     /// Checks that exactly one source is named.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SecretError> {
         let set = [
             self.file.is_some(),
             self.env.is_some(),
@@ -38,8 +71,8 @@ impl SecretSource {
         ];
         match set.iter().filter(|s| **s).count() {
             1 => Ok(()),
-            0 => Err("name one of `file`, `env` or `systemd_credential`".into()),
-            _ => Err("name only one of `file`, `env` or `systemd_credential`".into()),
+            0 => Err(SecretError::NoSource),
+            _ => Err(SecretError::SeveralSources),
         }
     }
 
@@ -53,23 +86,23 @@ impl SecretSource {
     }
 
     /// Reads the secret. Errors name the source but never contain its value.
-    pub fn load(&self) -> Result<SecretString, String> {
+    pub fn load(&self) -> Result<SecretString, SecretError> {
         let raw = if let Some(path) = &self.file {
             read_file(path)?
         } else if let Some(var) = &self.env {
-            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
+            std::env::var(var).map_err(|_| SecretError::EnvUnset(var.clone()))?
         } else if let Some(name) = &self.systemd_credential {
             let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
-                .ok_or_else(|| format!("systemd credential {name}: CREDENTIALS_DIRECTORY is not set"))?;
+                .ok_or_else(|| SecretError::NoCredentialsDirectory(name.clone()))?;
             read_file(&Path::new(&dir).join(name))?
         } else {
-            return Err("no secret source configured".into());
+            return Err(SecretError::NotConfigured);
         };
         let mut raw = zeroize::Zeroizing::new(raw);
         let trimmed = raw.trim_end_matches(['\n', '\r']).to_owned();
         raw.clear();
         if trimmed.is_empty() {
-            return Err(format!("{} is empty", self.describe()));
+            return Err(SecretError::Empty(self.describe()));
         }
         Ok(SecretString::from(trimmed))
     }
@@ -85,9 +118,12 @@ impl SecretSource {
     }
 }
 
-fn read_file(path: &Path) -> Result<String, String> {
+fn read_file(path: &Path) -> Result<String, SecretError> {
     warn_if_readable_by_others(path);
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    std::fs::read_to_string(path).map_err(|source| SecretError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn warn_if_readable_by_others(path: &Path) {
@@ -127,9 +163,12 @@ mod tests {
         std::fs::write(&p, "hunter2\n").unwrap();
         assert_eq!(SecretSource::file(&p).load().unwrap().expose_secret(), "hunter2");
         std::fs::write(&p, "\n").unwrap();
-        let err = SecretSource::file(&p).load().unwrap_err();
+        let err = SecretSource::file(&p).load().unwrap_err().to_string();
         assert!(err.contains("is empty"));
-        let missing = SecretSource::file(dir.path().join("nope")).load().unwrap_err();
+        let missing = SecretSource::file(dir.path().join("nope"))
+            .load()
+            .unwrap_err()
+            .to_string();
         assert!(missing.contains("cannot read"));
     }
 
@@ -141,7 +180,11 @@ mod tests {
             systemd_credential: Some("pin".into()),
         };
         if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
-            assert!(src.load().unwrap_err().contains("CREDENTIALS_DIRECTORY"));
+            assert!(src
+                .load()
+                .unwrap_err()
+                .to_string()
+                .contains("CREDENTIALS_DIRECTORY"));
         }
     }
 }

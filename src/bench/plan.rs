@@ -244,7 +244,7 @@ fn secret(args: &BenchOptions, qs: &mut QuickstartFile) -> Result<SecretString, 
             env: Some(SECRET_ENV.into()),
             systemd_credential: None,
         };
-        return src.load();
+        return src.load().map_err(|e| e.to_string());
     }
     qs.secret_access_key
         .take()

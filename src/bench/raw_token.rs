@@ -77,7 +77,7 @@ pub fn run(plan: &Plan, t: &TokenTarget) -> Result<Outcome, (i32, String)> {
 }
 
 fn open(t: &TokenTarget, key_label: &str) -> Result<(RawToken, String), (i32, String)> {
-    let cfg = Config::load(&t.config).map_err(|e| (EXIT_BAD_ARGS, e))?;
+    let cfg = Config::load(&t.config).map_err(|e| (EXIT_BAD_ARGS, e.to_string()))?;
     let tc: &TokenConfig = cfg
         .keystores
         .first()

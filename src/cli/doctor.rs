@@ -53,7 +53,7 @@ fn pick<'a>(cfg: &'a Config, name: Option<&str>) -> Result<(usize, &'a TokenConf
 
 /// Runs the doctor.
 pub fn doctor(a: DoctorArgs) -> CliResult {
-    let cfg = Config::load(&a.config).map_err(|e| (EXIT_BAD_CONFIG, e))?;
+    let cfg = Config::load(&a.config).map_err(|e| (EXIT_BAD_CONFIG, e.to_string()))?;
     let (i, t) = pick(&cfg, a.token.as_deref())?;
     // May restart this process: before anything is read or printed.
     xks_bridge::module_env::ensure(&t.module_env).map_err(|e| (EXIT_BAD_CONFIG, e))?;

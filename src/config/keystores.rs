@@ -1,7 +1,7 @@
 //! `[[keystores]]`: one logical keystore (URI prefix), its SigV4 credentials, the keys it
 //! serves, its quota and the version budget of its keys.
 
-use super::{budget, rules};
+use super::{budget, rules, Reason};
 use crate::secret::SecretSource;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -129,7 +129,7 @@ impl CredentialConfig {
     /// Reads the secret access key and checks it has the spec's shape. The secret lives outside
     /// the config file, so this runs where it is read (start, reload, `check-config`), not at
     /// parse time. Errors never contain the value.
-    pub fn load_secret(&self) -> Result<secrecy::SecretString, String> {
+    pub fn load_secret(&self) -> Result<secrecy::SecretString, Reason> {
         let secret = self.secret.load()?;
         rules::check_sigv4_secret(secrecy::ExposeSecret::expose_secret(&secret))?;
         Ok(secret)

@@ -1,12 +1,12 @@
 //! Reading a config file: parse the TOML, then anchor relative paths at the file's directory
 //! (the daemon's working directory is not where the operator wrote the file).
 
-use super::Config;
+use super::{Config, ConfigError};
 use std::path::{Path, PathBuf};
 
 impl Config {
     /// Reads, parses and validates a config file; relative paths are made relative to it.
-    pub fn load(path: &Path) -> Result<Config, String> {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let cfg = Self::load_unchecked(path)?;
         cfg.validate()?;
         Ok(cfg)
@@ -15,10 +15,15 @@ impl Config {
     /// Reads and parses a config file without the checks that need the daemon's files (TLS
     /// keys, secrets): operator commands only need the admin socket and state locations, and
     /// an operator in the admin group need not be able to read the daemon's private files.
-    pub fn load_unchecked(path: &Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        let mut cfg: Config = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
         // `--config config.toml` has an empty parent: relative paths are then relative to ".".
         let base = path
             .parent()

@@ -4,6 +4,7 @@
 
 pub mod budget;
 mod control;
+mod error;
 mod keystores;
 mod limits;
 mod load;
@@ -14,6 +15,7 @@ mod sinks;
 mod tokens;
 
 pub use control::{AdminConfig, StateConfig};
+pub use error::{ConfigError, GroupError, Reason};
 pub use keystores::{CredentialConfig, KeystoreConfig, RateLimit};
 pub use limits::{Limits, SPEC_MIN_AAD, SPEC_MIN_PLAINTEXT};
 pub use profile::{IvSource, PinFormat, Profile};
@@ -58,7 +60,7 @@ pub struct Config {
 
 impl Config {
     /// Checks every rule that does not need the token; the message names the bad field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         rules::validate(self)
     }
 

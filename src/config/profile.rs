@@ -3,6 +3,7 @@
 //! shape of the PIN. The PKCS#11 side of each profile (tag-failure codes, login role, notes)
 //! is in `hsm::profile`; docs/hsm-profiles.md gives the source of every fact.
 
+use super::Reason;
 use serde::{Deserialize, Serialize};
 
 /// A vendor profile. Absent from the config: [`Profile::Generic`], which behaves as the proxy
@@ -107,16 +108,16 @@ impl Profile {
 
     /// Checks a PIN against [`Profile::pin_format`]. The message never contains the PIN: it is
     /// printed at start and by `check-config`.
-    pub fn check_pin(self, pin: &str) -> Result<(), String> {
+    pub fn check_pin(self, pin: &str) -> Result<(), Reason> {
         match self.pin_format() {
             PinFormat::Any => Ok(()),
             PinFormat::UserColonPassword => match pin.split_once(':') {
                 Some((user, password)) if !user.is_empty() && !password.is_empty() => Ok(()),
-                _ => Err(format!(
+                _ => Err(Reason::Rule(format!(
                     "profile {:?} needs the PIN as <crypto user name>:<password> (e.g. \
                      \"xks-proxy:secret\"); the PIN read from its source is not of that form",
                     self.name()
-                )),
+                ))),
             },
         }
     }
@@ -131,7 +132,7 @@ mod tests {
         assert!(Profile::Cloudhsm.check_pin("cu:pw").is_ok());
         assert!(Profile::Cloudhsm.check_pin("cu:pw:with:colons").is_ok());
         for bad in ["secretpin", ":secretpin", "secretpin:", ""] {
-            let e = Profile::Cloudhsm.check_pin(bad).expect_err(bad);
+            let e = Profile::Cloudhsm.check_pin(bad).expect_err(bad).to_string();
             if !bad.is_empty() {
                 assert!(!e.contains("secretpin"), "{e}");
             }

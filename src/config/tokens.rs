@@ -1,6 +1,6 @@
 //! `[[tokens]]`: one PKCS#11 token, its module, PIN, worker pool and vendor profile.
 
-use super::{IvSource, Profile};
+use super::{IvSource, Profile, Reason};
 use crate::secret::SecretSource;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -48,7 +48,7 @@ impl TokenConfig {
     /// [`CredentialConfig::load_secret`](super::CredentialConfig::load_secret)
     /// this runs where the secret is read (start, `check-config`, `doctor`, offline commands),
     /// not at parse time; errors never contain the value.
-    pub fn load_pin(&self) -> Result<secrecy::SecretString, String> {
+    pub fn load_pin(&self) -> Result<secrecy::SecretString, Reason> {
         let pin = self.pin.load()?;
         self.profile
             .check_pin(secrecy::ExposeSecret::expose_secret(&pin))?;

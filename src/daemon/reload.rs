@@ -61,7 +61,7 @@ impl Reloader {
             .path
             .as_ref()
             .ok_or("this daemon was started without a config file to reload")?;
-        let cfg = Config::load(path)?;
+        let cfg = Config::load(path).map_err(|e| e.to_string())?;
         // Everything outside keystores, limits, policy, TLS and logging is fixed at start; a
         // change there is refused rather than silently ignored.
         let fixed = |c: &Config| {
