@@ -13,6 +13,7 @@
 //! one tracing line on stderr (target [`TARGET`], which systemd hands to the journal) and,
 //! optionally, one syslog(3) datagram to a local socket (usually `/dev/log`).
 
+use super::error::CheckpointError;
 use std::fmt;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
@@ -62,15 +63,15 @@ pub struct Checkpoint {
 }
 
 impl FromStr for Checkpoint {
-    type Err = String;
+    type Err = CheckpointError;
 
     /// Parses `SEQ:HASH` (64 hex digits, either case).
-    fn from_str(s: &str) -> Result<Checkpoint, String> {
+    fn from_str(s: &str) -> Result<Checkpoint, CheckpointError> {
         let (seq, hash) = s
             .trim()
             .split_once(':')
-            .ok_or_else(|| format!("{s:?}: expected SEQ:HASH"))?;
-        checkpoint(seq, hash).ok_or_else(|| format!("{s:?}: expected SEQ:HASH (decimal seq, 64 hex digits)"))
+            .ok_or_else(|| CheckpointError::NoSeparator(s.to_owned()))?;
+        checkpoint(seq, hash).ok_or_else(|| CheckpointError::BadFields(s.to_owned()))
     }
 }
 
@@ -91,7 +92,7 @@ fn checkpoint(seq: &str, hash: &str) -> Option<Checkpoint> {
 /// (text or JSON format, from stderr, `journalctl` or syslog, colour codes included). Other
 /// lines (the rest of a journal excerpt) are skipped. A list with no checkpoint at all, or a
 /// checkpoint line whose fields cannot be read, is an error: it must not pass for a check.
-pub fn parse_checkpoints(text: &str) -> Result<Vec<Checkpoint>, String> {
+pub fn parse_checkpoints(text: &str) -> Result<Vec<Checkpoint>, CheckpointError> {
     let mut out = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         let line = strip_ansi(raw);
@@ -103,17 +104,12 @@ pub fn parse_checkpoints(text: &str) -> Result<Vec<Checkpoint>, String> {
             let hash = field(line, "hash");
             match seq.zip(hash).and_then(|(s, h)| checkpoint(s, h)) {
                 Some(c) => out.push(c),
-                None => {
-                    return Err(format!(
-                        "line {}: a checkpoint line without a readable seq and hash",
-                        n + 1
-                    ))
-                }
+                None => return Err(CheckpointError::UnreadableLine { line: n + 1 }),
             }
         }
     }
     if out.is_empty() {
-        return Err("no checkpoint found".into());
+        return Err(CheckpointError::NoneFound);
     }
     Ok(out)
 }

@@ -124,12 +124,26 @@ fn checkpoint_lists_are_read_from_plain_text_json_and_journal_lines() {
         vec![7, 8, 9, 10]
     );
     assert!(points.iter().all(|p| p.hash == h));
-    assert!(
-        parse_checkpoints("nothing here\n").is_err(),
+    let message = |r: Result<_, CheckpointError>| r.map(|_: Vec<Checkpoint>| ()).unwrap_err().to_string();
+    assert_eq!(
+        message(parse_checkpoints("nothing here\n")),
+        "no checkpoint found",
         "an empty list must not pass"
     );
-    assert!(parse_checkpoints("audit checkpoint seq=x hash=y\n").is_err());
-    assert!("12:abc".parse::<Checkpoint>().is_err());
+    assert_eq!(
+        message(parse_checkpoints("x\naudit checkpoint seq=x hash=y\n")),
+        "line 2: a checkpoint line without a readable seq and hash"
+    );
+    let err = "12:abc".parse::<Checkpoint>().unwrap_err();
+    assert_eq!(err, CheckpointError::BadFields("12:abc".into()));
+    assert_eq!(
+        err.to_string(),
+        r#""12:abc": expected SEQ:HASH (decimal seq, 64 hex digits)"#
+    );
+    assert_eq!(
+        "12".parse::<Checkpoint>().unwrap_err().to_string(),
+        r#""12": expected SEQ:HASH"#
+    );
 }
 
 #[test]
@@ -194,6 +208,10 @@ fn checkpoint_options_are_validated() {
             checkpoints,
             ..AuditOptions::default()
         };
-        assert!(AuditLog::open_with(&dir.path().join("a.log"), options).is_err());
+        let err = AuditLog::open_with(&dir.path().join("a.log"), options).err();
+        assert_eq!(
+            err.map(|e| e.to_string()).as_deref(),
+            Some("audit checkpoints need a positive record count and interval")
+        );
     }
 }

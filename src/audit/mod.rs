@@ -76,6 +76,7 @@
 pub mod checkpoint;
 #[cfg(test)]
 mod checkpoint_tests;
+mod error;
 mod record;
 mod recover;
 #[cfg(test)]
@@ -84,6 +85,7 @@ mod verify;
 mod writer;
 
 pub use checkpoint::{parse_checkpoints, Checkpoint, CheckpointOptions};
+pub use error::{AuditError, CheckpointError, HeadError};
 pub use record::{
     now_rfc3339_nanos, AdminEvent, AuditEvent, AuditLine, AuditRecord, RequestEvent, GENESIS_PREV,
 };
@@ -152,7 +154,7 @@ pub struct AuditLog {
 
 impl AuditLog {
     /// Opens (or creates, mode 0600) the trail at `path` with default options.
-    pub fn open(path: &Path, fsync: FsyncPolicy) -> Result<AuditLog, String> {
+    pub fn open(path: &Path, fsync: FsyncPolicy) -> Result<AuditLog, AuditError> {
         AuditLog::open_with(
             path,
             AuditOptions {
@@ -163,18 +165,18 @@ impl AuditLog {
     }
 
     /// Opens the trail, recovering from a crash if needed, and starts the writer thread.
-    pub fn open_with(path: &Path, options: AuditOptions) -> Result<AuditLog, String> {
+    pub fn open_with(path: &Path, options: AuditOptions) -> Result<AuditLog, AuditError> {
         if options.queue_capacity == 0 {
-            return Err("audit queue capacity must be at least 1".into());
+            return Err(AuditError::ZeroQueueCapacity);
         }
         if options.rotate_at_bytes == Some(0) {
-            return Err("audit rotate_at_bytes must be positive".into());
+            return Err(AuditError::ZeroRotateSize);
         }
         if options.fsync == FsyncPolicy::Interval(Duration::ZERO) {
-            return Err("audit fsync interval must be positive (or use EveryRecord)".into());
+            return Err(AuditError::ZeroFsyncInterval);
         }
         if options.checkpoints.every_records == 0 || options.checkpoints.interval.is_zero() {
-            return Err("audit checkpoints need a positive record count and interval".into());
+            return Err(AuditError::ZeroCheckpointCadence);
         }
         let (file, resume) = recover::open_active(path)?;
         let (tx, rx) = crossbeam_channel::bounded(options.queue_capacity);
@@ -198,7 +200,7 @@ impl AuditLog {
         let handle = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| format!("cannot start the audit writer thread: {e}"))?;
+            .map_err(AuditError::SpawnWriter)?;
         Ok(AuditLog {
             tx,
             counters,
@@ -223,10 +225,10 @@ impl AuditLog {
     /// rare, must never be dropped, and are flushed before the command is acknowledged anyway.
     /// Fails only when the trail is closed (then the record is counted as dropped). Call it from
     /// a blocking context.
-    pub fn record_waiting(&self, rec: AuditRecord) -> Result<(), String> {
+    pub fn record_waiting(&self, rec: AuditRecord) -> Result<(), AuditError> {
         self.tx.send(Msg::Record(rec)).map_err(|_| {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            "the audit trail is closed".to_owned()
+            AuditError::Closed
         })
     }
 
@@ -247,30 +249,28 @@ impl AuditLog {
 
     /// Blocks until every record queued before this call is written and fsynced. Call it from a
     /// blocking context (e.g. `spawn_blocking`), e.g. before confirming a kill switch command.
-    pub fn flush(&self) -> Result<(), String> {
+    pub fn flush(&self) -> Result<(), AuditError> {
         self.ask(Msg::Flush)
     }
 
     /// Writes everything queued, fsyncs and stops the writer thread. Later records are counted
     /// as dropped. Calling it again does nothing.
-    pub fn flush_and_close(&self) -> Result<(), String> {
+    pub fn flush_and_close(&self) -> Result<(), AuditError> {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let Some(handle) = writer.take() else {
             return Ok(());
         };
         let result = self.ask(Msg::Close);
         if handle.join().is_err() {
-            return Err("the audit writer thread panicked".into());
+            return Err(AuditError::WriterPanicked);
         }
         result
     }
 
-    fn ask(&self, msg: impl FnOnce(Ack) -> Msg) -> Result<(), String> {
+    fn ask(&self, msg: impl FnOnce(Ack) -> Msg) -> Result<(), AuditError> {
         let (ack, answer) = crossbeam_channel::bounded(1);
-        self.tx
-            .send(msg(ack))
-            .map_err(|_| "the audit trail is closed".to_owned())?;
-        answer.recv().map_err(|_| "the audit writer stopped".to_owned())?
+        self.tx.send(msg(ack)).map_err(|_| AuditError::Closed)?;
+        answer.recv().map_err(|_| AuditError::WriterStopped)?
     }
 
     /// Tests: blocks the writer until the returned sender is dropped or sent to.

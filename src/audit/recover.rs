@@ -2,6 +2,7 @@
 //! of the newest rotated file when the active one is empty or missing), cut away a torn final
 //! line left by a crash, and name and list rotated files.
 
+use super::error::{AuditError, HeadError};
 use super::record::{ChainHead, GENESIS_PREV};
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
@@ -35,31 +36,44 @@ pub(super) fn line_hash(line: &[u8]) -> String {
 }
 
 /// Parses the chain fields of a line; `prev` must be 64 lowercase hex digits.
-pub(super) fn parse_head(line: &[u8]) -> Result<ChainHead, String> {
-    let head: ChainHead = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+pub(super) fn parse_head(line: &[u8]) -> Result<ChainHead, HeadError> {
+    let head: ChainHead = serde_json::from_slice(line)?;
     let hex_ok = head.prev.len() == 64 && head.prev.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     if !hex_ok {
-        return Err("prev is not 64 lowercase hex digits".into());
+        return Err(HeadError::BadPrev);
     }
     Ok(head)
 }
 
 /// Opens (creating 0600 if needed) the active file for appending and works out the resume point.
-pub(super) fn open_active(path: &Path) -> Result<(File, Resume), String> {
-    let ctx = |e: std::io::Error| format!("audit trail {}: {e}", path.display());
+pub(super) fn open_active(path: &Path) -> Result<(File, Resume), AuditError> {
     let existed = path.exists();
-    let file = open_active_new(path).map_err(ctx)?;
+    let file = open_active_new(path).map_err(|source| AuditError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
     if !existed {
-        sync_dir(path).map_err(ctx)?;
+        sync_dir(path).map_err(|source| AuditError::SyncDir {
+            path: path.to_owned(),
+            source,
+        })?;
     }
-    let len = file.metadata().map_err(ctx)?.len();
-    let tail = scan_tail(&file, len).map_err(|e| format!("audit trail {}: {e}", path.display()))?;
+    let read = |source| AuditError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let len = file.metadata().map_err(read)?.len();
+    let tail = scan_tail(&file, len).map_err(read)?;
     let truncated = len - tail.complete_len;
     if truncated > 0 {
         // Only the final line can be torn (one write per line, appended in order), so cutting
         // it loses the record that was being written at the crash and nothing before it.
-        file.set_len(tail.complete_len).map_err(ctx)?;
-        file.sync_all().map_err(ctx)?;
+        let cut = |source| AuditError::CutTornLine {
+            path: path.to_owned(),
+            source,
+        };
+        file.set_len(tail.complete_len).map_err(cut)?;
+        file.sync_all().map_err(cut)?;
         tracing::warn!(
             file = %path.display(),
             truncated_bytes = truncated,
@@ -68,7 +82,7 @@ pub(super) fn open_active(path: &Path) -> Result<(File, Resume), String> {
     }
     let mut resume = match tail.last_line {
         Some(last) => {
-            let head = parse_head(&last).map_err(|e| not_a_trail(path, &e))?;
+            let head = parse_head(&last).map_err(|e| not_a_trail(path, e))?;
             Resume {
                 next_seq: head.seq.saturating_add(1),
                 prev: line_hash(&last),
@@ -93,19 +107,21 @@ pub(super) fn open_active_new(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-fn not_a_trail(path: &Path, why: &str) -> String {
-    format!(
-        "audit trail {}: the last line is not a chain record ({why}); refusing to guess where the \
-         chain continues: run verify and move the file aside",
-        path.display()
-    )
+fn not_a_trail(path: &Path, source: HeadError) -> AuditError {
+    AuditError::LastLineNotChained {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// An empty or just-created active file: the chain continues from the newest rotated file (a
 /// crash between rotation's rename and the first new record leaves exactly this), else it is a
 /// brand new trail.
-fn resume_from_rotated(path: &Path) -> Result<Resume, String> {
-    let rotated = rotated_files(path).map_err(|e| format!("audit trail {}: {e}", path.display()))?;
+fn resume_from_rotated(path: &Path) -> Result<Resume, AuditError> {
+    let rotated = rotated_files(path).map_err(|source| AuditError::ListRotated {
+        path: path.to_owned(),
+        source,
+    })?;
     let Some((_, _, newest)) = rotated.last() else {
         return Ok(Resume {
             next_seq: 1,
@@ -115,14 +131,20 @@ fn resume_from_rotated(path: &Path) -> Result<Resume, String> {
             truncated: 0,
         });
     };
-    let ctx = |e: std::io::Error| format!("audit trail {}: {e}", newest.display());
-    let file = File::open(newest).map_err(ctx)?;
-    let len = file.metadata().map_err(ctx)?.len();
-    let tail = scan_tail(&file, len).map_err(ctx)?;
+    let file = File::open(newest).map_err(|source| AuditError::Open {
+        path: newest.clone(),
+        source,
+    })?;
+    let read = |source| AuditError::Read {
+        path: newest.clone(),
+        source,
+    };
+    let len = file.metadata().map_err(read)?.len();
+    let tail = scan_tail(&file, len).map_err(read)?;
     let last = tail
         .last_line
-        .ok_or_else(|| not_a_trail(newest, "the file is empty"))?;
-    let head = parse_head(&last).map_err(|e| not_a_trail(newest, &e))?;
+        .ok_or_else(|| not_a_trail(newest, HeadError::Empty))?;
+    let head = parse_head(&last).map_err(|e| not_a_trail(newest, e))?;
     Ok(Resume {
         next_seq: head.seq.saturating_add(1),
         prev: line_hash(&last),
@@ -132,19 +154,25 @@ fn resume_from_rotated(path: &Path) -> Result<Resume, String> {
     })
 }
 
-fn first_seq(path: &Path) -> Result<u64, String> {
-    let ctx = |e: std::io::Error| format!("audit trail {}: {e}", path.display());
+fn first_seq(path: &Path) -> Result<u64, AuditError> {
+    let file = File::open(path).map_err(|source| AuditError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
     let mut line = Vec::new();
-    BufReader::new(File::open(path).map_err(ctx)?.take(MAX_TAIL_SCAN))
+    BufReader::new(file.take(MAX_TAIL_SCAN))
         .read_until(b'\n', &mut line)
-        .map_err(ctx)?;
+        .map_err(|source| AuditError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
     let line = line.strip_suffix(b"\n").unwrap_or(&line);
-    parse_head(line).map(|h| h.seq).map_err(|e| {
-        format!(
-            "audit trail {}: line 1 is not a chain record ({e})",
-            path.display()
-        )
-    })
+    parse_head(line)
+        .map(|h| h.seq)
+        .map_err(|source| AuditError::FirstLineNotChained {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// The end of the complete part of a file and its last complete line.

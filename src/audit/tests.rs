@@ -287,8 +287,20 @@ fn a_complete_last_line_that_is_not_a_record_refuses_to_open() {
     write_lines(&path, &lines);
     let err = AuditLog::open(&path, FsyncPolicy::Never).err().unwrap();
     assert!(
-        err.contains("audit.log") && err.contains("not a chain record"),
-        "{err}"
+        matches!(&err, AuditError::LastLineNotChained { path: p, .. } if *p == path),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    let prefix = format!(
+        "audit trail {}: the last line is not a chain record (",
+        path.display()
+    );
+    assert!(
+        msg.starts_with(&prefix)
+            && msg.ends_with(
+                "); refusing to guess where the chain continues: run verify and move the file aside"
+            ),
+        "{msg}"
     );
 }
 
@@ -410,9 +422,11 @@ fn records_after_close_are_dropped_and_close_is_idempotent() {
     log.flush_and_close().unwrap();
     log.flush_and_close().unwrap();
     assert!(!log.record(request(2)));
-    assert!(log.record_waiting(request(3)).is_err());
+    let err = log.record_waiting(request(3)).unwrap_err();
+    assert!(matches!(err, AuditError::Closed), "{err:?}");
+    assert_eq!(err.to_string(), "the audit trail is closed");
     assert_eq!(log.dropped(), 2);
-    assert!(log.flush().is_err());
+    assert!(matches!(log.flush(), Err(AuditError::Closed)));
     assert_eq!(read_lines(&path).len(), 1);
 }
 
@@ -447,23 +461,43 @@ fn write_failures_are_counted_not_fatal() {
 fn bad_options_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
-    for options in [
-        AuditOptions {
-            queue_capacity: 0,
-            ..AuditOptions::default()
-        },
-        rotating(0),
-        AuditOptions {
-            fsync: FsyncPolicy::Interval(Duration::ZERO),
-            ..AuditOptions::default()
-        },
+    for (options, message) in [
+        (
+            AuditOptions {
+                queue_capacity: 0,
+                ..AuditOptions::default()
+            },
+            "audit queue capacity must be at least 1",
+        ),
+        (rotating(0), "audit rotate_at_bytes must be positive"),
+        (
+            AuditOptions {
+                fsync: FsyncPolicy::Interval(Duration::ZERO),
+                ..AuditOptions::default()
+            },
+            "audit fsync interval must be positive (or use EveryRecord)",
+        ),
     ] {
-        assert!(
-            AuditLog::open_with(&path, options.clone()).is_err(),
+        let err = AuditLog::open_with(&path, options.clone()).err();
+        assert_eq!(
+            err.map(|e| e.to_string()).as_deref(),
+            Some(message),
             "{options:?}"
         );
     }
-    assert!(AuditLog::open(&dir.path().join("missing/audit.log"), FsyncPolicy::Never).is_err());
+    let missing = dir.path().join("missing/audit.log");
+    let err = AuditLog::open(&missing, FsyncPolicy::Never).err().unwrap();
+    assert!(
+        matches!(&err, AuditError::Open { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "audit trail {}: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
 }
 
 #[test]

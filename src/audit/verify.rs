@@ -426,7 +426,7 @@ fn check(
             Verdict::Broken(BreakReason::TornLine)
         });
     }
-    let head = parse_head(&raw.bytes).map_err(|e| Verdict::Broken(BreakReason::BadJson(e)))?;
+    let head = parse_head(&raw.bytes).map_err(|e| Verdict::Broken(BreakReason::BadJson(e.to_string())))?;
     let Some(last) = last else {
         if head.prev == GENESIS_PREV && head.seq != 1 {
             return Err(Verdict::Broken(BreakReason::SeqGap {

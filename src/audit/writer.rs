@@ -13,6 +13,7 @@
 //! they skip the wake. A record waits at most `GATHER` longer before its `write`.
 
 use super::checkpoint::{CheckpointOptions, Publisher};
+use super::error::AuditError;
 use super::record::{AuditEvent, AuditRecord, LineRef};
 use super::recover::{line_hash, open_active_new, rotated_path, sync_dir, Resume};
 use super::FsyncPolicy;
@@ -31,7 +32,7 @@ const MAX_BATCH: usize = 256;
 const GATHER: Duration = Duration::from_millis(2);
 
 /// Answer to a flush or close: `Err` carries the fsync failure.
-pub(super) type Ack = Sender<Result<(), String>>;
+pub(super) type Ack = Sender<Result<(), AuditError>>;
 
 /// What the writer is asked to do, in order.
 // Nearly every message is a record: boxing it would only add an allocation per request.
@@ -211,7 +212,7 @@ impl Writer {
                     self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 }
                 Msg::Flush(ack) | Msg::Close(ack) => {
-                    let _ = ack.send(Err("the audit trail is closed".into()));
+                    let _ = ack.send(Err(AuditError::Closed));
                 }
                 #[cfg(test)]
                 Msg::Hold(..) => {}
@@ -327,7 +328,7 @@ impl Writer {
     }
 
     /// fdatasync if anything was written since the last one.
-    fn sync(&mut self) -> Result<(), String> {
+    fn sync(&mut self) -> Result<(), AuditError> {
         if !self.unsynced {
             return Ok(());
         }
@@ -339,7 +340,10 @@ impl Writer {
             }
             Err(e) => {
                 self.failed(1, "fsync", &e.to_string());
-                Err(format!("audit trail {}: fsync: {e}", self.path.display()))
+                Err(AuditError::Fsync {
+                    path: self.path.clone(),
+                    source: e,
+                })
             }
         }
     }

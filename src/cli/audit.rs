@@ -59,7 +59,7 @@ pub fn audit_verify(files: &[PathBuf], checks: &VerifyChecks) -> CliResult {
     let listed = match &checks.checkpoints {
         Some(path) => std::fs::read_to_string(path)
             .map_err(|e| e.to_string())
-            .and_then(|t| xks_bridge::audit::parse_checkpoints(&t))
+            .and_then(|t| xks_bridge::audit::parse_checkpoints(&t).map_err(|e| e.to_string()))
             .map_err(|e| (EXIT_FAILED, format!("--checkpoints {}: {e}", path.display())))?,
         None => Vec::new(),
     };
