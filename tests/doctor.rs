@@ -11,6 +11,8 @@ use control_support::*;
 use serde_json::Value;
 use std::path::Path;
 
+const PRIVATE_OBJECTS: &str = "private data objects (encryption counters, key versions, disabled-key marks)";
+
 /// `CKM_AES_GCM`.
 const CKM_AES_GCM: &str = "0x1087";
 
@@ -244,10 +246,7 @@ fn write_tests_run_and_leave_no_object_on_the_token() {
     let (code, report) = doctor_json(&cfg, &["--write-tests"]);
     assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(report["verdict"], "usable", "{report:#}");
-    assert_eq!(
-        json_check(&report, "private data objects (disabled-key marks)")["verdict"],
-        "ok"
-    );
+    assert_eq!(json_check(&report, PRIVATE_OBJECTS)["verdict"], "ok");
     assert_eq!(report["findings"]["data_objects"]["outcome"], "done");
     assert_eq!(report["findings"]["handle_reuse"]["probe"]["outcome"], "done");
     assert!(
@@ -262,36 +261,50 @@ fn write_tests_run_and_leave_no_object_on_the_token() {
 }
 
 #[test]
-fn without_write_tests_nothing_is_created_and_nothing_is_left() {
+fn without_write_tests_the_data_object_probes_still_run_and_leave_nothing() {
     let fx = Fixture::new();
     let (cfg, control) = shimmed_config(&fx);
     let path = fx.write_config(&cfg);
     let before = token_objects(&fx);
-    // Any data object the doctor tried to create would be refused here: it would show.
-    set_control(&control, "refuse_data_objects");
     let (code, report) = doctor_json(&path, &[]);
     assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(report["verdict"], "usable", "{report:#}");
-    assert!(report["findings"]["data_objects"].is_null(), "{report:#}");
+    assert_eq!(
+        json_check(&report, PRIVATE_OBJECTS)["verdict"],
+        "ok",
+        "{report:#}"
+    );
+    assert_eq!(
+        json_check(&report, "public data objects (fleet epoch)")["verdict"],
+        "ok"
+    );
     assert!(report["findings"]["handle_reuse"].is_null(), "{report:#}");
     assert!(
         report["skipped"][0]
             .as_str()
-            .is_some_and(|s| s.contains("--write-tests")),
+            .is_some_and(|s| s.contains("handle reuse") && s.contains("--write-tests")),
         "{report:#}"
     );
     assert_eq!(token_objects(&fx), before, "the doctor left objects on the token");
 
-    // The same shim word makes --write-tests report the refusal, so the probe really writes.
-    let (code, report) = doctor_json(&path, &["--write-tests"]);
+    // A login that may not create private data objects cannot count encryptions: the default
+    // run says so, with what it costs and the way out.
+    set_control(&control, "refuse_data_objects");
+    let (code, report) = doctor_json(&path, &[]);
     assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(report["verdict"], "usable-with-changes", "{report:#}");
-    let d = json_check(&report, "private data objects (disabled-key marks)");
+    let d = json_check(&report, PRIVATE_OBJECTS);
     assert_eq!(d["verdict"], "warn", "{d:#}");
     assert!(
         d["found"]
             .as_str()
             .is_some_and(|s| s.contains("CKR_FUNCTION_FAILED")),
+        "{d:#}"
+    );
+    assert!(
+        d["fix"]
+            .as_str()
+            .is_some_and(|s| s.contains("Encrypt is refused") && s.contains("count_encryptions = false")),
         "{d:#}"
     );
     assert_eq!(token_objects(&fx), before, "the doctor left objects on the token");

@@ -84,8 +84,8 @@ fn good() -> Findings {
             invalid_ciphertext: true,
             accepted_by: vec![Profile::Softhsm, Profile::Generic],
         },
-        data_objects: None,
-        public_objects: None,
+        data_objects: crate::hsm::doctor::WriteProbe::Done,
+        public_objects: crate::hsm::doctor::WriteProbe::Done,
         handle_reuse: None,
         sessions: SessionFacts {
             wanted: 4,

@@ -109,7 +109,7 @@ impl<'a> KeyAdmin<'a> {
         let _ = self.s.destroy_object(key);
         let e = last.map_or_else(|| "no attempt".to_owned(), |e| e.to_string());
         Err(HsmError::Refused(format!(
-            "the token refused to store the creation record of {id:?} {RECORD_ATTEMPTS} times ({e}); the new key was removed and nothing changed: try again, and if it persists check that this login may create private data objects (xks-bridge doctor --write-tests)"
+            "the token refused to store the creation record of {id:?} {RECORD_ATTEMPTS} times ({e}); the new key was removed and nothing changed: try again, and if it persists check that this login may create private data objects (xks-bridge doctor)"
         )))
     }
 

@@ -1,5 +1,5 @@
-//! The write probes (`--write-tests`): private and public data objects on the token, and
-//! whether it hands a destroyed object's handle to a new one.
+//! The write probes: private and public data objects on the token (always), and whether it
+//! hands a destroyed object's handle to a new one (`--write-tests`).
 
 use crate::doctor_report::{check, Check, Verdict};
 use crate::hsm::doctor::WriteProbe;
@@ -14,14 +14,14 @@ fn write_fix(w: &WriteProbe) -> Option<String> {
 }
 
 pub(in crate::doctor_report) fn data_object_check(w: &WriteProbe) -> Check {
-    let name = "private data objects (disabled-key marks)";
+    let name = "private data objects (encryption counters, key versions, disabled-key marks)";
     match w {
         WriteProbe::Done => check(name, Verdict::Ok, "a private CKO_DATA token object was created and destroyed", None),
         WriteProbe::Refused { code } => check(
             name,
             Verdict::Warn,
             format!("refused: {code}"),
-            Some("key kill switches will hold on this instance only (no mark on the token); allow this user to create private data objects".into()),
+            Some("allow this user to create private data objects; otherwise Encrypt is refused while the proxy counts encryptions (count_encryptions = false in the keystores turns counting, and with it the encryption budget and automatic rotation, off), keys cannot be rotated, and key kill switches hold on this instance only".into()),
         ),
         WriteProbe::LeftBehind { code, .. } => check(name, Verdict::Fail, format!("created, but destroying it failed: {code}"), write_fix(w)),
     }

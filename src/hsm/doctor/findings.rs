@@ -245,10 +245,11 @@ pub struct Findings {
     pub iv: IvFacts,
     /// A tampered GCM tag.
     pub bad_tag: BadTag,
-    /// Private `CKO_DATA` token objects (disabled-key marks); `None` without `--write-tests`.
-    pub data_objects: Option<WriteProbe>,
-    /// Public `CKO_DATA` token objects (the fleet epoch); `None` without `--write-tests`.
-    pub public_objects: Option<WriteProbe>,
+    /// Private `CKO_DATA` token objects (disabled-key marks, key versions, encryption
+    /// counters): one is created and destroyed.
+    pub data_objects: WriteProbe,
+    /// Public `CKO_DATA` token objects (the fleet epoch): one is created and destroyed.
+    pub public_objects: WriteProbe,
     /// Handle reuse; `None` without `--write-tests`.
     pub handle_reuse: Option<HandleReuse>,
     /// Sessions at once.

@@ -103,15 +103,12 @@ fn examine_loaded(module: &setup::Module, plan: &Plan<'_>) -> Result<Findings, H
         // long-lived session of a token that keeps them around holds it.
         let _ = s.destroy_object(key);
     }
-    let (data_objects, public_objects, handle_reuse) = if plan.write_tests {
-        (
-            Some(data_object_probe(s)),
-            Some(public_object_probe(s)),
-            Some(handle_reuse_probe(s)),
-        )
-    } else {
-        (None, None, None)
-    };
+    // Every Encrypt depends on this login creating private data objects (the encryption
+    // counters), so the doctor always tries one: created and destroyed at once. Handle reuse
+    // needs several objects and stays behind --write-tests.
+    let data_objects = data_object_probe(s);
+    let public_objects = public_object_probe(s);
+    let handle_reuse = plan.write_tests.then(|| handle_reuse_probe(s));
     let sessions = session_probe(p, slot, plan.sessions_wanted);
     let keys = key_facts(s, plan)?;
     drop(user);
