@@ -147,7 +147,8 @@ fn load(path: &Path) -> Result<Config, (i32, String)> {
 /// Module environment must be in place before any module is loaded; this restarts the process
 /// with it if it is not, so it runs before any output.
 fn apply_module_env(cfg: &Config) -> CliResult {
-    module_env::ensure(cfg.tokens.iter().flat_map(|t| &t.module_env)).map_err(|e| (EXIT_BAD_CONFIG, e))
+    module_env::ensure(cfg.tokens.iter().flat_map(|t| &t.module_env))
+        .map_err(|e| (EXIT_BAD_CONFIG, e.to_string()))
 }
 
 fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, (i32, String)> {

@@ -14,12 +14,36 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
+/// Why the module environment cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleEnvError {
+    /// `execve` of this program failed (it only returns on failure).
+    #[error("cannot restart with the PKCS#11 module environment: {0}")]
+    Restart(#[source] std::io::Error),
+    /// A name that is empty or holds `=` or NUL.
+    #[error("module environment: {0:?} is not a variable name")]
+    BadName(OsString),
+    /// A value holding NUL.
+    #[error("module environment: the value of {0:?} holds a NUL byte")]
+    NulInValue(OsString),
+    /// One name given two values.
+    #[error("module environment: {name:?} is set to two different values ({first:?} and {second:?})")]
+    TwoValues {
+        /// The variable.
+        name: OsString,
+        /// The value given first.
+        first: OsString,
+        /// The value given later.
+        second: OsString,
+    },
+}
+
 /// Returns when every variable of `vars` already has its value in this process's environment;
 /// otherwise replaces this process with the same program, arguments and environment plus
 /// `vars`, and only returns (an error) if that fails or `vars` is unusable.
 ///
 /// Call it before anything that must not happen twice: output, files written, input read.
-pub fn ensure<K, V>(vars: impl IntoIterator<Item = (K, V)>) -> Result<(), String>
+pub fn ensure<K, V>(vars: impl IntoIterator<Item = (K, V)>) -> Result<(), ModuleEnvError>
 where
     K: AsRef<OsStr>,
     V: AsRef<OsStr>,
@@ -36,9 +60,7 @@ where
         cmd.arg0(arg0);
     }
     let err = cmd.args(args).envs(missing).exec();
-    Err(format!(
-        "cannot restart with the PKCS#11 module environment: {err}"
-    ))
+    Err(ModuleEnvError::Restart(err))
 }
 
 /// The variables of `vars` whose value differs from `current`'s. Refuses what could make the
@@ -47,7 +69,7 @@ where
 fn to_apply<K, V>(
     vars: impl IntoIterator<Item = (K, V)>,
     current: impl Fn(&OsStr) -> Option<OsString>,
-) -> Result<BTreeMap<OsString, OsString>, String>
+) -> Result<BTreeMap<OsString, OsString>, ModuleEnvError>
 where
     K: AsRef<OsStr>,
     V: AsRef<OsStr>,
@@ -56,16 +78,18 @@ where
     for (k, v) in vars {
         let (k, v) = (k.as_ref(), v.as_ref());
         if k.is_empty() || k.as_bytes().iter().any(|b| *b == b'=' || *b == 0) {
-            return Err(format!("module environment: {k:?} is not a variable name"));
+            return Err(ModuleEnvError::BadName(k.to_owned()));
         }
         if v.as_bytes().contains(&0) {
-            return Err(format!("module environment: the value of {k:?} holds a NUL byte"));
+            return Err(ModuleEnvError::NulInValue(k.to_owned()));
         }
         match wanted.get(k) {
             Some(old) if old != v => {
-                return Err(format!(
-                    "module environment: {k:?} is set to two different values ({old:?} and {v:?})"
-                ))
+                return Err(ModuleEnvError::TwoValues {
+                    name: k.to_owned(),
+                    first: old.clone(),
+                    second: v.to_owned(),
+                })
             }
             _ => {
                 wanted.insert(k.to_owned(), v.to_owned());
@@ -101,10 +125,12 @@ mod tests {
     #[test]
     fn values_the_restarted_process_could_not_see_are_refused() {
         for bad in [("", "1"), ("A=B", "1"), ("A\0", "1"), ("A", "1\0")] {
-            let e = to_apply([bad], env(&[])).unwrap_err();
+            let e = to_apply([bad], env(&[])).unwrap_err().to_string();
             assert!(e.starts_with("module environment: "), "{e}");
         }
-        let e = to_apply([("SOFTHSM2_CONF", "/a"), ("SOFTHSM2_CONF", "/b")], env(&[])).unwrap_err();
+        let e = to_apply([("SOFTHSM2_CONF", "/a"), ("SOFTHSM2_CONF", "/b")], env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("two different values"), "{e}");
     }
 

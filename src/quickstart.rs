@@ -105,7 +105,7 @@ pub fn ensure_setup(layout: &Layout, listen: SocketAddr) -> Result<PathBuf, Stri
     // SoftHSM2 reads SOFTHSM2_CONF when the module initialises. Applying it may restart the
     // process, which must happen before anything is created (the restarted run would find a
     // half-made directory); the file it names is written below, before the module is loaded.
-    crate::module_env::ensure([("SOFTHSM2_CONF", layout.softhsm_conf())])?;
+    crate::module_env::ensure([("SOFTHSM2_CONF", layout.softhsm_conf())]).map_err(|e| e.to_string())?;
     for sub in ["tokens", "secrets", "tls"] {
         fs::DirBuilder::new()
             .mode(0o700)

@@ -230,14 +230,25 @@ pub struct ErrorBody<'a> {
     pub error_message: &'a str,
 }
 
+/// Why a request body was refused; the text is the `errorMessage` of a ValidationException.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// JSON of the wrong shape; carries serde's diagnostic with every quoted value removed.
+    #[error("invalid request body: {0}")]
+    Invalid(String),
+    /// Not JSON at all, or not an object.
+    #[error("request body is not a valid JSON object")]
+    NotJson,
+}
+
 /// Parses a request body, turning serde's diagnostics into a validation message that names the
 /// problem but never echoes a value from the body (a caller might have put secrets anywhere).
-pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
+pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, BodyError> {
     serde_json::from_slice(body).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
-            Category::Data => format!("invalid request body: {}", strip_quoted(&e.to_string())),
-            _ => "request body is not a valid JSON object".to_owned(),
+            Category::Data => BodyError::Invalid(strip_quoted(&e.to_string())),
+            _ => BodyError::NotJson,
         }
     })
 }
@@ -350,15 +361,16 @@ mod tests {
 
     #[test]
     fn missing_fields_are_named_and_values_are_never_echoed() {
-        let e = parse::<MetadataOnly>(br#"{}"#).unwrap_err();
+        let e = parse::<MetadataOnly>(br#"{}"#).unwrap_err().to_string();
         assert!(e.contains("requestMetadata"), "{e}");
         let e = parse::<EncryptRequest>(
             br#"{"requestMetadata":"SECRET-VALUE","plaintext":"x","encryptionAlgorithm":"AES_GCM"}"#,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(!e.contains("SECRET-VALUE"), "{e}");
         assert_eq!(
-            parse::<MetadataOnly>(b"not json").unwrap_err(),
+            parse::<MetadataOnly>(b"not json").unwrap_err().to_string(),
             "request body is not a valid JSON object"
         );
     }
@@ -367,17 +379,26 @@ mod tests {
     /// escaped quote ended the stripped region early, echoing the rest of the string.
     #[test]
     fn numbers_and_strings_with_escaped_quotes_are_never_echoed() {
-        let e = parse::<MetadataOnly>(br#"{"requestMetadata":4111111111111111}"#).unwrap_err();
+        let e = parse::<MetadataOnly>(br#"{"requestMetadata":4111111111111111}"#)
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("4111111111111111"), "{e}");
-        let e = parse::<MetadataOnly>(br#"777777777777777777777777777777777"#).unwrap_err();
+        let e = parse::<MetadataOnly>(br#"777777777777777777777777777777777"#)
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("777777"), "{e}");
-        let e = parse::<EncryptRequest>(br#"{"requestMetadata":"ab"SECRETSECRET"}"#).unwrap_err();
+        let e = parse::<EncryptRequest>(br#"{"requestMetadata":"ab"SECRETSECRET"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("SECRET"), "{e}");
         assert!(e.contains("expected struct RequestMetadata"), "{e}");
-        let e = parse::<EncryptRequest>(br#"{"requestMetadata":true,"plaintext":"\\"}"#).unwrap_err();
+        let e = parse::<EncryptRequest>(br#"{"requestMetadata":true,"plaintext":"\\"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("true"), "{e}");
         let e = parse::<MetadataOnly>(br#"{"requestMetadata":{"kmsRequestId":"a","kmsRequestId":"b"}}"#)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("duplicate field `kmsRequestId`"), "{e}");
     }
 

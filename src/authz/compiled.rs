@@ -192,7 +192,7 @@ fn compile_conditions(refs: ConditionRefs<'_>, at: &str, errors: &mut Errors) ->
         for (j, value) in values.iter().enumerate() {
             let field = format!("{field}[{j}]");
             match check_value(fact, value) {
-                Err(message) => errors.push(field, message),
+                Err(bad) => errors.push(field, bad.to_string()),
                 Ok(()) if is_glob(fact) => match glob::Pattern::new(value) {
                     Ok(p) => globs.push(p),
                     Err(e) => errors.push(field, format!("invalid glob {value:?}: {e}")),
@@ -214,23 +214,34 @@ fn is_glob(fact: Fact) -> bool {
     matches!(fact, Fact::KeyId | Fact::Principal)
 }
 
-fn check_value(fact: Fact, value: &str) -> Result<(), String> {
+/// Why a rule's value cannot match anything it is meant to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum BadValue {
+    #[error("{0:?} is not a uri_prefix (empty or starting with '/')")]
+    NotAPrefix(String),
+    #[error("empty value")]
+    Empty,
+    #[error("GetHealthStatus is always allowed (the spec exempts it) and cannot appear in a rule")]
+    HealthExempt,
+    #[error("{0:?} is not an XKS operation (GetKeyMetadata, Encrypt, Decrypt)")]
+    NotAnOperation(String),
+    #[error("{0:?} is not an access key id (20-30 characters of A-Z 2-7)")]
+    NotAnAccessKeyId(String),
+}
+
+fn check_value(fact: Fact, value: &str) -> Result<(), BadValue> {
     match fact {
         // The keystore without a prefix is spelt "".
-        Fact::Keystore if !(value.is_empty() || value.starts_with('/')) => Err(format!(
-            "{value:?} is not a uri_prefix (empty or starting with '/')"
-        )),
-        Fact::Keystore => Ok(()),
-        _ if value.is_empty() => Err("empty value".into()),
-        Fact::Operation if value == Operation::Health.name() => {
-            Err("GetHealthStatus is always allowed (the spec exempts it) and cannot appear in a rule".into())
+        Fact::Keystore if !(value.is_empty() || value.starts_with('/')) => {
+            Err(BadValue::NotAPrefix(value.to_owned()))
         }
-        Fact::Operation if !RULE_OPERATIONS.iter().any(|op| op.name() == value) => Err(format!(
-            "{value:?} is not an XKS operation (GetKeyMetadata, Encrypt, Decrypt)"
-        )),
-        Fact::AccessKeyId if !valid_access_key_id(value) => Err(format!(
-            "{value:?} is not an access key id (20-30 characters of A-Z 2-7)"
-        )),
+        Fact::Keystore => Ok(()),
+        _ if value.is_empty() => Err(BadValue::Empty),
+        Fact::Operation if value == Operation::Health.name() => Err(BadValue::HealthExempt),
+        Fact::Operation if !RULE_OPERATIONS.iter().any(|op| op.name() == value) => {
+            Err(BadValue::NotAnOperation(value.to_owned()))
+        }
+        Fact::AccessKeyId if !valid_access_key_id(value) => Err(BadValue::NotAnAccessKeyId(value.to_owned())),
         _ => Ok(()),
     }
 }

@@ -89,7 +89,7 @@ fn open(t: &TokenTarget, key_label: &str) -> Result<(RawToken, String), (i32, St
         ))?;
     // Modules read these when loaded (SOFTHSM2_CONF, ...); nothing has been printed yet, so a
     // restart to apply them is invisible.
-    crate::module_env::ensure(&tc.module_env).map_err(|e| (EXIT_BAD_ARGS, e))?;
+    crate::module_env::ensure(&tc.module_env).map_err(|e| (EXIT_BAD_ARGS, e.to_string()))?;
     let pin = tc
         .pin
         .load()

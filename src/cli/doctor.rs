@@ -56,7 +56,7 @@ pub fn doctor(a: DoctorArgs) -> CliResult {
     let cfg = Config::load(&a.config).map_err(|e| (EXIT_BAD_CONFIG, e.to_string()))?;
     let (i, t) = pick(&cfg, a.token.as_deref())?;
     // May restart this process: before anything is read or printed.
-    xks_bridge::module_env::ensure(&t.module_env).map_err(|e| (EXIT_BAD_CONFIG, e))?;
+    xks_bridge::module_env::ensure(&t.module_env).map_err(|e| (EXIT_BAD_CONFIG, e.to_string()))?;
     let pin = t
         .load_pin()
         .map_err(|e| (EXIT_BAD_CONFIG, format!("tokens[{i}].pin: {e}")))?;

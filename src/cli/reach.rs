@@ -54,7 +54,7 @@ pub fn send(cfg: &Config, req: AdminRequest) -> Result<AdminReply, Fail> {
         None => Vec::new(),
     };
     for t in &tokens {
-        xks_bridge::module_env::ensure(&t.module_env).map_err(|e| (EXIT_BAD_CONFIG, e))?;
+        xks_bridge::module_env::ensure(&t.module_env).map_err(|e| (EXIT_BAD_CONFIG, e.to_string()))?;
     }
     let dir = &cfg.state.directory;
     check_owner(dir, &cfg.state.kill_switch_file())?;

@@ -3,29 +3,38 @@
 //! write to, would let someone else replace the state file, rewrite the trail or plant a
 //! socket. Checked at start, with a message naming the directory.
 
+use super::error::DirError;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Refuses `dir` when it is owned by a user other than `uid` (root-owned is accepted: the
 /// daemon cannot be protected from root anyway) or is writable by group or others.
-pub fn check_private_dir(dir: &Path, what: &str, uid: u32) -> Result<(), String> {
-    let m = std::fs::metadata(dir).map_err(|e| format!("{what}: {}: {e}", dir.display()))?;
+pub fn check_private_dir(dir: &Path, what: &'static str, uid: u32) -> Result<(), DirError> {
+    let m = std::fs::metadata(dir).map_err(|source| DirError::Unreadable {
+        what,
+        dir: dir.to_owned(),
+        source,
+    })?;
     if !m.is_dir() {
-        return Err(format!("{what}: {} is not a directory", dir.display()));
+        return Err(DirError::NotADirectory {
+            what,
+            dir: dir.to_owned(),
+        });
     }
     if m.uid() != uid && m.uid() != 0 {
-        return Err(format!(
-            "{what}: {} is owned by uid {}, not by the daemon's uid {uid}; refusing to trust it",
-            dir.display(),
-            m.uid()
-        ));
+        return Err(DirError::ForeignOwner {
+            what,
+            dir: dir.to_owned(),
+            owner: m.uid(),
+            uid,
+        });
     }
     if m.mode() & 0o022 != 0 {
-        return Err(format!(
-            "{what}: {} is writable by its group or by others (mode {:o}); make it 0700 (or 0711/0750 for the admin socket's directory)",
-            dir.display(),
-            m.mode() & 0o7777
-        ));
+        return Err(DirError::Writable {
+            what,
+            dir: dir.to_owned(),
+            mode: m.mode() & 0o7777,
+        });
     }
     Ok(())
 }
@@ -42,7 +51,9 @@ mod tests {
         check_private_dir(dir.path(), "state.directory", uid).unwrap();
         for mode in [0o770, 0o707, 0o1777] {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
-            let e = check_private_dir(dir.path(), "state.directory", uid).unwrap_err();
+            let e = check_private_dir(dir.path(), "state.directory", uid)
+                .unwrap_err()
+                .to_string();
             assert!(
                 e.starts_with("state.directory: ") && e.contains("writable"),
                 "{e}"
@@ -63,7 +74,9 @@ mod tests {
         } else {
             me + 4242
         };
-        let e = check_private_dir(dir.path(), "audit.file", daemon_uid).unwrap_err();
+        let e = check_private_dir(dir.path(), "audit.file", daemon_uid)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("audit.file: ") && e.contains("owned by uid"), "{e}");
     }
 }

@@ -23,6 +23,7 @@
 //! token read releases it (no mark is what the token showed from the start): only a
 //! `release --fleet` on that instance does.
 
+use super::error::ControlError;
 use super::protocol::{Action, AdminReply, ChangeReport, DaemonState, FleetReach, Scope, TokenFailure};
 use super::state_file::Engagement;
 use super::switch::{FleetScope, ReleaseError};
@@ -44,11 +45,11 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// The `via` of engagements and releases the watch makes from token marks.
 const VIA_MARK: &str = "fleet mark on the token";
 
-fn fleet_scope(scope: &Scope) -> Result<FleetScope, String> {
+fn fleet_scope(scope: &Scope) -> Result<FleetScope, ControlError> {
     match scope {
         Scope::Proxy => Ok(FleetScope::Proxy),
         Scope::Keystore(p) => Ok(FleetScope::Keystore(p.clone())),
-        Scope::Key(_) => Err("--fleet applies to the proxy and keystore scopes; a key disable already reaches every instance sharing the token".into()),
+        Scope::Key(_) => Err(ControlError::FleetKeyScope),
     }
 }
 

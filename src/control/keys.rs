@@ -1,6 +1,7 @@
 //! Key-scope kill switch and key lifecycle verbs, run against the token through `hsm`'s API on
 //! a blocking thread (PKCS#11 never runs on the async reactor).
 
+use super::error::ControlError;
 use super::protocol::{AdminReply, KeyInfo, KeyOp, KeyVersionInfo};
 use super::state_file::Engagement;
 pub use crate::hsm::MarkOutcome;
@@ -9,32 +10,24 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use std::sync::Arc;
 
-/// The operator's wording of a key command's failure.
-fn key_error(id: Option<&str>, e: HsmError) -> String {
-    match (e, id) {
-        (HsmError::KeyNotFound, Some(id)) => format!("no key with id {id:?} on the token"),
-        (HsmError::AmbiguousKey(n), Some(id)) => {
-            format!("{n} keys carry the id {id:?}; resolve the duplicate on the token")
-        }
-        (e, _) => e.to_string(),
-    }
-}
-
 /// Runs `f` on a blocking thread, connecting the token first when asked (offline commands).
 async fn blocking<T: Send + 'static>(
     t: &Arc<Token>,
     connect_first: bool,
-    f: impl FnOnce(&Token) -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    f: impl FnOnce(&Token) -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ControlError> {
     let t = t.clone();
     tokio::task::spawn_blocking(move || {
         if connect_first && !t.is_connected() {
-            t.connect().map_err(|e| format!("token {}: {e}", t.name))?;
+            t.connect().map_err(|source| ControlError::Connect {
+                token: t.name.clone(),
+                source,
+            })?;
         }
         f(&t)
     })
     .await
-    .map_err(|e| format!("key task failed: {e}"))?
+    .map_err(ControlError::KeyTask)?
 }
 
 /// Disables a key: refused in memory first, then marked on the token.
@@ -43,20 +36,21 @@ pub async fn disable(
     id: &str,
     by: &Engagement,
     connect_first: bool,
-) -> Result<MarkOutcome, String> {
+) -> Result<MarkOutcome, ControlError> {
     let record = serde_json::to_string(by).unwrap_or_default();
     let id = id.to_owned();
     blocking(t, connect_first, move |t| {
-        t.disable_key(&id, &record).map_err(|e| key_error(Some(&id), e))
+        t.disable_key(&id, &record)
+            .map_err(|e| ControlError::for_key(Some(&id), e))
     })
     .await
 }
 
 /// Enables a key: the token mark goes first, then the in-memory refusal.
-pub async fn enable(t: &Arc<Token>, id: &str, connect_first: bool) -> Result<(), String> {
+pub async fn enable(t: &Arc<Token>, id: &str, connect_first: bool) -> Result<(), ControlError> {
     let id = id.to_owned();
     blocking(t, connect_first, move |t| {
-        t.enable_key(&id).map_err(|e| key_error(Some(&id), e))
+        t.enable_key(&id).map_err(|e| ControlError::for_key(Some(&id), e))
     })
     .await
 }
@@ -113,7 +107,7 @@ pub async fn run(t: &Arc<Token>, op: &KeyOp, connect_first: bool) -> AdminReply 
                     id: id.clone(),
                     version,
                 })
-                .map_err(|e| key_error(Some(id), e));
+                .map_err(|e| ControlError::for_key(Some(id), e));
         }
         t.key_admin(|k| match &op {
             KeyOp::Create { id, usage } => k.create(id, *usage).map(|_| done("created", id)),
@@ -154,7 +148,7 @@ pub async fn run(t: &Arc<Token>, op: &KeyOp, connect_first: bool) -> AdminReply 
             }
             KeyOp::Rotate { .. } => Err(HsmError::Internal("rotate handled above".into())),
         })
-        .map_err(|e| key_error(op.id(), e))
+        .map_err(|e| ControlError::for_key(op.id(), e))
     })
     .await;
     out.unwrap_or_else(AdminReply::failed)

@@ -8,6 +8,7 @@
 //! sees the switch only through [`crate::gates`].
 
 pub mod dirs;
+pub mod error;
 pub mod fleet;
 pub mod keys;
 pub mod lock;
@@ -18,5 +19,6 @@ pub mod state_file;
 pub mod switch;
 pub mod verbs;
 
+pub use error::{ControlError, DirError, ReloadError, SocketError};
 pub use protocol::{AdminReply, AdminRequest, KeyOp, Scope, Status};
 pub use verbs::{Control, Reload};

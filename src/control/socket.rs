@@ -3,6 +3,7 @@
 //! connection's peer credentials (`SO_PEERCRED`) are checked ([`super::peer`]). Never reachable
 //! over the network. Also the client the CLI uses.
 
+use super::error::SocketError;
 use super::lock::InstanceLock;
 use super::peer;
 use super::protocol::{AdminReply, AdminRequest};
@@ -26,32 +27,28 @@ pub fn serve(
     group: Option<&str>,
     control: Arc<Control>,
     _held: &InstanceLock,
-) -> Result<(), String> {
+) -> Result<(), SocketError> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
-            return Err(format!(
-                "admin.socket: {} exists and is not a socket",
-                path.display()
-            ))
+            return Err(SocketError::NotASocket(path.to_owned()))
         }
         // A socket left by a previous holder of the lock (a crash, or kill -9).
-        Ok(_) => std::fs::remove_file(path).map_err(|e| format!("admin.socket: {e}"))?,
+        Ok(_) => std::fs::remove_file(path).map_err(SocketError::RemoveStale)?,
         Err(_) => {}
     }
     let gid = group
         .map(peer::group_id)
         .transpose()
-        .map_err(|e| format!("admin.group: {e}"))?;
-    let listener = std::os::unix::net::UnixListener::bind(path)
-        .map_err(|e| format!("admin.socket: cannot bind {}: {e}", path.display()))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("admin.socket: {e}"))?;
+        .map_err(SocketError::Group)?;
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(|source| SocketError::Bind {
+        path: path.to_owned(),
+        source,
+    })?;
+    listener.set_nonblocking(true).map_err(SocketError::Nonblocking)?;
     let mode = if gid.is_some() { 0o660 } else { 0o600 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("admin.socket: {e}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(SocketError::Mode)?;
     if let Some(g) = gid {
-        std::os::unix::fs::chown(path, None, Some(g)).map_err(|e| format!("admin.socket: chown: {e}"))?;
+        std::os::unix::fs::chown(path, None, Some(g)).map_err(SocketError::Chown)?;
     }
     let uid = peer::own_uid();
     tracing::info!(socket = %path.display(), mode = format!("{mode:o}"), "admin socket ready");
@@ -60,7 +57,7 @@ pub fn serve(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("admin.socket: cannot start its runtime: {e}"))?;
+        .map_err(SocketError::Runtime)?;
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
@@ -83,7 +80,7 @@ pub fn serve(
                 }
             })
         })
-        .map_err(|e| format!("admin.socket: cannot start its thread: {e}"))?;
+        .map_err(SocketError::Thread)?;
     Ok(())
 }
 

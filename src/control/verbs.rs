@@ -7,6 +7,7 @@
 mod scopes;
 mod status;
 
+use super::error::{ControlError, ReloadError};
 use super::keys;
 use super::protocol::{Action, AdminReply, AdminRequest, DaemonState, DrainReport, KeyOp, Scope};
 use super::state_file::Engagement;
@@ -27,7 +28,7 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// The daemon's config reloader, as the `reload` verb sees it.
 pub trait Reload: Send + Sync {
     /// Re-reads the config; `Ok` carries a summary for the operator.
-    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, ReloadError>> + Send + '_>>;
 }
 
 /// The keystore prefixes of the running configuration, shared with the reloader.
@@ -272,14 +273,15 @@ impl Control {
         reply
     }
 
-    pub(super) fn known_prefix(&self, p: &str) -> Result<(), String> {
+    pub(super) fn known_prefix(&self, p: &str) -> Result<(), ControlError> {
         let prefixes = self.prefixes();
         if prefixes.iter().any(|k| k == p) {
             Ok(())
         } else {
-            Err(format!(
-                "no keystore has the URI prefix {p:?} (known: {prefixes:?})"
-            ))
+            Err(ControlError::UnknownPrefix {
+                prefix: p.to_owned(),
+                known: prefixes,
+            })
         }
     }
 
@@ -288,15 +290,15 @@ impl Control {
         self.prefixes.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn token_for(&self, name: Option<&str>) -> Result<Arc<Token>, String> {
+    fn token_for(&self, name: Option<&str>) -> Result<Arc<Token>, ControlError> {
         match (name, self.tokens.as_slice()) {
             (Some(n), ts) => ts
                 .iter()
                 .find(|t| t.name == n)
                 .cloned()
-                .ok_or_else(|| format!("no token named {n:?}")),
+                .ok_or_else(|| ControlError::UnknownToken(n.to_owned())),
             (None, [t]) => Ok(t.clone()),
-            (None, _) => Err("several tokens are configured; name one with --token".into()),
+            (None, _) => Err(ControlError::TokenNotNamed),
         }
     }
 }

@@ -68,7 +68,7 @@ pub(super) fn build_app(
         ks.policy = policy.clone();
     }
     let tls = match &cfg.tls {
-        Some(t) => Some(tls::Tls::from_config(t).map_err(config_error)?),
+        Some(t) => Some(tls::Tls::from_config(t).map_err(|e| config_error(e.to_string()))?),
         None => None,
     };
     Ok((

@@ -121,7 +121,7 @@ impl Daemon {
         control.start_fleet_watch();
         if let Some(a) = &cfg.admin {
             crate::control::socket::serve(&a.socket, a.group.as_deref(), control.clone(), &lock)
-                .map_err(startup::unavailable)?;
+                .map_err(|e| startup::unavailable(e.to_string()))?;
         }
         control.set_drain(server.drain().clone());
         signals::install(control.clone(), reloader);

@@ -3,6 +3,7 @@
 use super::keystores::build_app;
 use crate::config::Config;
 use crate::control::verbs::{Prefixes, Reload};
+use crate::control::ReloadError;
 use crate::gates::Gates;
 use crate::hsm::Hsm;
 use crate::metrics::Counters;
@@ -30,14 +31,14 @@ pub struct Reloader {
 impl Reload for Reloader {
     fn reload(
         &self,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + '_>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, ReloadError>> + Send + '_>> {
         Box::pin(Reloader::reload(self))
     }
 }
 
 impl Reloader {
     /// Performs one reload; the result is also logged.
-    pub async fn reload(&self) -> Result<String, String> {
+    pub async fn reload(&self) -> Result<String, ReloadError> {
         let result = self.try_reload();
         match &result {
             Ok(msg) => {
@@ -56,12 +57,9 @@ impl Reloader {
         result
     }
 
-    fn try_reload(&self) -> Result<String, String> {
-        let path = self
-            .path
-            .as_ref()
-            .ok_or("this daemon was started without a config file to reload")?;
-        let cfg = Config::load(path).map_err(|e| e.to_string())?;
+    fn try_reload(&self) -> Result<String, ReloadError> {
+        let path = self.path.as_ref().ok_or(ReloadError::NoConfigFile)?;
+        let cfg = Config::load(path)?;
         // Everything outside keystores, limits, policy, TLS and logging is fixed at start; a
         // change there is refused rather than silently ignored.
         let fixed = |c: &Config| {
@@ -85,15 +83,13 @@ impl Reloader {
             )
         };
         if fixed(&cfg) != fixed(&self.base) {
-            return Err(
-                "logging, tokens, state, admin, audit, metrics or connection settings changed: these need a restart"
-                    .into(),
-            );
+            return Err(ReloadError::NeedsRestart);
         }
         if cfg.server.listen != self.base.server.listen {
             tracing::warn!("server.listen changed in the file: listeners are kept until a restart");
         }
-        let (app, tls) = build_app(&cfg, &self.pools, &self.gates).map_err(|e| e.message)?;
+        let (app, tls) =
+            build_app(&cfg, &self.pools, &self.gates).map_err(|e| ReloadError::Rebuild(e.message))?;
         let summary = format!(
             "{} keystore(s), {} credential(s)",
             app.keystores.len(),

@@ -75,7 +75,7 @@ pub(super) fn open_state(cfg: &Config) -> Result<(InstanceLock, Switch), StartEr
         .create(dir)
         .map_err(|e| unavailable(format!("state.directory: cannot create {}: {e}", dir.display())))?;
     let uid = own_uid();
-    check_private_dir(dir, "state.directory", uid).map_err(unavailable)?;
+    check_private_dir(dir, "state.directory", uid).map_err(|e| unavailable(e.to_string()))?;
     let lock = InstanceLock::acquire(dir).map_err(|e| match e {
         LockError::Held { pid, .. } => unavailable(format!(
             "state.directory: another xks-bridge daemon (pid {}) is already running with {}; refusing to start a second one (its admin socket and port are left alone)",
@@ -86,12 +86,12 @@ pub(super) fn open_state(cfg: &Config) -> Result<(InstanceLock, Switch), StartEr
     })?;
     if let Some(a) = &cfg.admin {
         if let Some(parent) = a.socket.parent() {
-            check_private_dir(parent, "admin.socket", uid).map_err(unavailable)?;
+            check_private_dir(parent, "admin.socket", uid).map_err(|e| unavailable(e.to_string()))?;
         }
     }
     if let Some(a) = &cfg.audit {
         if let Some(parent) = a.file.parent().filter(|p| p.is_dir()) {
-            check_private_dir(parent, "audit.file", uid).map_err(unavailable)?;
+            check_private_dir(parent, "audit.file", uid).map_err(|e| unavailable(e.to_string()))?;
         }
     }
     let switch = Switch::load(&cfg.state.kill_switch_file()).map_err(|e| unavailable(e.to_string()))?;

@@ -21,6 +21,16 @@ use std::sync::atomic::Ordering;
 /// Label of the health check's session key.
 const SELF_TEST_LABEL: &[u8] = b"xks-bridge-health-self-test";
 
+/// The health probe's round trip failed: the token is reported unavailable with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("self-test encryption under iv_source {iv_source:?} failed: {why}")]
+pub struct SelfTestFailed {
+    /// The configured IV mode the round trip used.
+    pub iv_source: &'static str,
+    /// What went wrong, as the GCM probe reports it.
+    pub why: String,
+}
+
 /// Health of a token as reported to KMS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenStatus {
@@ -101,14 +111,14 @@ impl Token {
             return Ok(self.health_without_probe(status, detail));
         }
         if let Err(why) = self.self_test(session)? {
-            return Ok(self.health_without_probe(TokenStatus::Unavailable, &why));
+            return Ok(self.health_without_probe(TokenStatus::Unavailable, &why.to_string()));
         }
         Ok(self.health_without_probe(status, detail))
     }
 
     /// The GCM round trip under a session key of its own. `Err`: the session or the device
     /// failed (the worker handles it as for a request); `Ok(Err(why))`: the round trip failed.
-    fn self_test(&self, s: &Session) -> Result<Result<(), String>, HsmError> {
+    fn self_test(&self, s: &Session) -> Result<Result<(), SelfTestFailed>, HsmError> {
         let key = match scratch_key(s, SELF_TEST_LABEL) {
             Ok(k) => k,
             Err(e) => {
@@ -128,10 +138,10 @@ impl Token {
         let _ = s.destroy_object(key);
         Ok(match outcome {
             Probe::Works => Ok(()),
-            Probe::Wrong(why) | Probe::Refused(why) | Probe::NotRun(why) => Err(format!(
-                "self-test encryption under iv_source {:?} failed: {why}",
-                self.iv_source.name()
-            )),
+            Probe::Wrong(why) | Probe::Refused(why) | Probe::NotRun(why) => Err(SelfTestFailed {
+                iv_source: self.iv_source.name(),
+                why,
+            }),
         })
     }
 }

@@ -22,7 +22,7 @@ pub struct Usage {
 
 impl Usage {
     /// Parses `encrypt,decrypt`, `encrypt`, `decrypt` or `none` (command-line input).
-    pub fn parse(s: &str) -> Result<Usage, String> {
+    pub fn parse(s: &str) -> Result<Usage, UnknownUsage> {
         let mut u = Usage {
             encrypt: false,
             decrypt: false,
@@ -32,12 +32,17 @@ impl Usage {
                 "encrypt" => u.encrypt = true,
                 "decrypt" => u.decrypt = true,
                 "none" | "" => {}
-                other => return Err(format!("unknown usage {other:?} (use encrypt, decrypt or none)")),
+                other => return Err(UnknownUsage(other.to_owned())),
             }
         }
         Ok(u)
     }
 }
+
+/// A usage word [`Usage::parse`] does not know; carries the word.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown usage {0:?} (use encrypt, decrypt or none)")]
+pub struct UnknownUsage(pub String);
 
 fn label_template(class: ObjectClass, label: &str) -> [Attribute; 2] {
     [

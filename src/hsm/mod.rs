@@ -46,7 +46,7 @@ pub use budget::VersionBudget;
 pub use classify::classify;
 pub use health::{TokenHealth, TokenStatus};
 pub use key_listing::KeyEntry;
-pub use key_objects::Usage;
+pub use key_objects::{UnknownUsage, Usage};
 pub use keyspec::KeySpec;
 pub use keystate::MarkOutcome;
 pub use lifecycle::KeyAdmin;

@@ -29,7 +29,7 @@ pub struct ValidDecrypt {
 /// Side-effect free apart from filling `ctx`; [`handle`] runs exactly this (and the fuzz targets
 /// call it directly).
 pub fn validate(body: &[u8], limits: &Limits, ctx: &mut RequestContext) -> Result<ValidDecrypt, Error> {
-    let req: DecryptRequest = xks::parse(body).map_err(Error::Validation)?;
+    let req: DecryptRequest = xks::parse(body).map_err(|e| Error::Validation(e.to_string()))?;
     ctx.record(&req.request_metadata);
     require_key_op_fields(&req.request_metadata, true)?;
     require_aes_gcm(&req.encryption_algorithm)?;

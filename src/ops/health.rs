@@ -14,7 +14,7 @@ use crate::xks::{self, EkmDetail, HealthResponse, MetadataOnly};
 /// Parses a GetHealthStatus body. Side-effect free apart from filling `ctx`; [`handle`] runs
 /// exactly this before probing the token.
 pub fn validate(body: &[u8], ctx: &mut RequestContext) -> Result<(), Error> {
-    let req: MetadataOnly = xks::parse(body).map_err(Error::Validation)?;
+    let req: MetadataOnly = xks::parse(body).map_err(|e| Error::Validation(e.to_string()))?;
     ctx.record(&req.request_metadata);
     Ok(())
 }

@@ -9,7 +9,7 @@ use crate::xks::{self, KeyMetadataResponse, MetadataOnly};
 /// Parses and validates a GetKeyMetadata body: every check before the key lookup and the token
 /// call. Side-effect free apart from filling `ctx`; [`handle`] runs exactly this.
 pub fn validate(body: &[u8], ctx: &mut RequestContext) -> Result<(), Error> {
-    let req: MetadataOnly = xks::parse(body).map_err(Error::Validation)?;
+    let req: MetadataOnly = xks::parse(body).map_err(|e| Error::Validation(e.to_string()))?;
     ctx.record(&req.request_metadata);
     require_key_op_fields(&req.request_metadata, false)
 }

@@ -12,16 +12,67 @@
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, Error, RootCertStore, SignatureScheme,
 };
+use std::path::PathBuf;
 use std::sync::Arc;
 use x509_cert::der::asn1::{Ia5StringRef, PrintableStringRef, Utf8StringRef};
 use x509_cert::der::{oid::db::rfc4519::CN, oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME, Decode};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::Certificate;
+
+/// Why a client's chain does not pass the trust in force; logged when a resumed session or an
+/// open connection is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Untrusted {
+    /// The client presented no certificate.
+    #[error("no client certificate")]
+    NoCertificate,
+    /// webpki refused the chain (signature, validity, key usage).
+    #[error("client certificate: {0}")]
+    Chain(#[source] Error),
+    /// The leaf cannot be read for its names.
+    #[error(transparent)]
+    Names(#[from] NamesError),
+    /// None of the leaf's names is in `tls.client_names`.
+    #[error("client certificate names {0:?} not in tls.client_names")]
+    NameNotAllowed(Vec<String>),
+}
+
+/// Why a certificate's names cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum NamesError {
+    /// The certificate is not DER X.509.
+    #[error("unparseable certificate: {0}")]
+    Unparseable(#[source] x509_cert::der::Error),
+    /// The subject alternative name extension does not parse.
+    #[error("bad SAN: {0}")]
+    BadSan(#[source] x509_cert::der::Error),
+}
+
+/// Why a certificate file's expiry cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpiryError {
+    /// The file cannot be read or holds no PEM certificate.
+    #[error("{}: {source}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// What reading it said.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The first certificate is not DER X.509.
+    #[error("{}: {source}", path.display())]
+    Unparseable {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        source: x509_cert::der::Error,
+    },
+}
 
 /// Chain verification by webpki, then the name allow-list.
 #[derive(Debug)]
@@ -36,10 +87,8 @@ impl NameCheckingVerifier {
         roots: RootCertStore,
         names: Vec<String>,
         provider: Arc<rustls::crypto::CryptoProvider>,
-    ) -> Result<Self, String> {
-        let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(|e| format!("tls.client_ca: {e}"))?;
+    ) -> Result<Self, VerifierBuilderError> {
+        let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
         Ok(NameCheckingVerifier { inner, names })
     }
 }
@@ -54,27 +103,25 @@ impl NameCheckingVerifier {
     /// Whether a peer's chain (leaf first, as rustls reports it) passes this trust now: the
     /// same chain, validity and name checks as a full handshake. Used for resumed sessions
     /// and for open connections after a reload; the error says why, for the log.
-    pub fn admits(&self, chain: &[CertificateDer<'_>]) -> Result<(), String> {
+    pub fn admits(&self, chain: &[CertificateDer<'_>]) -> Result<(), Untrusted> {
         let Some((leaf, intermediates)) = chain.split_first() else {
-            return Err("no client certificate".into());
+            return Err(Untrusted::NoCertificate);
         };
         self.inner
             .verify_client_cert(leaf, intermediates, UnixTime::now())
-            .map_err(|e| format!("client certificate: {e}"))?;
+            .map_err(Untrusted::Chain)?;
         let names = certificate_names(leaf)?;
         if self.allows_one_of(&names) {
             Ok(())
         } else {
-            Err(format!(
-                "client certificate names {names:?} not in tls.client_names"
-            ))
+            Err(Untrusted::NameNotAllowed(names))
         }
     }
 }
 
 /// The subject CNs and DNS SANs of a DER certificate.
-pub fn certificate_names(der: &[u8]) -> Result<Vec<String>, String> {
-    let cert = Certificate::from_der(der).map_err(|e| format!("unparseable certificate: {e}"))?;
+pub fn certificate_names(der: &[u8]) -> Result<Vec<String>, NamesError> {
+    let cert = Certificate::from_der(der).map_err(NamesError::Unparseable)?;
     let mut names = Vec::new();
     for rdn in cert.tbs_certificate.subject.0.iter() {
         for atv in rdn.0.iter().filter(|a| a.oid == CN) {
@@ -90,8 +137,7 @@ pub fn certificate_names(der: &[u8]) -> Result<Vec<String>, String> {
     }
     for ext in cert.tbs_certificate.extensions.iter().flatten() {
         if ext.extn_id == ID_CE_SUBJECT_ALT_NAME {
-            let san =
-                SubjectAltName::from_der(ext.extn_value.as_bytes()).map_err(|e| format!("bad SAN: {e}"))?;
+            let san = SubjectAltName::from_der(ext.extn_value.as_bytes()).map_err(NamesError::BadSan)?;
             for gn in san.0 {
                 if let GeneralName::DnsName(d) = gn {
                     names.push(d.as_str().to_owned());
@@ -156,10 +202,16 @@ impl ClientCertVerifier for NameCheckingVerifier {
 }
 
 /// Seconds until the first certificate in a PEM file expires (negative when expired).
-pub fn seconds_to_expiry(pem_path: &std::path::Path) -> Result<i64, String> {
+pub fn seconds_to_expiry(pem_path: &std::path::Path) -> Result<i64, ExpiryError> {
     use rustls::pki_types::pem::PemObject;
-    let der = CertificateDer::from_pem_file(pem_path).map_err(|e| format!("{}: {e}", pem_path.display()))?;
-    let cert = Certificate::from_der(&der).map_err(|e| format!("{}: {e}", pem_path.display()))?;
+    let der = CertificateDer::from_pem_file(pem_path).map_err(|source| ExpiryError::Unreadable {
+        path: pem_path.to_owned(),
+        source,
+    })?;
+    let cert = Certificate::from_der(&der).map_err(|source| ExpiryError::Unparseable {
+        path: pem_path.to_owned(),
+        source,
+    })?;
     let not_after = cert
         .tbs_certificate
         .validity

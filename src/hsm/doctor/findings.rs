@@ -8,6 +8,20 @@ use serde::Serialize;
 
 pub use super::super::gcm_probe::Probe;
 
+/// A call the token refused, in the words the report uses: `CKR_MECHANISM_INVALID from
+/// C_GetMechanismInfo`, or the PKCS#11 library's own error. Serialized as that text, which is
+/// what the JSON report has always carried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(transparent)]
+#[error("{0}")]
+pub struct Refusal(String);
+
+impl Refusal {
+    pub(super) fn of(e: &cryptoki::error::Error) -> Self {
+        Refusal(super::super::gcm_probe::code(e))
+    }
+}
+
 /// `C_GetInfo`.
 #[derive(Debug, Clone, Serialize)]
 pub struct LibraryFacts {
@@ -76,7 +90,7 @@ pub struct MechanismFact {
     /// In `C_GetMechanismList`.
     pub listed: bool,
     /// `C_GetMechanismInfo`'s key size range (bytes for AES), or the code it answered.
-    pub info: Result<KeySizes, String>,
+    pub info: Result<KeySizes, Refusal>,
 }
 
 /// A mechanism's key size range and the operations it allows.
@@ -240,7 +254,7 @@ pub struct Findings {
     /// `CKM_AES_KEY_GEN`, `CKM_AES_GCM`, `CKM_AES_KEY_WRAP_PAD`.
     pub mechanisms: Vec<MechanismFact>,
     /// The scratch session key (AES-256, `C_GenerateKey`): `Ok` or the refusal.
-    pub scratch_key: Result<(), String>,
+    pub scratch_key: Result<(), Refusal>,
     /// IV modes.
     pub iv: IvFacts,
     /// A tampered GCM tag.

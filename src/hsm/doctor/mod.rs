@@ -9,7 +9,6 @@
 //! be destroyed is reported with its handle.
 
 use super::connection::find_slot;
-use super::gcm_probe::code;
 use super::profile::quirks;
 use super::setup;
 use super::HsmError;
@@ -66,7 +65,7 @@ fn examine_loaded(module: &setup::Module, plan: &Plan<'_>) -> Result<Findings, H
     let user = module.open_user_session(label, &plan.pin)?;
     let s = user.session();
     let mechanisms = mechanism_facts(p, slot);
-    let scratch = scratch_key(s, b"xks-bridge-doctor-scratch").map_err(|e| code(&e));
+    let scratch = scratch_key(s, b"xks-bridge-doctor-scratch").map_err(|e| Refusal::of(&e));
     let q = quirks(plan.token.profile);
     let (scratch_key, iv, bad_tag, latency) = match &scratch {
         Ok(key) => {
@@ -190,20 +189,23 @@ fn mechanism_facts(p: &Pkcs11, slot: Slot) -> Vec<MechanismFact> {
             name,
             used_for,
             listed: listed.contains(t),
-            info: p.get_mechanism_info(slot, *t).map_err(|e| code(&e)).map(|i| {
-                let flags = [
-                    ("ENCRYPT", i.encrypt()),
-                    ("DECRYPT", i.decrypt()),
-                    ("GENERATE", i.generate()),
-                    ("WRAP", i.wrap()),
-                    ("UNWRAP", i.unwrap()),
-                ];
-                KeySizes {
-                    min: i.min_key_size() as u64,
-                    max: i.max_key_size() as u64,
-                    flags: flags.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect(),
-                }
-            }),
+            info: p
+                .get_mechanism_info(slot, *t)
+                .map_err(|e| Refusal::of(&e))
+                .map(|i| {
+                    let flags = [
+                        ("ENCRYPT", i.encrypt()),
+                        ("DECRYPT", i.decrypt()),
+                        ("GENERATE", i.generate()),
+                        ("WRAP", i.wrap()),
+                        ("UNWRAP", i.unwrap()),
+                    ];
+                    KeySizes {
+                        min: i.min_key_size() as u64,
+                        max: i.max_key_size() as u64,
+                        flags: flags.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect(),
+                    }
+                }),
         })
         .collect()
 }
