@@ -967,3 +967,44 @@ fn a_used_up_budget_that_no_new_version_can_replace_refuses_encrypt_until_an_ope
     assert!(version_of(&s) >= 2, "still version {}", version_of(&s));
     decrypts(&mut xks, &s, b"after rotate");
 }
+
+/// `keys rotate` through one instance makes the new version current on another instance
+/// sharing the token (its 0.5 s poll of the versions): its next Encrypts carry the new number,
+/// and each instance decrypts the other's ciphertext of either version.
+#[test]
+fn a_rotation_through_one_instance_becomes_current_on_another() {
+    /// The design target is one second (the 0.5 s poll); the margin absorbs a loaded CI machine.
+    const REACH: Duration = Duration::from_secs(3);
+    let fx = Fixture::new();
+    let cfg = fx.config();
+    let a = TestProxy::start_with(&fx, &cfg, &[]);
+    let b = TestProxy::start_with(&fx, &second_config(&fx, &cfg), &[]);
+    let (mut xa, mut xb) = (a.xks(&fx), b.xks(&fx));
+    let old = encrypt_retrying(&mut xb, b"before");
+    assert_eq!(version_of(&old), 1);
+
+    let out = cli_ok(
+        &a.config,
+        &["keys", "rotate", KEY_AES, "--reason", "fleet rotation"],
+    );
+    assert!(out.contains("version 2"), "{out}");
+    let t = Instant::now();
+    let mut new = encrypt_retrying(&mut xb, b"after");
+    while version_of(&new) != 2 && t.elapsed() < REACH {
+        std::thread::sleep(Duration::from_millis(20));
+        new = encrypt_retrying(&mut xb, b"after");
+    }
+    assert_eq!(
+        version_of(&new),
+        2,
+        "instance B still encrypts under version 1 after {:?}",
+        t.elapsed()
+    );
+    eprintln!(
+        "the rotation through instance A was current on instance B after {:?}",
+        t.elapsed()
+    );
+    decrypts(&mut xa, &old, b"before");
+    decrypts(&mut xa, &new, b"after");
+    decrypts(&mut xb, &old, b"before");
+}
