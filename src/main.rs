@@ -83,7 +83,7 @@ enum Command {
     Keys(cli::KeysCmd),
     /// Load-test an XKS proxy (or, with --raw-token, the PKCS#11 token itself).
     Bench(xks_bridge::bench::BenchArgs),
-    /// Examine a token before using it: mechanisms, IV mode, tag failures, sessions, latency,
+    /// Examine a token before using it: mechanisms, IV mode, tag failures, data objects, sessions, latency,
     /// configured keys; prints a verdict and a `[[tokens]]` snippet (exit 0 usable, 1 not, 69
     /// cannot run).
     Doctor(cli::DoctorArgs),

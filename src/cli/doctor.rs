@@ -30,8 +30,8 @@ pub struct DoctorArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
-    /// Also create token objects (a private data object; objects to see whether destroyed
-    /// handles are reused) and remove them again.
+    /// Also see whether the token reuses the handles of destroyed objects (creates, destroys and
+    /// creates probe objects, and removes them again).
     #[arg(long)]
     write_tests: bool,
 }
