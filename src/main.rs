@@ -83,9 +83,9 @@ enum Command {
     Keys(cli::KeysCmd),
     /// Load-test an XKS proxy (or, with --raw-token, the PKCS#11 token itself).
     Bench(xks_bridge::bench::BenchArgs),
-    /// Examine a token before using it: mechanisms, IV mode, tag failures, data objects, sessions, latency,
-    /// configured keys; prints a verdict and a `[[tokens]]` snippet (exit 0 usable, 1 not, 69
-    /// cannot run).
+    /// Examine a token before using it: mechanisms, IV mode, tag failures, data objects,
+    /// sessions, latency, configured keys; prints a verdict and a `[[tokens]]` snippet (exit 0
+    /// usable, 1 not, 69 cannot run).
     Doctor(cli::DoctorArgs),
     /// Write man pages and shell completions (packaging; see scripts/package.sh).
     #[command(hide = true)]
