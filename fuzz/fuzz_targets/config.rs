@@ -39,7 +39,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     match cfg.validate() {
-        Err(msg) => {
+        Err(e) => {
+            let msg = e.to_string();
             assert!(
                 SECTIONS.iter().any(|s| msg.starts_with(s)),
                 "validation message does not name its field: {msg:?}"
