@@ -30,6 +30,11 @@ step "disk" disk
 step "system packages" scripts/install-deps.sh
 step "format" cargo fmt --all -- --check
 step "clippy" cargo clippy --all-targets --locked -- -D warnings
+# The fuzz targets are a crate of their own that only the fuzzing gate builds, minutes later:
+# a library change that breaks them fails here, in seconds.
+step "fuzz targets: format and clippy" bash -c \
+  'cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check &&
+   cargo clippy --manifest-path fuzz/Cargo.toml --bins --locked -- -D warnings'
 step "rustdoc" env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --locked --quiet
 # Dependency policy (deny.toml): licences, duplicate versions, sources. Advisories need the
 # RustSec database from GitHub, which CI cannot reach: scripts/advisories.sh.
