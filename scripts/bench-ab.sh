@@ -7,6 +7,10 @@
 # BEFORE_KEYSTORE / AFTER_KEYSTORE (environment): a TOML line added to that instance's
 # [[keystores]] table, to compare two settings of one binary, e.g. the cost of counting:
 #   AFTER_KEYSTORE='count_encryptions = false' scripts/bench-ab.sh BIN BIN 10 5
+# AFTER_EXTRA_KEYS=N creates N more keys on the second instance's token (through its admin
+# socket) before the runs: the cost of many objects on the token, e.g.
+#   AFTER_EXTRA_KEYS=996 OP=decrypt CONNECTIONS=64 scripts/bench-ab.sh BIN BIN 10 5
+# OP=decrypt (or metadata, health) drives that operation instead of Encrypt.
 #   scripts/bench-ab.sh BEFORE_BINARY AFTER_BINARY [SECONDS_PER_RUN] [RUNS]
 set -euo pipefail
 before=$1; after=$2; secs=${3:-10}; runs=${4:-3}
@@ -31,13 +35,16 @@ start() { # bin dir [keystore line]: the quickstart reuses its directory, edited
 }
 start "$before" "$work/before" "${BEFORE_KEYSTORE:-}"; pid_before=${pids[0]}
 start "$after" "$work/after" "${AFTER_KEYSTORE:-}"; pid_after=${pids[1]}
+for i in $(seq 1 "${AFTER_EXTRA_KEYS:-0}"); do
+  "$after" keys create --id "bulk-$i" --config "$work/after/config.toml" >/dev/null
+done
 tick=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for i in $(seq "$runs"); do
   for which in before after; do
     pidvar=pid_$which; pid=${!pidvar}
     t0=$(cpu_ticks "$pid")
-    "$after" bench --quickstart "$work/$which/quickstart.json" --mix encrypt=1 --connections "${CONNECTIONS:-8}" --duration "$secs" --json >"$work/$which-$i.json"
+    "$after" bench --quickstart "$work/$which/quickstart.json" --mix "${OP:-encrypt}=1" --connections "${CONNECTIONS:-8}" --duration "$secs" --json >"$work/$which-$i.json"
     t1=$(cpu_ticks "$pid")
     python3 -c "import json; d=json.load(open('$work/$which-$i.json')); n=d['total']; print('$which', $i, round(d['throughput_per_s']), 'req/s', 'p99_us', round(d.get('latency_us',{}).get('p99',0)) if isinstance(d.get('latency_us'),dict) else '-', 'cpu_us_per_req', round(($t1-$t0)/$tick*1e6/n), 'errors', d.get('errors'))"
   done
