@@ -9,16 +9,40 @@
 //!   `completions/xks-bridge.fish`.
 
 use clap_complete::Shell;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why the documentation could not be written; the text is what `generate-docs` prints.
+#[derive(Debug, thiserror::Error)]
+pub enum GendocsError {
+    /// A directory or file under `--out` cannot be created or written.
+    #[error("{}: {source}", path.display())]
+    Write {
+        /// The directory or file.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+    /// clap_mangen could not render a page.
+    #[error("man page {page}: {source}")]
+    Render {
+        /// The page's name (`xks-bridge-keys-create`).
+        page: String,
+        /// What rendering said.
+        source: std::io::Error,
+    },
+}
 
 /// Writes every man page and completion script for `cmd` under `out`.
-pub fn generate(cmd: clap::Command, out: &Path) -> Result<(), String> {
+pub fn generate(cmd: clap::Command, out: &Path) -> Result<(), GendocsError> {
     let mut cmd = cmd;
     cmd.build();
     let man = out.join("man/man1");
     let completions = out.join("completions");
     for dir in [&man, &completions] {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| GendocsError::Write {
+            path: dir.clone(),
+            source,
+        })?;
     }
     let name = cmd.get_name().to_owned();
     write_man_pages(&cmd, &name, &man)?;
@@ -51,14 +75,17 @@ fn without_hidden(cmd: &clap::Command) -> clap::Command {
 }
 
 /// The page for `cmd` (named `page`), then one per visible subcommand, recursively.
-fn write_man_pages(cmd: &clap::Command, page: &str, dir: &Path) -> Result<(), String> {
+fn write_man_pages(cmd: &clap::Command, page: &str, dir: &Path) -> Result<(), GendocsError> {
     // Subcommand pages are titled after their file (`xks-bridge-keys-create`), the name
     // `man` finds them by.
     let mut buf = Vec::new();
     clap_mangen::Man::new(cmd.clone())
         .title(page.to_owned())
         .render(&mut buf)
-        .map_err(|e| format!("man page {page}: {e}"))?;
+        .map_err(|source| GendocsError::Render {
+            page: page.to_owned(),
+            source,
+        })?;
     write(&dir.join(format!("{page}.1")), &buf)?;
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         if sub.get_name() == "help" {
@@ -69,6 +96,9 @@ fn write_man_pages(cmd: &clap::Command, page: &str, dir: &Path) -> Result<(), St
     Ok(())
 }
 
-fn write(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+fn write(path: &Path, bytes: &[u8]) -> Result<(), GendocsError> {
+    std::fs::write(path, bytes).map_err(|source| GendocsError::Write {
+        path: path.to_owned(),
+        source,
+    })
 }

@@ -123,10 +123,10 @@ fn main() -> ExitCode {
             setup_only,
         } => run_quickstart(&dir, listen, setup_only),
         Command::CheckConfig { config } => check_config(&config),
-        Command::Bench(args) => xks_bridge::bench::run(args),
+        Command::Bench(args) => xks_bridge::bench::run(args).map_err(|e| (e.exit_code(), e.to_string())),
         Command::Doctor(args) => cli::doctor(args),
         Command::GenerateDocs { out } => {
-            gendocs::generate(<Cli as clap::CommandFactory>::command(), &out).map_err(|e| (1, e))
+            gendocs::generate(<Cli as clap::CommandFactory>::command(), &out).map_err(|e| (1, e.to_string()))
         }
     };
     match code {
@@ -176,7 +176,7 @@ fn serve(cfg: Config, path: &Path, quickstart: Option<quickstart::Layout>) -> Cl
         }
         if let Some(layout) = quickstart {
             let banner = quickstart::publish(&layout, &cfg, d.local_addrs()[0], d.metrics_addr())
-                .map_err(|e| (73, e))?;
+                .map_err(|e| (73, e.to_string()))?;
             outln!("{banner}");
         }
         d.run(daemon::shutdown_on_signals()).await;
@@ -185,9 +185,10 @@ fn serve(cfg: Config, path: &Path, quickstart: Option<quickstart::Layout>) -> Cl
 }
 
 fn run_quickstart(dir: &Path, listen: Option<SocketAddr>, setup_only: bool) -> CliResult {
-    let layout = quickstart::Layout::new(dir).map_err(|e| (73, e))?;
+    let layout = quickstart::Layout::new(dir).map_err(|e| (73, e.to_string()))?;
     let default_listen: SocketAddr = ([127, 0, 0, 1], 8443).into();
-    let config = quickstart::ensure_setup(&layout, listen.unwrap_or(default_listen)).map_err(|e| (73, e))?;
+    let config = quickstart::ensure_setup(&layout, listen.unwrap_or(default_listen))
+        .map_err(|e| (73, e.to_string()))?;
     let mut cfg = load(&config)?;
     if setup_only {
         outln!(

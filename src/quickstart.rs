@@ -5,7 +5,8 @@
 //! are (re)written so scripts can drive the instance.
 
 use crate::config::Config;
-use crate::hsm::{setup, Usage};
+use crate::hsm::{setup, HsmError, Usage};
+use crate::module_env::ModuleEnvError;
 use serde_json::json;
 use std::fs;
 use std::io::Write;
@@ -55,6 +56,93 @@ pub const KEYS: [(&str, &str, Usage); 4] = [
     ),
 ];
 
+/// Why the quickstart directory cannot be set up or published; the text is what
+/// `xks-bridge quickstart` prints before exiting 73.
+#[derive(Debug, thiserror::Error)]
+pub enum QuickstartError {
+    /// The directory cannot be created.
+    #[error("cannot create {}: {source}", path.display())]
+    CreateDir {
+        /// The directory given.
+        path: PathBuf,
+        /// What creating it said.
+        source: std::io::Error,
+    },
+    /// The directory's absolute path cannot be found.
+    #[error("{}: {source}", path.display())]
+    Canonicalize {
+        /// The directory given.
+        path: PathBuf,
+        /// What resolving it said.
+        source: std::io::Error,
+    },
+    /// A previous run stopped half-way: reusing its token without its config would lose the PINs.
+    #[error(
+        "{} holds an incomplete quickstart (no config.toml); remove the directory and run again",
+        dir.display()
+    )]
+    Incomplete {
+        /// The quickstart directory.
+        dir: PathBuf,
+    },
+    /// No SoftHSM2 module to make the token with.
+    #[error("SoftHSM2 is not installed (libsofthsm2.so not found); install the softhsm2 package")]
+    NoSoftHsm,
+    /// `SOFTHSM2_CONF` cannot be applied.
+    #[error(transparent)]
+    ModuleEnv(#[from] ModuleEnvError),
+    /// A part of the layout (`tokens`, `tls/ca.pem`, ...) cannot be created.
+    #[error("{part}: {source}")]
+    Part {
+        /// The part, as named in the message.
+        part: &'static str,
+        /// What creating it said.
+        source: std::io::Error,
+    },
+    /// A private file cannot be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What writing it said.
+        source: std::io::Error,
+    },
+    /// The token cannot be loaded, initialised or logged in to.
+    #[error(transparent)]
+    Token(#[from] HsmError),
+    /// A key cannot be created on the token.
+    #[error("key {label:?}: {source}")]
+    Key {
+        /// The key's label.
+        label: &'static str,
+        /// What the token said.
+        source: HsmError,
+    },
+    /// rcgen refused to make the CA or server certificate.
+    #[error("certificate generation: {0}")]
+    Certificate(#[source] rcgen::Error),
+    /// PINs and credentials need the system's randomness.
+    #[error("no randomness available: {0}")]
+    Randomness(#[source] getrandom::Error),
+    /// The config has no keystore to publish.
+    #[error("config has no keystore")]
+    NoKeystore,
+    /// The keystore has no credential to publish.
+    #[error("keystore has no credential")]
+    NoCredential,
+    /// The credential's secret is not in a file, so it cannot be printed or published.
+    #[error("quickstart secret must come from a file")]
+    SecretNotInFile,
+    /// The secret file cannot be read.
+    #[error("{}: {source}", path.display())]
+    ReadSecret {
+        /// The secret file.
+        path: PathBuf,
+        /// What reading it said.
+        source: std::io::Error,
+    },
+}
+
 /// Paths inside the quickstart directory.
 pub struct Layout {
     /// The directory (absolute).
@@ -63,13 +151,19 @@ pub struct Layout {
 
 impl Layout {
     /// Creates the directory (0700) if needed and makes its path absolute.
-    pub fn new(dir: &Path) -> Result<Layout, String> {
+    pub fn new(dir: &Path) -> Result<Layout, QuickstartError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let dir = fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            .map_err(|source| QuickstartError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        let dir = fs::canonicalize(dir).map_err(|source| QuickstartError::Canonicalize {
+            path: dir.to_owned(),
+            source,
+        })?;
         Ok(Layout { dir })
     }
     /// The generated config file.
@@ -89,28 +183,26 @@ impl Layout {
 }
 
 /// Creates everything on first run; returns the config path either way.
-pub fn ensure_setup(layout: &Layout, listen: SocketAddr) -> Result<PathBuf, String> {
+pub fn ensure_setup(layout: &Layout, listen: SocketAddr) -> Result<PathBuf, QuickstartError> {
     let config = layout.config();
     if config.is_file() {
         return Ok(config);
     }
     if layout.dir.join("tokens").exists() {
-        return Err(format!(
-            "{} holds an incomplete quickstart (no config.toml); remove the directory and run again",
-            layout.dir.display()
-        ));
+        return Err(QuickstartError::Incomplete {
+            dir: layout.dir.clone(),
+        });
     }
-    let module = setup::find_softhsm_module()
-        .ok_or("SoftHSM2 is not installed (libsofthsm2.so not found); install the softhsm2 package")?;
+    let module = setup::find_softhsm_module().ok_or(QuickstartError::NoSoftHsm)?;
     // SoftHSM2 reads SOFTHSM2_CONF when the module initialises. Applying it may restart the
     // process, which must happen before anything is created (the restarted run would find a
     // half-made directory); the file it names is written below, before the module is loaded.
-    crate::module_env::ensure([("SOFTHSM2_CONF", layout.softhsm_conf())]).map_err(|e| e.to_string())?;
+    crate::module_env::ensure([("SOFTHSM2_CONF", layout.softhsm_conf())])?;
     for sub in ["tokens", "secrets", "tls"] {
         fs::DirBuilder::new()
             .mode(0o700)
             .create(layout.dir.join(sub))
-            .map_err(|e| format!("{sub}: {e}"))?;
+            .map_err(|source| QuickstartError::Part { part: sub, source })?;
     }
     let conf = format!(
         "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
@@ -121,17 +213,14 @@ pub fn ensure_setup(layout: &Layout, listen: SocketAddr) -> Result<PathBuf, Stri
     let (so_pin, user_pin) = (random_hex(16)?, random_hex(16)?);
     write_private(&layout.secret("so.pin"), so_pin.as_bytes())?;
     write_private(&layout.secret("token.pin"), user_pin.as_bytes())?;
-    let p = setup::load(&module).map_err(|e| e.to_string())?;
-    p.init_softhsm_token(TOKEN_LABEL, &so_pin, &user_pin)
-        .map_err(|e| e.to_string())?;
+    let p = setup::load(&module)?;
+    p.init_softhsm_token(TOKEN_LABEL, &so_pin, &user_pin)?;
     {
-        let s = p
-            .open_user_session(TOKEN_LABEL, &secrecy::SecretString::from(user_pin.clone()))
-            .map_err(|e| e.to_string())?;
+        let s = p.open_user_session(TOKEN_LABEL, &secrecy::SecretString::from(user_pin.clone()))?;
         for (_, label, usage) in KEYS {
             s.key_admin()
                 .create(label, usage)
-                .map_err(|e| format!("key {label:?}: {e}"))?;
+                .map_err(|source| QuickstartError::Key { label, source })?;
         }
     }
     p.finalize();
@@ -203,11 +292,11 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-fn write_tls(layout: &Layout) -> Result<(), String> {
+fn write_tls(layout: &Layout) -> Result<(), QuickstartError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
     };
-    let err = |e: rcgen::Error| format!("certificate generation: {e}");
+    let err = QuickstartError::Certificate;
     let now = time::OffsetDateTime::now_utc();
     let ca_key = KeyPair::generate().map_err(err)?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
@@ -232,36 +321,48 @@ fn write_tls(layout: &Layout) -> Result<(), String> {
     leaf.not_after = now + time::Duration::days(825);
     let leaf_cert = leaf.signed_by(&key, &ca_cert, &ca_key).map_err(err)?;
     // The CA key is not kept: nothing else will ever be signed by this CA.
-    fs::write(layout.tls("ca.pem"), ca_cert.pem()).map_err(|e| format!("ca.pem: {e}"))?;
-    fs::write(layout.tls("server.pem"), leaf_cert.pem()).map_err(|e| format!("server.pem: {e}"))?;
+    fs::write(layout.tls("ca.pem"), ca_cert.pem()).map_err(|source| QuickstartError::Part {
+        part: "ca.pem",
+        source,
+    })?;
+    fs::write(layout.tls("server.pem"), leaf_cert.pem()).map_err(|source| QuickstartError::Part {
+        part: "server.pem",
+        source,
+    })?;
     write_private(&layout.tls("server.key"), key.serialize_pem().as_bytes())
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), QuickstartError> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        .map_err(|source| QuickstartError::Write {
+            path: path.to_owned(),
+            source,
+        })?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .map_err(|source| QuickstartError::Write {
+            path: path.to_owned(),
+            source,
+        })
 }
 
-fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
+fn random_bytes<const N: usize>() -> Result<[u8; N], QuickstartError> {
     let mut b = [0u8; N];
-    getrandom::fill(&mut b).map_err(|e| format!("no randomness available: {e}"))?;
+    getrandom::fill(&mut b).map_err(QuickstartError::Randomness)?;
     Ok(b)
 }
 
-fn random_hex(chars: usize) -> Result<String, String> {
+fn random_hex(chars: usize) -> Result<String, QuickstartError> {
     Ok(hex::encode(random_bytes::<32>()?)[..chars].to_owned())
 }
 
 /// 26 characters of the base32 alphabet (`A-Z2-7`), as the spec requires for access key ids.
-pub fn random_access_key_id() -> Result<String, String> {
+pub fn random_access_key_id() -> Result<String, QuickstartError> {
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     Ok(random_bytes::<26>()?
         .iter()
@@ -270,7 +371,7 @@ pub fn random_access_key_id() -> Result<String, String> {
 }
 
 /// 256 random bits in standard Base64: 44 characters of `A-Za-z0-9+/=`.
-pub fn random_secret() -> Result<String, String> {
+pub fn random_secret() -> Result<String, QuickstartError> {
     use base64::Engine;
     Ok(base64::engine::general_purpose::STANDARD.encode(random_bytes::<32>()?))
 }
@@ -282,15 +383,14 @@ pub fn publish(
     cfg: &Config,
     addr: SocketAddr,
     metrics: Option<SocketAddr>,
-) -> Result<String, String> {
-    let ks = cfg.keystores.first().ok_or("config has no keystore")?;
-    let cred = ks.credentials.first().ok_or("keystore has no credential")?;
-    let secret_path = cred
-        .secret
-        .file
-        .clone()
-        .ok_or("quickstart secret must come from a file")?;
-    let secret = fs::read_to_string(&secret_path).map_err(|e| format!("{}: {e}", secret_path.display()))?;
+) -> Result<String, QuickstartError> {
+    let ks = cfg.keystores.first().ok_or(QuickstartError::NoKeystore)?;
+    let cred = ks.credentials.first().ok_or(QuickstartError::NoCredential)?;
+    let secret_path = cred.secret.file.clone().ok_or(QuickstartError::SecretNotInFile)?;
+    let secret = fs::read_to_string(&secret_path).map_err(|source| QuickstartError::ReadSecret {
+        path: secret_path.clone(),
+        source,
+    })?;
     let secret = secret.trim_end();
     let endpoint = format!("https://{addr}");
     let uri_path = ks.api_base();

@@ -3,6 +3,7 @@
 //! exactly as KMS sends them. Transport failures come back as a named kind, never a panic.
 
 use super::endpoint::Endpoint;
+use super::error::BenchError;
 use crate::auth::sigv4;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
@@ -79,10 +80,14 @@ pub struct Connector {
 
 impl Connector {
     /// Builds the TLS client config (trusting only `ca_file`) for an https endpoint.
-    pub fn new(endpoint: Endpoint, ca_file: Option<&Path>, resumption: bool) -> Result<Connector, String> {
+    pub fn new(
+        endpoint: Endpoint,
+        ca_file: Option<&Path>,
+        resumption: bool,
+    ) -> Result<Connector, BenchError> {
         let tls = match (endpoint.tls, ca_file) {
             (false, _) => None,
-            (true, None) => return Err("https needs a CA file".into()),
+            (true, None) => return Err(BenchError::NoCaFile),
             (true, Some(ca)) => Some(tls_connector(&endpoint, ca, resumption)?),
         };
         Ok(Connector {
@@ -140,30 +145,31 @@ fn tls_connector(
     endpoint: &Endpoint,
     ca: &Path,
     resumption: bool,
-) -> Result<(TlsConnector, ServerName<'static>), String> {
+) -> Result<(TlsConnector, ServerName<'static>), BenchError> {
     let mut roots = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(ca)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("--ca-file: {}: {e}", ca.display()))?;
+        .map_err(|source| BenchError::CaFile {
+            path: ca.to_owned(),
+            source,
+        })?;
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {
-        return Err(format!("--ca-file: {} holds no usable certificate", ca.display()));
+        return Err(BenchError::NoCertificate { path: ca.to_owned() });
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tls: {e}"))?
+        .map_err(BenchError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     if !resumption {
         cfg.resumption = rustls::client::Resumption::disabled();
     }
-    let name = ServerName::try_from(endpoint.host.clone()).map_err(|e| {
-        format!(
-            "--endpoint: {:?} is not a valid TLS server name: {e}",
-            endpoint.host
-        )
+    let name = ServerName::try_from(endpoint.host.clone()).map_err(|source| BenchError::ServerName {
+        host: endpoint.host.clone(),
+        source,
     })?;
     Ok((TlsConnector::from(Arc::new(cfg)), name))
 }

@@ -1,6 +1,8 @@
 //! The `--endpoint` URL: scheme, host and port to connect to, and the authority that goes in
 //! the Host header (and so into every signature) exactly as the user wrote it.
 
+use super::error::EndpointError;
+
 /// A parsed `--endpoint`.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -16,18 +18,18 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Parses `https://HOST[:PORT]` or `http://HOST[:PORT]`, with at most a trailing `/`.
-    pub fn parse(text: &str) -> Result<Endpoint, String> {
-        let uri: http::Uri = text.parse().map_err(|_| format!("{text:?} is not a URL"))?;
+    pub fn parse(text: &str) -> Result<Endpoint, EndpointError> {
+        let uri: http::Uri = text.parse().map_err(|_| EndpointError::NotUrl(text.to_owned()))?;
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err(format!("{text:?} must start with https:// or http://")),
+            _ => return Err(EndpointError::Scheme(text.to_owned())),
         };
-        let authority = uri.authority().ok_or_else(|| format!("{text:?} names no host"))?;
+        let authority = uri
+            .authority()
+            .ok_or_else(|| EndpointError::NoHost(text.to_owned()))?;
         if authority.as_str().contains('@') || !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(format!(
-                "{text:?} must be scheme://host[:port] only; the path goes in --uri-path"
-            ));
+            return Err(EndpointError::NotAuthorityOnly(text.to_owned()));
         }
         Ok(Endpoint {
             tls,

@@ -4,6 +4,7 @@
 //! requests served meanwhile (warmup and the bench's own set-up requests included: the
 //! counters cannot tell them apart).
 
+use super::error::{BenchError, ScrapeError};
 use serde::Serialize;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -26,16 +27,18 @@ pub struct MetricsUrl {
 impl MetricsUrl {
     /// Parses `http://HOST[:PORT][/PATH]` (default path `/metrics`); the metrics listener
     /// speaks plain HTTP only.
-    pub fn parse(text: &str) -> Result<MetricsUrl, String> {
-        let uri: http::Uri = text
-            .parse()
-            .map_err(|_| format!("--instance-metrics: {text:?} is not a URL"))?;
+    pub fn parse(text: &str) -> Result<MetricsUrl, BenchError> {
+        let uri: http::Uri = text.parse().map_err(|_| BenchError::MetricsUrl {
+            text: text.to_owned(),
+        })?;
         if uri.scheme_str() != Some("http") {
-            return Err(format!("--instance-metrics: {text:?} must start with http://"));
+            return Err(BenchError::MetricsScheme {
+                text: text.to_owned(),
+            });
         }
-        let a = uri
-            .authority()
-            .ok_or_else(|| format!("--instance-metrics: {text:?} names no host"))?;
+        let a = uri.authority().ok_or_else(|| BenchError::MetricsHost {
+            text: text.to_owned(),
+        })?;
         let path = match uri.path() {
             "" | "/" => "/metrics".to_owned(),
             p => p.to_owned(),
@@ -48,25 +51,25 @@ impl MetricsUrl {
     }
 
     /// The sum of `xks_bridge_requests_total` over all its labels, now.
-    pub fn requests(&self) -> Result<u64, String> {
+    pub fn requests(&self) -> Result<u64, ScrapeError> {
         let addr = self
             .authority
-            .to_socket_addrs()
-            .map_err(|e| e.to_string())?
+            .to_socket_addrs()?
             .next()
-            .ok_or("no address")?;
-        let mut s = TcpStream::connect_timeout(&addr, SCRAPE_TIMEOUT).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(SCRAPE_TIMEOUT))
-            .map_err(|e| e.to_string())?;
+            .ok_or(ScrapeError::NoAddress)?;
+        let mut s = TcpStream::connect_timeout(&addr, SCRAPE_TIMEOUT)?;
+        s.set_read_timeout(Some(SCRAPE_TIMEOUT))?;
         let req = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
             self.path, self.authority
         );
-        s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+        s.write_all(req.as_bytes())?;
         let mut text = String::new();
-        s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+        s.read_to_string(&mut text)?;
         if !text.starts_with("HTTP/1.1 200") {
-            return Err(text.lines().next().unwrap_or("no answer").to_owned());
+            return Err(ScrapeError::Status(
+                text.lines().next().unwrap_or("no answer").to_owned(),
+            ));
         }
         Ok(sum_counter(&text, REQUESTS))
     }
@@ -100,24 +103,24 @@ pub struct InstanceShare {
 }
 
 /// Reads every instance's counter (before or after the run).
-pub fn read_all(urls: &[MetricsUrl]) -> Vec<Result<u64, String>> {
+pub fn read_all(urls: &[MetricsUrl]) -> Vec<Result<u64, ScrapeError>> {
     urls.iter().map(MetricsUrl::requests).collect()
 }
 
 /// Each instance's share, from the readings before and after.
 pub fn shares(
     urls: &[MetricsUrl],
-    before: &[Result<u64, String>],
-    after: &[Result<u64, String>],
+    before: &[Result<u64, ScrapeError>],
+    after: &[Result<u64, ScrapeError>],
 ) -> Vec<InstanceShare> {
-    let deltas: Vec<Result<u64, String>> = before
+    let deltas: Vec<Result<u64, Gap<'_>>> = before
         .iter()
         .zip(after)
         .map(|(b, a)| match (b, a) {
             (Ok(b), Ok(a)) if a >= b => Ok(a - b),
-            (Ok(_), Ok(_)) => Err("counter went backwards (the instance restarted)".to_owned()),
-            (Err(e), _) => Err(format!("unreadable before the run: {e}")),
-            (_, Err(e)) => Err(format!("unreadable after the run: {e}")),
+            (Ok(_), Ok(_)) => Err(Gap::Backwards),
+            (Err(e), _) => Err(Gap::Before(e)),
+            (_, Err(e)) => Err(Gap::After(e)),
         })
         .collect();
     let total: u64 = deltas.iter().filter_map(|d| d.as_ref().ok()).sum();
@@ -134,10 +137,21 @@ pub fn shares(
                 url: u.url.clone(),
                 requests: None,
                 share: None,
-                note: Some(e),
+                note: Some(e.to_string()),
             },
         })
         .collect()
+}
+
+/// Why an instance has no count for the run; the text is its note in the report.
+#[derive(Debug, thiserror::Error)]
+enum Gap<'a> {
+    #[error("counter went backwards (the instance restarted)")]
+    Backwards,
+    #[error("unreadable before the run: {0}")]
+    Before(&'a ScrapeError),
+    #[error("unreadable after the run: {0}")]
+    After(&'a ScrapeError),
 }
 
 /// The report's lines, one per instance.

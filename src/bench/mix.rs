@@ -1,6 +1,8 @@
 //! The operation mix: parsing `--mix encrypt=3,decrypt=1` and turning the weights into a
 //! repeating schedule each connection walks through.
 
+use super::error::BenchError;
+
 /// The four XKS operations a run can issue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Op {
@@ -40,31 +42,36 @@ pub struct Mix {
 
 impl Mix {
     /// Parses `name=weight` pairs separated by commas; operations not named get weight 0.
-    pub fn parse(text: &str) -> Result<Mix, String> {
+    pub fn parse(text: &str) -> Result<Mix, BenchError> {
         let mut weights = [0u32; 4];
         let mut seen = [false; 4];
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, weight) = part
-                .split_once('=')
-                .ok_or_else(|| format!("--mix: {part:?} is not name=weight"))?;
+            let (name, weight) = part.split_once('=').ok_or_else(|| BenchError::MixPair {
+                part: part.to_owned(),
+            })?;
             let i = Op::ALL
                 .iter()
                 .position(|op| op.name() == name.trim())
-                .ok_or_else(|| {
-                    format!("--mix: unknown operation {name:?} (encrypt, decrypt, metadata, health)")
+                .ok_or_else(|| BenchError::MixUnknown {
+                    name: name.to_owned(),
                 })?;
             if std::mem::replace(&mut seen[i], true) {
-                return Err(format!("--mix: {name} is named twice"));
+                return Err(BenchError::MixTwice {
+                    name: name.to_owned(),
+                });
             }
             weights[i] = weight
                 .trim()
                 .parse()
                 .ok()
                 .filter(|w| *w <= MAX_WEIGHT)
-                .ok_or_else(|| format!("--mix: weight of {name} must be an integer 0..={MAX_WEIGHT}"))?;
+                .ok_or_else(|| BenchError::MixWeight {
+                    name: name.to_owned(),
+                    max: MAX_WEIGHT,
+                })?;
         }
         if weights.iter().all(|w| *w == 0) {
-            return Err("--mix: at least one operation needs a weight above 0".into());
+            return Err(BenchError::MixEmpty);
         }
         Ok(Mix { weights })
     }

@@ -16,6 +16,7 @@
 pub mod args;
 pub mod client;
 pub mod endpoint;
+pub mod error;
 pub mod instances;
 pub mod mix;
 pub mod plan;
@@ -28,6 +29,7 @@ pub mod stats;
 pub mod workload;
 
 pub use args::BenchArgs;
+pub use error::BenchError;
 
 use plan::Target;
 use std::time::Duration;
@@ -51,9 +53,9 @@ pub struct Outcome {
     pub concurrency: (&'static str, usize),
 }
 
-/// Runs `xks-bridge bench`; the error carries the exit status and a message for stderr.
-pub fn run(args: BenchArgs) -> Result<(), (i32, String)> {
-    let plan = plan::resolve(args).map_err(|e| (EXIT_BAD_ARGS, e))?;
+/// Runs `xks-bridge bench`; the error is the message for stderr and knows its exit status.
+pub fn run(args: BenchArgs) -> Result<(), BenchError> {
+    let plan = plan::resolve(args)?;
     let before = instances::read_all(&plan.instance_metrics);
     let outcome = match &plan.target {
         Target::Proxy(t) => runner::run(&plan, t)?,
@@ -76,10 +78,10 @@ pub fn run(args: BenchArgs) -> Result<(), (i32, String)> {
     let t = &outcome.tally;
     let failed = t.error_count() + t.warmup_errors;
     if failed > 0 {
-        return Err((
-            EXIT_FAILED,
-            format!("{failed} of {} requests failed", t.total() + t.warmup),
-        ));
+        return Err(BenchError::RequestsFailed {
+            failed,
+            total: t.total() + t.warmup,
+        });
     }
     Ok(())
 }

@@ -1,10 +1,11 @@
 //! Turns [`BenchArgs`] (and an optional quickstart.json) into a checked [`Plan`]. Every
-//! problem is a message naming the option; the caller exits 64 with it. Explicit options win
+//! problem is a [`BenchError`] naming the option; the caller exits 64 with it. Explicit options win
 //! over quickstart.json; the secret comes from `--secret-file`, then `XKS_BENCH_SECRET`, then
 //! quickstart.json.
 
 use super::args::{BenchArgs, BenchOptions};
 use super::endpoint::Endpoint;
+use super::error::BenchError;
 use super::mix::{Mix, Op};
 use super::schedule::Stop;
 use crate::secret::SecretSource;
@@ -107,7 +108,7 @@ struct QuickstartKeys {
 }
 
 /// Checks the options; the error names the bad option.
-pub fn resolve(args: BenchArgs) -> Result<Plan, String> {
+pub fn resolve(args: BenchArgs) -> Result<Plan, BenchError> {
     let args = *args.options;
     let mut qs = match &args.quickstart {
         Some(p) => read_quickstart(p)?,
@@ -115,7 +116,7 @@ pub fn resolve(args: BenchArgs) -> Result<Plan, String> {
     };
     let mix = Mix::parse(&args.mix)?;
     let stop = match (&args.duration, &args.requests) {
-        (Some(_), Some(_)) => return Err("give --duration or --requests, not both".into()),
+        (Some(_), Some(_)) => return Err(BenchError::BothStops),
         (None, Some(n)) => Stop::Requests(count("--requests", n, 1, u64::MAX)?),
         (Some(d), None) => Stop::After(seconds("--duration", d, false)?),
         (None, None) => Stop::After(Duration::from_secs(10)),
@@ -124,9 +125,9 @@ pub fn resolve(args: BenchArgs) -> Result<Plan, String> {
         .key_id
         .clone()
         .or(qs.keys.encrypt_decrypt.take())
-        .ok_or("--key-id is required (or --quickstart)")?;
+        .ok_or(BenchError::Required { option: "--key-id" })?;
     if args.raw_token && !args.instance_metrics.is_empty() {
-        return Err("--instance-metrics needs a proxy endpoint, not --raw-token".into());
+        return Err(BenchError::MetricsWithRawToken);
     }
     let instance_metrics = args
         .instance_metrics
@@ -138,7 +139,7 @@ pub fn resolve(args: BenchArgs) -> Result<Plan, String> {
     } else {
         // The key id is a path segment of every request.
         if !crate::xks::valid_key_id(&key_id) {
-            return Err(format!("--key-id: {key_id:?} is not a valid XKS key id"));
+            return Err(BenchError::KeyId { key_id });
         }
         Target::Proxy(proxy_target(&args, &mut qs)?)
     };
@@ -155,39 +156,39 @@ pub fn resolve(args: BenchArgs) -> Result<Plan, String> {
     })
 }
 
-fn token_target(args: &BenchOptions, qs: &mut QuickstartFile, mix: &Mix) -> Result<Target, String> {
+fn token_target(args: &BenchOptions, qs: &mut QuickstartFile, mix: &Mix) -> Result<Target, BenchError> {
     if mix.weight(Op::Metadata) > 0 || mix.weight(Op::Health) > 0 {
-        return Err("--raw-token measures encrypt and decrypt only; drop metadata/health from --mix".into());
+        return Err(BenchError::RawTokenOps);
     }
     let config = args
         .config
         .clone()
         .or(qs.config.take())
-        .ok_or("--raw-token needs --config (or --quickstart)")?;
+        .ok_or(BenchError::RawTokenConfig)?;
     Ok(Target::Token(TokenTarget {
         config,
         threads: count("--threads", &args.threads, 1, MAX_THREADS)?,
     }))
 }
 
-fn proxy_target(args: &BenchOptions, qs: &mut QuickstartFile) -> Result<ProxyTarget, String> {
+fn proxy_target(args: &BenchOptions, qs: &mut QuickstartFile) -> Result<ProxyTarget, BenchError> {
     let endpoint = args
         .endpoint
         .clone()
         .or(qs.endpoint.take())
-        .ok_or("--endpoint is required (or --quickstart)")?;
-    let endpoint = Endpoint::parse(&endpoint).map_err(|e| format!("--endpoint: {e}"))?;
+        .ok_or(BenchError::Required { option: "--endpoint" })?;
+    let endpoint = Endpoint::parse(&endpoint).map_err(BenchError::Endpoint)?;
     let uri_path = args
         .uri_path
         .clone()
         .or(qs.uri_path.take())
-        .ok_or("--uri-path is required (or --quickstart)")?;
+        .ok_or(BenchError::Required { option: "--uri-path" })?;
     // The spec's alphabet for XksProxyUriPath; anything else could not be sent unescaped.
     let spec_chars = uri_path
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"/-_".contains(&b));
     if !uri_path.starts_with('/') || !spec_chars {
-        return Err("--uri-path must be a path of A-Za-z0-9/-_ such as /prefix/kms/xks/v1".into());
+        return Err(BenchError::UriPath);
     }
     let ca_file = args.ca_file.clone().or(qs.ca_certificate.take());
     let region = args
@@ -201,18 +202,20 @@ fn proxy_target(args: &BenchOptions, qs: &mut QuickstartFile) -> Result<ProxyTar
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
-        return Err(format!("--region: {region:?} is not a region name"));
+        return Err(BenchError::Region { region });
     }
-    let access_key_id = args
-        .access_key_id
-        .clone()
-        .or(qs.access_key_id.take())
-        .ok_or("--access-key-id is required (or --quickstart)")?;
+    let access_key_id =
+        args.access_key_id
+            .clone()
+            .or(qs.access_key_id.take())
+            .ok_or(BenchError::Required {
+                option: "--access-key-id",
+            })?;
     if access_key_id.is_empty() || !access_key_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err("--access-key-id must be letters and digits".into());
+        return Err(BenchError::AccessKeyId);
     }
     if endpoint.tls && ca_file.is_none() {
-        return Err("--ca-file is required for https (or --quickstart)".into());
+        return Err(BenchError::CaFileForHttps);
     }
     let client_threads = match &args.client_threads {
         Some(n) => Some(count("--client-threads", n, 1, MAX_THREADS)?),
@@ -232,11 +235,9 @@ fn proxy_target(args: &BenchOptions, qs: &mut QuickstartFile) -> Result<ProxyTar
     })
 }
 
-fn secret(args: &BenchOptions, qs: &mut QuickstartFile) -> Result<SecretString, String> {
+fn secret(args: &BenchOptions, qs: &mut QuickstartFile) -> Result<SecretString, BenchError> {
     if let Some(f) = &args.secret_file {
-        return SecretSource::file(f)
-            .load()
-            .map_err(|e| format!("--secret-file: {e}"));
+        return SecretSource::file(f).load().map_err(BenchError::SecretFile);
     }
     if std::env::var_os(SECRET_ENV).is_some() {
         let src = SecretSource {
@@ -244,43 +245,57 @@ fn secret(args: &BenchOptions, qs: &mut QuickstartFile) -> Result<SecretString, 
             env: Some(SECRET_ENV.into()),
             systemd_credential: None,
         };
-        return src.load().map_err(|e| e.to_string());
+        return src.load().map_err(BenchError::SecretEnv);
     }
     qs.secret_access_key
         .take()
         .map(SecretString::from)
-        .ok_or_else(|| format!("no secret: use --secret-file, {SECRET_ENV} or --quickstart"))
+        .ok_or(BenchError::NoSecret)
 }
 
-fn read_quickstart(path: &Path) -> Result<QuickstartFile, String> {
+fn read_quickstart(path: &Path) -> Result<QuickstartFile, BenchError> {
     // The file holds the SigV4 secret: wipe the text once parsed.
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| format!("--quickstart: cannot read {}: {e}", path.display()))?,
-    );
-    serde_json::from_str(&text).map_err(|e| format!("--quickstart: {}: {e}", path.display()))
+    let text =
+        Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| BenchError::QuickstartRead {
+                path: path.to_owned(),
+                source,
+            })?,
+        );
+    serde_json::from_str(&text).map_err(|source| BenchError::QuickstartParse {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn count<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
-    option: &str,
+    option: &'static str,
     text: &str,
     min: T,
     max: T,
-) -> Result<T, String> {
+) -> Result<T, BenchError> {
     text.trim()
         .parse::<T>()
         .ok()
         .filter(|n| *n >= min && *n <= max)
-        .ok_or_else(|| format!("{option}: expected an integer from {min} to {max}, got {text:?}"))
+        .ok_or_else(|| BenchError::Count {
+            option,
+            min: min.to_string(),
+            max: max.to_string(),
+            text: text.to_owned(),
+        })
 }
 
-fn seconds(option: &str, text: &str, zero_ok: bool) -> Result<Duration, String> {
+fn seconds(option: &'static str, text: &str, zero_ok: bool) -> Result<Duration, BenchError> {
     text.trim()
         .parse::<f64>()
         .ok()
         .filter(|s| s.is_finite() && (*s > 0.0 || (zero_ok && *s == 0.0)) && *s <= 1e7)
         .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{option}: expected a number of seconds, got {text:?}"))
+        .ok_or_else(|| BenchError::Seconds {
+            option,
+            text: text.to_owned(),
+        })
 }
 
 #[cfg(test)]
@@ -291,7 +306,7 @@ mod tests {
     fn numbers_are_checked_with_the_option_named() {
         assert_eq!(count("--connections", "8", 1usize, 1024).unwrap(), 8);
         for bad in ["0", "-1", "x", "2000", ""] {
-            let e = count("--connections", bad, 1usize, 1024).unwrap_err();
+            let e = count("--connections", bad, 1usize, 1024).unwrap_err().to_string();
             assert!(e.starts_with("--connections"), "{e}");
         }
         assert_eq!(seconds("--warmup", "0", true).unwrap(), Duration::ZERO);

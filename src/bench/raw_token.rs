@@ -4,13 +4,14 @@
 //! Encrypt here is what the proxy does for one (C_GenerateRandom for the IV, then C_Encrypt);
 //! a Decrypt replays a ciphertext made during setup and checks the plaintext.
 
+use super::error::{BenchError, Rejection};
 use super::mix::Op;
 use super::plan::{Plan, TokenTarget};
 use super::progress::{Live, Progress};
 use super::schedule::{Phase, Schedule};
 use super::stats::Tally;
 use super::workload::{random, POOL_SIZE};
-use super::{Outcome, EXIT_BAD_ARGS, EXIT_FAILED};
+use super::Outcome;
 use crate::config::{Config, TokenConfig};
 use crate::hsm::raw::{self, RawSession, RawToken};
 use std::time::Instant;
@@ -24,21 +25,19 @@ struct Sealed {
 
 /// Runs the benchmark against the token. Must run before any other thread exists: it sets the
 /// module's environment variables.
-pub fn run(plan: &Plan, t: &TokenTarget) -> Result<Outcome, (i32, String)> {
+pub fn run(plan: &Plan, t: &TokenTarget) -> Result<Outcome, BenchError> {
     // Login belongs to the application, not to a session: `login` keeps it alive while the
     // workers open their own sessions.
     let (token, description) = open(t, &plan.key_id)?;
-    let aad = random(plan.aad_bytes).map_err(|e| (EXIT_FAILED, e))?;
-    let setup = token
-        .session()
-        .map_err(|e| (EXIT_FAILED, format!("C_OpenSession: {e}")))?;
-    let pool = seal_pool(&setup, plan.payload_bytes, &aad).map_err(|e| (EXIT_FAILED, e))?;
+    let aad = random(plan.aad_bytes)?;
+    let setup = token.session().map_err(BenchError::OpenSession)?;
+    let pool = seal_pool(&setup, plan.payload_bytes, &aad)?;
     drop(setup);
     let cycle = plan.mix.cycle();
     let schedule = Schedule::start(plan.warmup, plan.stop);
     let live = std::sync::Arc::new(Live::default());
     let progress = Progress::start(live.clone(), schedule.measure_start(), "ops");
-    let results: Vec<Result<Tally, String>> = std::thread::scope(|s| {
+    let results: Vec<Result<Tally, BenchError>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..t.threads)
             .map(|i| {
                 let w = Worker {
@@ -54,13 +53,13 @@ pub fn run(plan: &Plan, t: &TokenTarget) -> Result<Outcome, (i32, String)> {
             .collect();
         workers
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("a token thread panicked".into())))
+            .map(|h| h.join().unwrap_or(Err(BenchError::ThreadPanicked)))
             .collect()
     });
     progress.finish();
     let mut tally = Tally::default();
     for r in results {
-        tally.merge(&r.map_err(|e| (EXIT_FAILED, e))?);
+        tally.merge(&r?);
     }
     token.close();
     let elapsed = tally
@@ -76,43 +75,40 @@ pub fn run(plan: &Plan, t: &TokenTarget) -> Result<Outcome, (i32, String)> {
     })
 }
 
-fn open(t: &TokenTarget, key_label: &str) -> Result<(RawToken, String), (i32, String)> {
-    let cfg = Config::load(&t.config).map_err(|e| (EXIT_BAD_ARGS, e.to_string()))?;
+fn open(t: &TokenTarget, key_label: &str) -> Result<(RawToken, String), BenchError> {
+    let cfg = Config::load(&t.config)?;
     let tc: &TokenConfig = cfg
         .keystores
         .first()
         .and_then(|k| cfg.token(&k.token))
         .or(cfg.tokens.first())
-        .ok_or((
-            EXIT_BAD_ARGS,
-            format!("{}: no token configured", t.config.display()),
-        ))?;
+        .ok_or_else(|| BenchError::NoToken {
+            config: t.config.clone(),
+        })?;
     // Modules read these when loaded (SOFTHSM2_CONF, ...); nothing has been printed yet, so a
     // restart to apply them is invisible.
-    crate::module_env::ensure(&tc.module_env).map_err(|e| (EXIT_BAD_ARGS, e.to_string()))?;
-    let pin = tc
-        .pin
-        .load()
-        .map_err(|e| (EXIT_BAD_ARGS, format!("token {:?} pin: {e}", tc.name)))?;
-    let token = raw::open(&tc.module, &tc.token_label, &pin, key_label).map_err(|e| {
-        (
-            EXIT_FAILED,
-            format!("token {:?}, key {key_label:?}: {e}", tc.token_label),
-        )
+    crate::module_env::ensure(&tc.module_env)?;
+    let pin = tc.pin.load().map_err(|source| BenchError::Pin {
+        token: tc.name.clone(),
+        source,
     })?;
+    let token =
+        raw::open(&tc.module, &tc.token_label, &pin, key_label).map_err(|source| BenchError::TokenOpen {
+            token_label: tc.token_label.clone(),
+            key: key_label.to_owned(),
+            source,
+        })?;
     Ok((
         token,
         format!("token {:?} via {}", tc.token_label, tc.module.display()),
     ))
 }
 
-fn seal_pool(session: &RawSession<'_>, payload_bytes: usize, aad: &[u8]) -> Result<Vec<Sealed>, String> {
+fn seal_pool(session: &RawSession<'_>, payload_bytes: usize, aad: &[u8]) -> Result<Vec<Sealed>, BenchError> {
     (0..POOL_SIZE)
         .map(|_| {
             let plaintext = random(payload_bytes)?;
-            let (iv, ciphertext_and_tag) = session
-                .encrypt(aad, &plaintext)
-                .map_err(|e| format!("setup encrypt (to make ciphertexts for decrypt) failed: {e}"))?;
+            let (iv, ciphertext_and_tag) = session.encrypt(aad, &plaintext).map_err(BenchError::SealToken)?;
             Ok(Sealed {
                 plaintext,
                 iv,
@@ -122,14 +118,12 @@ fn seal_pool(session: &RawSession<'_>, payload_bytes: usize, aad: &[u8]) -> Resu
         .collect()
 }
 
-fn decrypt(s: &RawSession<'_>, aad: &[u8], sealed: &Sealed) -> Result<(), String> {
-    let pt = s
-        .decrypt(&sealed.iv, aad, &sealed.ciphertext_and_tag)
-        .map_err(|e| e.to_string())?;
+fn decrypt(s: &RawSession<'_>, aad: &[u8], sealed: &Sealed) -> Result<(), Rejection> {
+    let pt = s.decrypt(&sealed.iv, aad, &sealed.ciphertext_and_tag)?;
     if pt == sealed.plaintext {
         Ok(())
     } else {
-        Err("WrongPlaintext".into())
+        Err(Rejection::WrongPlaintext)
     }
 }
 
@@ -144,8 +138,8 @@ struct Worker<'a> {
 }
 
 impl Worker<'_> {
-    fn run(&self, index: usize) -> Result<Tally, String> {
-        let session = self.token.session().map_err(|e| format!("C_OpenSession: {e}"))?;
+    fn run(&self, index: usize) -> Result<Tally, BenchError> {
+        let session = self.token.session().map_err(BenchError::OpenSession)?;
         let mut tally = Tally::default();
         let mut seq = index;
         loop {
@@ -161,16 +155,20 @@ impl Worker<'_> {
                 Op::Encrypt => session
                     .encrypt(self.aad, &sealed.plaintext)
                     .map(|_| ())
-                    .map_err(|e| e.to_string()),
+                    .map_err(Rejection::Token),
                 Op::Decrypt => decrypt(&session, self.aad, sealed),
-                Op::Metadata | Op::Health => Err("UnsupportedInRawMode".into()),
+                Op::Metadata | Op::Health => Err(Rejection::UnsupportedInRawMode),
             };
             let latency = start.elapsed();
             if phase == Phase::Warmup {
                 tally.warmup(result.is_err());
             } else {
                 self.live.count(result.is_err());
-                tally.measured(op.name(), Some(latency), result.err().as_deref());
+                tally.measured(
+                    op.name(),
+                    Some(latency),
+                    result.err().map(|r| r.to_string()).as_deref(),
+                );
             }
         }
     }

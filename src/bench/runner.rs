@@ -3,13 +3,14 @@
 //! flight each) until the schedule says stop, and the tallies are merged.
 
 use super::client::{Conn, Connector, Signer};
+use super::error::BenchError;
 use super::mix::Op;
 use super::plan::{Plan, ProxyTarget};
 use super::progress::{Live, Progress};
 use super::schedule::{Phase, Schedule};
 use super::stats::Tally;
 use super::workload::Workload;
-use super::{Outcome, EXIT_BAD_ARGS, EXIT_FAILED};
+use super::Outcome;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,22 +29,17 @@ struct Run {
 }
 
 /// Runs the benchmark against a proxy.
-pub fn run(plan: &Plan, t: &ProxyTarget) -> Result<Outcome, (i32, String)> {
+pub fn run(plan: &Plan, t: &ProxyTarget) -> Result<Outcome, BenchError> {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = t.client_threads {
         rt.worker_threads(n);
     }
-    let rt = rt
-        .enable_all()
-        .build()
-        .map_err(|e| (EXIT_FAILED, format!("cannot start the async runtime: {e}")))?;
+    let rt = rt.enable_all().build().map_err(BenchError::Runtime)?;
     rt.block_on(run_async(plan, t))
 }
 
-async fn run_async(plan: &Plan, t: &ProxyTarget) -> Result<Outcome, (i32, String)> {
-    let connector = Connector::new(t.endpoint.clone(), t.ca_file.as_deref(), t.resumption)
-        .map(Arc::new)
-        .map_err(|e| (EXIT_BAD_ARGS, e))?;
+async fn run_async(plan: &Plan, t: &ProxyTarget) -> Result<Outcome, BenchError> {
+    let connector = Connector::new(t.endpoint.clone(), t.ca_file.as_deref(), t.resumption).map(Arc::new)?;
     let signer = Signer {
         access_key_id: t.access_key_id.clone(),
         secret: t.secret.clone(),
@@ -56,13 +52,10 @@ async fn run_async(plan: &Plan, t: &ProxyTarget) -> Result<Outcome, (i32, String
         &t.region,
         plan.payload_bytes,
         plan.aad_bytes,
-    )
-    .map_err(|e| (EXIT_FAILED, e))?;
+    )?;
     let mut conns = connect_all(&connector, t.connections).await?;
     if plan.mix.weight(Op::Decrypt) > 0 {
-        let first = conns
-            .first_mut()
-            .ok_or((EXIT_FAILED, "no connection".to_owned()))?;
+        let first = conns.first_mut().ok_or(BenchError::NoConnection)?;
         seal_pool(first, &signer, &mut workload, t).await?;
     }
     let schedule = Schedule::start(plan.warmup, plan.stop);
@@ -86,7 +79,7 @@ async fn run_async(plan: &Plan, t: &ProxyTarget) -> Result<Outcome, (i32, String
     for task in tasks {
         match task.await {
             Ok(t) => tally.merge(&t),
-            Err(e) => return Err((EXIT_FAILED, format!("a connection task failed: {e}"))),
+            Err(e) => return Err(BenchError::Task(e)),
         }
     }
     progress.finish();
@@ -109,7 +102,7 @@ async fn run_async(plan: &Plan, t: &ProxyTarget) -> Result<Outcome, (i32, String
 }
 
 /// Opens every connection up front, concurrently: handshakes are not what the run measures.
-async fn connect_all(connector: &Arc<Connector>, n: usize) -> Result<Vec<Conn>, (i32, String)> {
+async fn connect_all(connector: &Arc<Connector>, n: usize) -> Result<Vec<Conn>, BenchError> {
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..n {
         let connector = connector.clone();
@@ -119,8 +112,13 @@ async fn connect_all(connector: &Arc<Connector>, n: usize) -> Result<Vec<Conn>, 
     while let Some(joined) = set.join_next().await {
         match joined {
             Ok(Ok(c)) => conns.push(c),
-            Ok(Err(f)) => return Err((EXIT_FAILED, format!("cannot connect: {}: {}", f.kind, f.detail))),
-            Err(e) => return Err((EXIT_FAILED, format!("cannot connect: {e}"))),
+            Ok(Err(f)) => {
+                return Err(BenchError::Connect {
+                    kind: f.kind,
+                    detail: f.detail,
+                })
+            }
+            Err(e) => return Err(BenchError::ConnectTask(e)),
         }
     }
     Ok(conns)
@@ -135,16 +133,10 @@ async fn seal_pool(
     signer: &Signer,
     workload: &mut Workload,
     t: &ProxyTarget,
-) -> Result<(), (i32, String)> {
+) -> Result<(), BenchError> {
     let bodies: Vec<Vec<u8>> = workload.setup_requests().collect();
     let path = workload.path(Op::Encrypt).to_owned();
     for (i, body) in bodies.into_iter().enumerate() {
-        let failed = |why: String| {
-            (
-                EXIT_FAILED,
-                format!("setup Encrypt (to make ciphertexts for decrypt) failed: {why}"),
-            )
-        };
         // 429 and 503 are the answers KMS retries (a first reservation on a slow token, a key
         // version settling): so does the setup, a few times, before it gives up.
         let mut attempt = 1;
@@ -152,7 +144,10 @@ async fn seal_pool(
             let answer = conn
                 .post(signer, &path, body.clone().into(), t.timeout)
                 .await
-                .map_err(|f| failed(format!("{}: {}", f.kind, f.detail)))?;
+                .map_err(|f| BenchError::SetupRequest {
+                    kind: f.kind,
+                    detail: f.detail,
+                })?;
             if matches!(answer.status, 429 | 503) && attempt < SETUP_ATTEMPTS {
                 attempt += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -163,7 +158,7 @@ async fn seal_pool(
         workload
             .check(Op::Encrypt, i, answer.status, &answer.body)
             .and_then(|()| workload.add_sealed(i, &answer.body))
-            .map_err(failed)?;
+            .map_err(BenchError::SetupAnswer)?;
     }
     Ok(())
 }
@@ -219,7 +214,10 @@ async fn one_request(
     {
         Ok(a) => (
             Some(a.latency),
-            run.workload.check(op, seq, a.status, &a.body).err(),
+            run.workload
+                .check(op, seq, a.status, &a.body)
+                .err()
+                .map(|r| r.to_string()),
         ),
         Err(f) => {
             *conn = None;

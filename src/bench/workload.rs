@@ -2,6 +2,7 @@
 //! bench made itself during setup, so every decrypted plaintext can be compared with the one that
 //! was encrypted; every other answer is checked for the fields and sizes the spec requires.
 
+use super::error::{BenchError, Rejection};
 use super::mix::Op;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -35,7 +36,7 @@ impl Workload {
         region: &str,
         payload_bytes: usize,
         aad_bytes: usize,
-    ) -> Result<Workload, String> {
+    ) -> Result<Workload, BenchError> {
         let key = format!("{uri_path}/keys/{key_id}");
         let mut plaintexts = Vec::with_capacity(POOL_SIZE);
         for _ in 0..POOL_SIZE {
@@ -75,8 +76,8 @@ impl Workload {
     }
 
     /// Setup: keeps the answer to the `i`th setup Encrypt for decrypt traffic.
-    pub fn add_sealed(&mut self, i: usize, answer: &[u8]) -> Result<(), String> {
-        let v: Value = serde_json::from_slice(answer).map_err(|_| "MalformedResponse".to_owned())?;
+    pub fn add_sealed(&mut self, i: usize, answer: &[u8]) -> Result<(), Rejection> {
+        let v: Value = serde_json::from_slice(answer).map_err(|_| Rejection::MalformedResponse)?;
         self.check_encrypt(i, &v)?;
         let field = |name: &str| v.get(name).and_then(Value::as_str).unwrap_or_default();
         let metadata = match v.get("ciphertextMetadata").and_then(Value::as_str) {
@@ -130,32 +131,32 @@ impl Workload {
         (head + &tail).into_bytes()
     }
 
-    /// Judges an answer; the error is the name a report counts it under.
-    pub fn check(&self, op: Op, i: usize, status: u16, body: &[u8]) -> Result<(), String> {
+    /// Judges an answer; the error's text is the name a report counts it under.
+    pub fn check(&self, op: Op, i: usize, status: u16, body: &[u8]) -> Result<(), Rejection> {
         let v: Option<Value> = serde_json::from_slice(body).ok();
         if status != 200 {
             return Err(error_name(status, v.as_ref()));
         }
-        let v = v.ok_or("MalformedResponse")?;
+        let v = v.ok_or(Rejection::MalformedResponse)?;
         match op {
             Op::Encrypt => self.check_encrypt(i % self.plaintexts.len(), &v),
             Op::Decrypt => {
                 let expected = self
                     .sealed
                     .get(i % self.sealed.len().max(1))
-                    .ok_or("NoCiphertextToDecrypt")?;
+                    .ok_or(Rejection::NoCiphertextToDecrypt)?;
                 let got = b64_field(&v, "plaintext")?;
                 if got == expected.plaintext {
                     Ok(())
                 } else {
-                    Err("WrongPlaintext".into())
+                    Err(Rejection::WrongPlaintext)
                 }
             }
             Op::Metadata => {
                 let fields_ok = v.get("keySpec").is_some_and(Value::is_string)
                     && v.get("keyUsage").is_some_and(Value::is_array)
                     && v.get("keyStatus").is_some_and(Value::is_string);
-                fields_ok.then_some(()).ok_or_else(|| "MalformedResponse".into())
+                fields_ok.then_some(()).ok_or(Rejection::MalformedResponse)
             }
             Op::Health => {
                 let fields_ok = v.get("xksProxyFleetSize").is_some_and(Value::is_number)
@@ -163,57 +164,57 @@ impl Workload {
                         .iter()
                         .all(|f| v.get(*f).is_some_and(Value::is_string))
                     && v.get("ekmFleetDetails").is_some_and(Value::is_array);
-                fields_ok.then_some(()).ok_or_else(|| "MalformedResponse".into())
+                fields_ok.then_some(()).ok_or(Rejection::MalformedResponse)
             }
         }
     }
 
-    fn check_encrypt(&self, i: usize, v: &Value) -> Result<(), String> {
+    fn check_encrypt(&self, i: usize, v: &Value) -> Result<(), Rejection> {
         let ct = b64_field(v, "ciphertext")?;
         let iv = b64_field(v, "initializationVector")?;
         let tag = b64_field(v, "authenticationTag")?;
         // The spec lets the EKM pick a 12- or 16-byte IV.
         if iv.len() != 12 && iv.len() != 16 {
-            return Err("WrongIvLength".into());
+            return Err(Rejection::WrongIvLength);
         }
         if tag.len() != TAG_BYTES {
-            return Err("WrongTagLength".into());
+            return Err(Rejection::WrongTagLength);
         }
         if ct.len() != self.plaintexts[i].0.len() {
-            return Err("WrongCiphertextLength".into());
+            return Err(Rejection::WrongCiphertextLength);
         }
         if let Some(m) = v.get("ciphertextMetadata") {
             let m = m
                 .as_str()
                 .and_then(|s| B64.decode(s).ok())
-                .ok_or("MalformedResponse")?;
+                .ok_or(Rejection::MalformedResponse)?;
             if m.len() > MAX_METADATA_BYTES {
-                return Err("MetadataTooLong".into());
+                return Err(Rejection::MetadataTooLong);
             }
         }
         Ok(())
     }
 }
 
-fn b64_field(v: &Value, name: &str) -> Result<Vec<u8>, String> {
+fn b64_field(v: &Value, name: &str) -> Result<Vec<u8>, Rejection> {
     v.get(name)
         .and_then(Value::as_str)
         .and_then(|s| B64.decode(s).ok())
-        .ok_or_else(|| "MalformedResponse".into())
+        .ok_or(Rejection::MalformedResponse)
 }
 
 /// The XKS `errorName` of an error answer, or `HTTP <status>` when the body has none.
-fn error_name(status: u16, body: Option<&Value>) -> String {
+fn error_name(status: u16, body: Option<&Value>) -> Rejection {
     body.and_then(|v| v.get("errorName"))
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("HTTP {status}"))
+        .map(|n| Rejection::Named(n.to_owned()))
+        .unwrap_or(Rejection::Status(status))
 }
 
 /// Random bytes: distinct plaintexts per run keep a caching proxy honest.
-pub fn random(n: usize) -> Result<Vec<u8>, String> {
+pub fn random(n: usize) -> Result<Vec<u8>, BenchError> {
     let mut b = vec![0u8; n];
-    getrandom::fill(&mut b).map_err(|e| format!("no randomness available: {e}"))?;
+    getrandom::fill(&mut b).map_err(BenchError::Randomness)?;
     Ok(b)
 }
