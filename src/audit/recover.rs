@@ -58,12 +58,7 @@ pub(super) fn open_active(path: &Path) -> Result<(File, Resume), AuditError> {
             source,
         })?;
     }
-    let read = |source| AuditError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let len = file.metadata().map_err(read)?.len();
-    let tail = scan_tail(&file, len).map_err(read)?;
+    let (len, tail) = read_tail(&file, path)?;
     let truncated = len - tail.complete_len;
     if truncated > 0 {
         // Only the final line can be torn (one write per line, appended in order), so cutting
@@ -135,12 +130,7 @@ fn resume_from_rotated(path: &Path) -> Result<Resume, AuditError> {
         path: newest.clone(),
         source,
     })?;
-    let read = |source| AuditError::Read {
-        path: newest.clone(),
-        source,
-    };
-    let len = file.metadata().map_err(read)?.len();
-    let tail = scan_tail(&file, len).map_err(read)?;
+    let (_, tail) = read_tail(&file, newest)?;
     let last = tail
         .last_line
         .ok_or_else(|| not_a_trail(newest, HeadError::Empty))?;
@@ -182,6 +172,16 @@ struct Tail {
 }
 
 /// Reads backwards from the end in a growing window until the last complete line is found.
+/// The file's length and its tail, a read failure naming `path`.
+fn read_tail(file: &File, path: &Path) -> Result<(u64, Tail), AuditError> {
+    let read = |source| AuditError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let len = file.metadata().map_err(read)?.len();
+    Ok((len, scan_tail(file, len).map_err(read)?))
+}
+
 fn scan_tail(file: &File, len: u64) -> std::io::Result<Tail> {
     let mut window: u64 = 64 << 10;
     loop {
